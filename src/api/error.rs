@@ -1,0 +1,174 @@
+//! The one place that maps errors to HTTP statuses. Every error body is
+//! `{"code": "...", "message": "..."}`.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+use crate::error::AppError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Object, serde::Serialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `LibvirtUnavailable`.
+    pub code: String,
+    /// What went wrong and, where possible, what to do about it.
+    pub message: String,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed or a value is invalid.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The request was refused (wrong Host or Origin).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// No such resource.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// Something failed inside ec2local or a tool it runs.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// libvirt is unreachable; retry once it is back.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// The status for each kind of service error.
+pub fn status_of(err: &AppError) -> StatusCode {
+    match err {
+        AppError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        AppError::NotFound { .. } => StatusCode::NOT_FOUND,
+        AppError::Conflict { .. } => StatusCode::CONFLICT,
+        AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        AppError::LibvirtUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+        let body = Json(ErrorBody {
+            code: code.into(),
+            message: message.into(),
+        });
+        match status {
+            StatusCode::BAD_REQUEST => ApiError::BadRequest(body),
+            StatusCode::FORBIDDEN => ApiError::Forbidden(body),
+            StatusCode::NOT_FOUND => ApiError::NotFound(body),
+            StatusCode::CONFLICT => ApiError::Conflict(body),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(body),
+            _ => ApiError::Internal(body),
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
+        let status = status_of(&err);
+        if status.is_server_error() {
+            tracing::error!(code = err.code(), error = %err, "request failed");
+        }
+        ApiError::new(status, err.code(), err.to_string())
+    }
+}
+
+/// Code for errors raised by the HTTP layer itself (bad JSON, unknown route, ...).
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge",
+        s if s.is_server_error() => "InternalError",
+        _ => "RequestError",
+    }
+}
+
+/// Turns any error that escaped a handler into the JSON error body; responses that
+/// already are JSON (our own `ApiError`s) pass through unchanged.
+pub async fn json_error_response(err: poem::Error) -> Response {
+    let response = err.into_response();
+    let is_json = response
+        .content_type()
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let status = response.status();
+    let text = response.into_body().into_string().await.unwrap_or_default();
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    poem::web::Json(ErrorBody {
+        code: code_for_status(status).to_string(),
+        message,
+    })
+    .with_status(status)
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // REQ-REL-003
+    #[test]
+    fn every_service_error_has_its_status() {
+        let cases = [
+            (
+                AppError::InvalidInput {
+                    code: "InvalidParameterValue",
+                    message: "x".into(),
+                },
+                400,
+            ),
+            (
+                AppError::NotFound {
+                    code: "InvalidInstanceID.NotFound",
+                    message: "x".into(),
+                },
+                404,
+            ),
+            (
+                AppError::Conflict {
+                    code: "IncorrectInstanceState",
+                    message: "x".into(),
+                },
+                409,
+            ),
+            (AppError::Internal("x".into()), 500),
+            (AppError::LibvirtUnavailable("libvirt down".into()), 503),
+        ];
+        for (err, status) in cases {
+            assert_eq!(status_of(&err).as_u16(), status, "{err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_body_carries_code_and_message() {
+        let api: ApiError =
+            AppError::LibvirtUnavailable("libvirt at qemu:///system is unreachable".into()).into();
+        let response = poem::Error::from(api).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value =
+            serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "LibvirtUnavailable");
+        assert_eq!(body["message"], "libvirt at qemu:///system is unreachable");
+    }
+
+    #[tokio::test]
+    async fn plain_errors_become_json() {
+        let response = json_error_response(poem::Error::from_status(StatusCode::NOT_FOUND)).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body: serde_json::Value =
+            serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "NotFound");
+    }
+}

@@ -1,0 +1,134 @@
+//! The running service: configuration, the services, and the background loop that
+//! keeps libvirt's side (network, pool) in place across libvirt outages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::AppError;
+use crate::exec::virsh::Virsh;
+use crate::health::{self, HealthReport};
+use crate::network::NetworkManager;
+use crate::platform::{Accelerator, AcceleratorProbe, Host, Os};
+use crate::storage::StoragePool;
+
+pub struct App {
+    pub config: Config,
+    pub host: Host,
+    pub accelerator: Accelerator,
+    pub accelerator_probe: AcceleratorProbe,
+    pub virsh: Virsh,
+    pub db: Db,
+    pub network: NetworkManager,
+    pub pool: StoragePool,
+    /// Whether the network and pool were last seen in place; the background loop
+    /// recreates them when this is false.
+    infrastructure_ready: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+impl App {
+    /// Opens the data dir and database. Libvirt being down is not fatal: the service
+    /// starts, answers 503 where libvirt is needed, and sets things up once it is back.
+    pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
+        let paths = config.paths.clone();
+        paths.ensure().map_err(|source| StartError::DataDir {
+            path: paths.root().display().to_string(),
+            source,
+        })?;
+        let db = Db::open(&paths.database())?;
+        let host = Host::detect();
+        let accelerator_probe = probe_accelerator(host).await;
+        let accelerator = host.choose_accelerator(accelerator_probe, config.accelerator);
+        tracing::info!(%accelerator, ?accelerator_probe, uri = %config.libvirt_uri, data_dir = %paths.root().display(), "starting");
+        let virsh = Virsh::new(config.libvirt_uri.clone(), config.virsh_timeout);
+        let app = Arc::new(App {
+            network: NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone()),
+            pool: StoragePool::new(virsh.clone(), config.pool_name.clone(), paths.clone()),
+            config,
+            host,
+            accelerator,
+            accelerator_probe,
+            virsh,
+            db,
+            infrastructure_ready: AtomicBool::new(false),
+        });
+        if let Err(err) = app.ensure_infrastructure().await {
+            tracing::warn!(error = %err, "libvirt is not ready yet; will retry in the background");
+        }
+        tokio::spawn(supervise(Arc::downgrade(&app)));
+        Ok(app)
+    }
+
+    /// Creates/starts the network and the storage pool if needed (idempotent).
+    pub async fn ensure_infrastructure(&self) -> Result<(), AppError> {
+        let (network, pool) = tokio::join!(self.network.ensure(), self.pool.ensure());
+        let (network, pool) = (network?, pool?);
+        let ready =
+            network.active && network.conflict.is_none() && pool.active && pool.conflict.is_none();
+        self.infrastructure_ready.store(ready, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub async fn health(&self) -> HealthReport {
+        let report = health::check(
+            &self.virsh,
+            &self.network,
+            &self.pool,
+            self.accelerator,
+            self.accelerator_probe,
+        )
+        .await;
+        if !report.is_healthy() {
+            self.infrastructure_ready.store(false, Ordering::SeqCst);
+        }
+        report
+    }
+}
+
+async fn probe_accelerator(host: Host) -> AcceleratorProbe {
+    match host.os {
+        Os::Linux => AcceleratorProbe::read_linux(),
+        Os::MacOs => {
+            let cmd = crate::exec::ToolCommand::new("sysctl", std::time::Duration::from_secs(5))
+                .args(["-n", "kern.hv_support"]);
+            let supported = crate::exec::run(cmd)
+                .await
+                .is_ok_and(|out| out.stdout.trim() == "1");
+            AcceleratorProbe {
+                hypervisor_framework: supported,
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// Re-checks libvirt periodically while the infrastructure is not known to be ready,
+/// so a libvirt restart is recovered from without restarting the service (REQ-REL-003).
+async fn supervise(app: std::sync::Weak<App>) {
+    loop {
+        let Some(interval) = app.upgrade().map(|a| a.config.libvirt_recheck_interval) else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
+        let Some(app) = app.upgrade() else { return };
+        if app.infrastructure_ready.load(Ordering::SeqCst) {
+            continue;
+        }
+        match app.ensure_infrastructure().await {
+            Ok(()) => tracing::info!("libvirt network and storage pool are in place"),
+            Err(err) => tracing::debug!(error = %err, "libvirt still not ready"),
+        }
+    }
+}

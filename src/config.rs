@@ -1,0 +1,123 @@
+//! Configuration, validated once at start.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::paths::Paths;
+use crate::platform::Accelerator;
+
+/// The NAT network of REQ-NET-001/002.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub name: String,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    pub dhcp_start: Ipv4Addr,
+    pub dhcp_end: Ipv4Addr,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            name: "ec2-as-service".into(),
+            bridge: "ec2br0".into(),
+            gateway: Ipv4Addr::new(192, 168, 100, 1),
+            prefix_len: 24,
+            dhcp_start: Ipv4Addr::new(192, 168, 100, 10),
+            dhcp_end: Ipv4Addr::new(192, 168, 100, 254),
+        }
+    }
+}
+
+impl NetworkConfig {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0),
+        )
+    }
+    pub fn subnet(&self) -> String {
+        let network = u32::from(self.gateway) & u32::from(self.netmask());
+        format!("{}/{}", Ipv4Addr::from(network), self.prefix_len)
+    }
+}
+
+/// Host capacity thresholds below which new instances are refused (REQ-LIM-001/002).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub min_available_memory_mib: u64,
+    pub disk_headroom_gib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            min_available_memory_mib: 4096,
+            disk_headroom_gib: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub paths: Paths,
+    pub libvirt_uri: String,
+    /// None: choose from what the host offers.
+    pub accelerator: Option<Accelerator>,
+    pub network: NetworkConfig,
+    pub pool_name: String,
+    pub limits: Limits,
+    /// Ceiling for one virsh call; a hung libvirtd must not hang a request.
+    pub virsh_timeout: Duration,
+    /// Ceiling for qemu-img and the ISO tool.
+    pub tool_timeout: Duration,
+    /// How often the service re-checks libvirt to recreate what it needs after an outage.
+    pub libvirt_recheck_interval: Duration,
+}
+
+impl Config {
+    pub fn new(bind: SocketAddr, paths: Paths, libvirt_uri: String) -> Self {
+        Self {
+            bind,
+            paths,
+            libvirt_uri,
+            accelerator: None,
+            network: NetworkConfig::default(),
+            pool_name: crate::paths::DATA_DIR_NAME.to_string(),
+            limits: Limits::default(),
+            virsh_timeout: Duration::from_secs(30),
+            tool_timeout: Duration::from_secs(600),
+            libvirt_recheck_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // REQ-NET-001, REQ-NET-002
+    #[test]
+    fn default_network_is_the_required_one() {
+        let net = NetworkConfig::default();
+        assert_eq!(net.name, "ec2-as-service");
+        assert_eq!(net.subnet(), "192.168.100.0/24");
+        assert_eq!(net.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(net.dhcp_start, Ipv4Addr::new(192, 168, 100, 10));
+        assert_eq!(net.dhcp_end, Ipv4Addr::new(192, 168, 100, 254));
+    }
+
+    // REQ-STOR-001
+    #[test]
+    fn the_pool_is_named_after_the_data_dir() {
+        let config = Config::new(
+            "127.0.0.1:8000".parse().unwrap(),
+            Paths::new("/x"),
+            "qemu:///system".into(),
+        );
+        assert_eq!(config.pool_name, ".ec2-as-service");
+    }
+}

@@ -1,0 +1,214 @@
+//! SQLite: opening, migrations, and (one file per table, as they come) the queries.
+//! Only this module touches SQLite.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+/// Migrations in order; migration N brings the schema to `user_version` N.
+const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+
+pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this ec2local understands ({supported}); \
+         it was written by a newer ec2local. Upgrade ec2local, or move the file away to start afresh"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: u32,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database file permissions: {0}")]
+    Permissions(std::io::Error),
+}
+
+/// A shared connection. Calls run on a blocking thread so SQLite never stalls the runtime.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let open_err = |source| DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(DbError::Permissions)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrate(&conn, path)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .expect("database calls do not panic")
+    }
+
+    pub async fn schema_version(&self) -> Result<u32, DbError> {
+        self.call(|c| Ok(user_version(c)?)).await
+    }
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
+    let current = user_version(conn)?;
+    if current > SCHEMA_VERSION {
+        return Err(DbError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let apply = || -> rusqlite::Result<()> {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()
+        };
+        apply().map_err(|source| DbError::Migration {
+            version: *version,
+            source,
+        })?;
+        tracing::info!(version, "database migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_database_gets_the_whole_schema_with_mode_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ec2local.db");
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let tables: Vec<String> = db
+            .call(|c| {
+                let mut stmt =
+                    c.prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")?;
+                let rows = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(tables, ["images", "instances", "key_pairs"]);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // REQ-REL-001
+    #[tokio::test]
+    async fn reopening_keeps_data_and_does_not_migrate_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ec2local.db");
+        {
+            let db = Db::open(&path).unwrap();
+            db.call(|c| {
+                c.execute(
+                    "INSERT INTO instances (id, instance_type, vcpus, memory_mib, disk_gib, image_id, state, mac_address, created_at)
+                     VALUES ('i-00000001', 't2.nano', 1, 512, 8, 'ami-1', 'running', '52:54:00:00:00:01', '2026-01-01T00:00:00Z')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let state: String = db
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT state FROM instances WHERE id='i-00000001'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(state, "running");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_version_is_refused_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ec2local.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+                .unwrap();
+        }
+        let err = Db::open(&path).err().expect("newer schema must be refused");
+        assert!(matches!(err, DbError::TooNew { found: 99, .. }), "{err}");
+        assert!(err.to_string().contains("newer"));
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 99);
+        let has_instances: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name='instances'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(has_instances, 0);
+    }
+
+    #[test]
+    fn the_state_column_only_takes_known_states() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("x.db")).unwrap();
+        let conn = db.conn.lock().unwrap();
+        let err = conn.execute(
+            "INSERT INTO instances (id, instance_type, vcpus, memory_mib, disk_gib, image_id, state, mac_address, created_at)
+             VALUES ('i-00000002', 't2.nano', 1, 512, 8, 'ami-1', 'exploded', '52:54:00:00:00:02', 'now')",
+            [],
+        );
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! `ec2local doctor`: checks every host dependency and says how to fix what is missing.
+
+use std::time::Duration;
+
+use crate::exec::virsh::Virsh;
+use crate::exec::{ToolCommand, iso};
+use crate::platform::{AcceleratorProbe, Host, HostTool, Os, find_program};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    /// The command that fixes it, when it failed.
+    pub fix: Option<String>,
+    /// A failed required check makes doctor exit non-zero.
+    pub required: bool,
+}
+
+pub async fn run_checks(host: Host, libvirt_uri: &str) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let program = |name: &str, tool: HostTool| -> Check {
+        match find_program(name) {
+            Some(path) => Check {
+                name: name.into(),
+                ok: true,
+                detail: path.display().to_string(),
+                fix: None,
+                required: true,
+            },
+            None => Check {
+                name: name.into(),
+                ok: false,
+                detail: "not found on PATH".into(),
+                fix: Some(host.install_hint(tool)),
+                required: true,
+            },
+        }
+    };
+    checks.push(program("virsh", HostTool::Virsh));
+    checks.push(program("qemu-img", HostTool::QemuImg));
+    checks.push(program(host.qemu_system_binary(), HostTool::QemuSystem));
+    checks.push(
+        match iso::choose_tool(host.iso_tools(), |p| find_program(p).is_some()) {
+            Some(tool) => Check {
+                name: "ISO tool".into(),
+                ok: true,
+                detail: tool.program().into(),
+                fix: None,
+                required: true,
+            },
+            None => Check {
+                name: "ISO tool".into(),
+                ok: false,
+                detail: format!(
+                    "none of {} found",
+                    host.iso_tools()
+                        .iter()
+                        .map(|t| t.program())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                fix: Some(host.install_hint(HostTool::IsoTool)),
+                required: true,
+            },
+        },
+    );
+
+    let virsh = Virsh::new(libvirt_uri, Duration::from_secs(10));
+    checks.push(match virsh.version().await {
+        Ok(v) => Check {
+            name: "libvirt".into(),
+            ok: true,
+            detail: format!(
+                "{libvirt_uri}: {}, {}",
+                v.library.unwrap_or_default(),
+                v.hypervisor.unwrap_or_else(|| "no hypervisor".into())
+            ),
+            fix: None,
+            required: true,
+        },
+        Err(err) => Check {
+            name: "libvirt".into(),
+            ok: false,
+            detail: err.to_string(),
+            fix: Some(format!(
+                "{}   (or: {})",
+                host.libvirt_start_hint(),
+                host.install_hint(HostTool::Libvirtd)
+            )),
+            required: true,
+        },
+    });
+
+    checks.push(accelerator_check(host).await);
+    checks
+}
+
+async fn accelerator_check(host: Host) -> Check {
+    let (probe, name) = match host.os {
+        Os::Linux => (AcceleratorProbe::read_linux(), "KVM"),
+        Os::MacOs => {
+            let cmd =
+                ToolCommand::new("sysctl", Duration::from_secs(5)).args(["-n", "kern.hv_support"]);
+            let supported = crate::exec::run(cmd)
+                .await
+                .is_ok_and(|o| o.stdout.trim() == "1");
+            (
+                AcceleratorProbe {
+                    hypervisor_framework: supported,
+                    ..Default::default()
+                },
+                "hvf",
+            )
+        }
+    };
+    let chosen = host.choose_accelerator(probe, None);
+    let accelerated = chosen != crate::platform::Accelerator::Tcg;
+    let detail = match (host.os, accelerated) {
+        (_, true) => format!("{chosen} available"),
+        (Os::Linux, false) if probe.dev_kvm_usable => {
+            "/dev/kvm is usable but the CPU has no vmx/svm (nested or paravirtual KVM): guests run under TCG, slowly".into()
+        }
+        (Os::Linux, false) => "/dev/kvm is missing or not writable: guests run under TCG, slowly".into(),
+        (Os::MacOs, false) => "kern.hv_support is not 1: guests run under TCG, slowly".into(),
+    };
+    let fix = (!accelerated && host.os == Os::Linux && !probe.dev_kvm_usable).then(|| {
+        "sudo modprobe kvm_intel || sudo modprobe kvm_amd; sudo usermod -aG kvm $USER".to_string()
+    });
+    // Not required: TCG works, only slower.
+    Check {
+        name: name.into(),
+        ok: accelerated,
+        detail,
+        fix,
+        required: false,
+    }
+}
+
+/// Prints the checks; returns whether every required one passed.
+pub fn print_report(checks: &[Check]) -> bool {
+    for check in checks {
+        let mark = match (check.ok, check.required) {
+            (true, _) => "ok  ",
+            (false, true) => "FAIL",
+            (false, false) => "warn",
+        };
+        println!("[{mark}] {:<20} {}", check.name, check.detail);
+        if let Some(fix) = &check.fix {
+            println!("       fix: {fix}");
+        }
+    }
+    let ok = checks.iter().all(|c| c.ok || !c.required);
+    println!(
+        "{}",
+        if ok {
+            "All required dependencies are in place."
+        } else {
+            "Some required dependencies are missing."
+        }
+    );
+    ok
+}

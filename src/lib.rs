@@ -1,0 +1,23 @@
+//! ec2local: EC2-shaped virtual machines on your own machine, through libvirt/QEMU.
+//!
+//! Who calls whom: `api` and `cli` call the services (`network`, `storage`, `health`,
+//! `host`); services call `db`, `render`, `exec`, `platform` and `paths`. Only `exec`
+//! spawns processes, only `db` touches SQLite, only `api::error` picks a status code.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod doctor;
+pub mod error;
+pub mod exec;
+pub mod health;
+pub mod host;
+pub mod ids;
+pub mod logging;
+pub mod network;
+pub mod paths;
+pub mod platform;
+pub mod render;
+pub mod storage;

@@ -1,0 +1,293 @@
+//! Logging: tracing to stderr, and to `logs/app.log` (REQ-LOG-001) which is rotated
+//! when it passes 10 MB (REQ-LOG-002), started afresh each day (REQ-LOG-003), and whose
+//! rotated files are removed after 7 days (REQ-LOG-004).
+//!
+//! file-rotate does the size rotation, the timestamped names and the pruning by age;
+//! this module adds the daily roll-over, which file-rotate cannot combine with a size
+//! limit, behind an injectable clock so it is tested without waiting for midnight.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Local, NaiveDate};
+use file_rotate::suffix::{AppendTimestamp, DateFrom, FileLimit};
+use file_rotate::{ContentLimit, FileRotate, compression::Compression};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Suffix of rotated files: `app.log.20261126T101500`. Lexical order is time order.
+pub const ROTATED_SUFFIX_FORMAT: &str = "%Y%m%dT%H%M%S";
+
+#[derive(Debug, Clone, Copy)]
+pub struct LogPolicy {
+    pub max_bytes: usize,
+    pub max_age_days: i64,
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            max_age_days: 7,
+        }
+    }
+}
+
+pub trait Clock: Send + 'static {
+    fn now(&self) -> DateTime<Local>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Local> {
+        Local::now()
+    }
+}
+
+/// `app.log` with size and daily rotation and age-based retention.
+pub struct RotatingLog<C: Clock = SystemClock> {
+    inner: FileRotate<AppendTimestamp>,
+    day: NaiveDate,
+    clock: C,
+}
+
+impl<C: Clock> RotatingLog<C> {
+    pub fn open(path: &Path, policy: LogPolicy, clock: C) -> io::Result<Self> {
+        let mut options = OpenOptions::new();
+        options.read(true).create(true).append(true).mode(0o600);
+        // The day of the current file: a file last written yesterday is rolled over at
+        // the first write today, even across a restart.
+        let today = clock.now().date_naive();
+        let day = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| DateTime::<Local>::from(t).date_naive())
+            .unwrap_or(today);
+        let inner = FileRotate::new(
+            path,
+            AppendTimestamp::with_format(
+                ROTATED_SUFFIX_FORMAT,
+                FileLimit::Age(chrono::Duration::days(policy.max_age_days)),
+                DateFrom::Now,
+            ),
+            ContentLimit::BytesSurpassed(policy.max_bytes),
+            Compression::None,
+            Some(options),
+        );
+        let mut log = Self { inner, day, clock };
+        log.roll_over_if_new_day()?;
+        Ok(log)
+    }
+
+    fn roll_over_if_new_day(&mut self) -> io::Result<()> {
+        let today = self.clock.now().date_naive();
+        if today != self.day {
+            self.day = today;
+            self.inner.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Rotated files, oldest first.
+    pub fn rotated_files(&mut self) -> Vec<std::path::PathBuf> {
+        self.inner.log_paths()
+    }
+}
+
+impl<C: Clock> Write for RotatingLog<C> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.roll_over_if_new_day()?;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Installs the global subscriber: stderr at `RUST_LOG` (default info), and the log
+/// file at info and above (warnings and errors always).
+pub fn init(log_file: &Path) -> io::Result<()> {
+    let file = RotatingLog::open(log_file, LogPolicy::default(), SystemClock)?;
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let file_layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .with_filter(LevelFilter::INFO);
+    let stderr_layer = tracing_subscriber::fmt::layer()
+        .with_writer(io::stderr)
+        .with_filter(stderr_filter);
+    tracing_subscriber::registry()
+        .with(stderr_layer)
+        .with(file_layer)
+        .try_init()
+        .map_err(io::Error::other)
+}
+
+/// Stderr only, for commands that do not own a data dir (doctor).
+pub fn init_stderr() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// A clock the test moves by hand.
+    #[derive(Clone)]
+    struct FakeClock(Arc<AtomicI64>);
+    impl FakeClock {
+        fn at(t: DateTime<Local>) -> Self {
+            Self(Arc::new(AtomicI64::new(t.timestamp())))
+        }
+        fn advance_days(&self, days: i64) {
+            self.0.fetch_add(days * 86_400, Ordering::SeqCst);
+        }
+    }
+    impl Clock for FakeClock {
+        fn now(&self) -> DateTime<Local> {
+            DateTime::from_timestamp(self.0.load(Ordering::SeqCst), 0)
+                .unwrap()
+                .with_timezone(&Local)
+        }
+    }
+
+    fn rotated(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("app.log."))
+            .collect();
+        names.sort();
+        names
+    }
+
+    // REQ-LOG-002
+    #[test]
+    fn rotates_when_the_file_passes_the_size_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("app.log");
+        let policy = LogPolicy {
+            max_bytes: 1000,
+            max_age_days: 7,
+        };
+        let mut log = RotatingLog::open(&path, policy, SystemClock).unwrap();
+        let line = [b'x'; 99];
+        for _ in 0..10 {
+            log.write_all(&line).unwrap();
+            log.write_all(b"\n").unwrap();
+        }
+        assert!(
+            rotated(tmp.path()).is_empty(),
+            "rotated at exactly the limit"
+        );
+        log.write_all(b"one more line\n").unwrap();
+        log.write_all(b"and the next\n").unwrap();
+        log.flush().unwrap();
+        let files = rotated(tmp.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(std::fs::metadata(tmp.path().join(&files[0])).unwrap().len() >= 1000);
+        assert!(std::fs::metadata(&path).unwrap().len() < 1000);
+    }
+
+    // REQ-LOG-003
+    #[test]
+    fn starts_a_new_file_each_day() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("app.log");
+        let clock = FakeClock::at(Local::now());
+        let mut log = RotatingLog::open(&path, LogPolicy::default(), clock.clone()).unwrap();
+        log.write_all(b"day one\n").unwrap();
+        log.write_all(b"day one again\n").unwrap();
+        assert!(rotated(tmp.path()).is_empty());
+        clock.advance_days(1);
+        log.write_all(b"day two\n").unwrap();
+        log.flush().unwrap();
+        let files = rotated(tmp.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(&files[0])).unwrap(),
+            "day one\nday one again\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "day two\n");
+    }
+
+    // REQ-LOG-003
+    #[test]
+    fn a_file_left_from_an_earlier_day_is_rolled_over_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("app.log");
+        std::fs::write(&path, "yesterday\n").unwrap();
+        let clock = FakeClock::at(Local::now());
+        clock.advance_days(1);
+        let mut log = RotatingLog::open(&path, LogPolicy::default(), clock).unwrap();
+        log.write_all(b"today\n").unwrap();
+        log.flush().unwrap();
+        assert_eq!(rotated(tmp.path()).len(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "today\n");
+    }
+
+    // REQ-LOG-004
+    #[test]
+    fn rotated_files_older_than_seven_days_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("app.log");
+        let stamp = |days_ago: i64| {
+            (Local::now() - chrono::Duration::days(days_ago))
+                .format(ROTATED_SUFFIX_FORMAT)
+                .to_string()
+        };
+        let old = [
+            format!("app.log.{}", stamp(8)),
+            format!("app.log.{}", stamp(30)),
+        ];
+        let recent = [
+            format!("app.log.{}", stamp(1)),
+            format!("app.log.{}", stamp(6)),
+        ];
+        for name in old.iter().chain(&recent) {
+            std::fs::write(tmp.path().join(name), "old lines\n").unwrap();
+        }
+        let policy = LogPolicy {
+            max_bytes: 10,
+            max_age_days: 7,
+        };
+        let mut log = RotatingLog::open(&path, policy, SystemClock).unwrap();
+        log.write_all(b"enough bytes to rotate\n").unwrap();
+        log.write_all(b"x\n").unwrap();
+        log.flush().unwrap();
+        let files = rotated(tmp.path());
+        for name in &old {
+            assert!(!files.contains(name), "{name} was kept: {files:?}");
+        }
+        for name in &recent {
+            assert!(files.contains(name), "{name} was removed: {files:?}");
+        }
+        assert_eq!(files.len(), 3, "{files:?}");
+    }
+
+    // REQ-LOG-001
+    #[test]
+    fn the_log_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("app.log");
+        let mut log = RotatingLog::open(&path, LogPolicy::default(), SystemClock).unwrap();
+        log.write_all(b"x\n").unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! The NAT network `ec2-as-service` (REQ-NET-001/002/005): created if missing, started,
+//! autostarted; an existing network with another definition is reported, not changed.
+
+use std::net::Ipv4Addr;
+
+use quick_xml::XmlVersion;
+use quick_xml::events::Event;
+
+use crate::config::NetworkConfig;
+use crate::error::AppError;
+use crate::exec::virsh::{DhcpLease, Virsh};
+use crate::paths::Paths;
+use crate::render::{self, NetworkSpec};
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub defined: bool,
+    pub active: bool,
+    pub autostart: bool,
+    pub bridge: Option<String>,
+    /// Why the existing definition is not the one ec2local needs, if it is not.
+    pub conflict: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct NetworkManager {
+    virsh: Virsh,
+    config: NetworkConfig,
+    paths: Paths,
+}
+
+impl NetworkManager {
+    pub fn new(virsh: Virsh, config: NetworkConfig, paths: Paths) -> Self {
+        Self {
+            virsh,
+            config,
+            paths,
+        }
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    pub fn spec(&self) -> NetworkSpec {
+        NetworkSpec {
+            name: self.config.name.clone(),
+            bridge: self.config.bridge.clone(),
+            gateway: self.config.gateway.to_string(),
+            netmask: self.config.netmask().to_string(),
+            dhcp_start: self.config.dhcp_start.to_string(),
+            dhcp_end: self.config.dhcp_end.to_string(),
+            hosts: Vec::new(),
+        }
+    }
+
+    /// Makes the network exist, run and autostart. Idempotent.
+    pub async fn ensure(&self) -> Result<NetworkStatus, AppError> {
+        let name = &self.config.name;
+        if self.virsh.net_info(name).await?.is_none() {
+            let xml = render::network_xml(&self.spec())?;
+            let file = self.paths.network_xml();
+            std::fs::write(&file, xml)?;
+            self.virsh.net_define(&file).await?;
+            tracing::info!(network = %name, file = %file.display(), "defined network");
+        }
+        let status = self.status().await?;
+        if let Some(conflict) = &status.conflict {
+            tracing::warn!(network = %name, %conflict, "existing network differs from ec2local's; left as it is");
+            return Ok(status);
+        }
+        if !status.active {
+            self.virsh.net_start(name).await?;
+            tracing::info!(network = %name, "started network");
+        }
+        if !status.autostart {
+            self.virsh.net_autostart(name).await?;
+        }
+        self.status().await
+    }
+
+    pub async fn status(&self) -> Result<NetworkStatus, AppError> {
+        let name = &self.config.name;
+        let Some(info) = self.virsh.net_info(name).await? else {
+            return Ok(NetworkStatus {
+                name: name.clone(),
+                ..Default::default()
+            });
+        };
+        let xml = self.virsh.net_dumpxml_inactive(name).await?;
+        let conflict = match NetworkDefinition::parse(&xml) {
+            Ok(found) => found.conflict_with(&self.config),
+            Err(e) => Some(format!("its definition could not be read: {e}")),
+        };
+        Ok(NetworkStatus {
+            name: name.clone(),
+            defined: true,
+            active: info.is_active(),
+            autostart: info.is_autostart(),
+            bridge: info.get("Bridge").map(str::to_string),
+            conflict,
+        })
+    }
+
+    pub async fn leases(&self) -> Result<Vec<DhcpLease>, AppError> {
+        Ok(self.virsh.net_dhcp_leases(&self.config.name).await?)
+    }
+}
+
+/// The parts of a network's XML that ec2local relies on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkDefinition {
+    pub forward_mode: Option<String>,
+    pub ip_address: Option<String>,
+    pub netmask: Option<String>,
+    pub prefix: Option<String>,
+    pub dhcp_start: Option<String>,
+    pub dhcp_end: Option<String>,
+}
+
+impl NetworkDefinition {
+    pub fn parse(xml: &str) -> Result<Self, quick_xml::Error> {
+        let mut reader = quick_xml::Reader::from_str(xml);
+        let mut def = NetworkDefinition::default();
+        let mut path: Vec<String> = Vec::new();
+        loop {
+            let event = reader.read_event()?;
+            let (element, is_empty) = match &event {
+                Event::Start(e) => (Some(e), false),
+                Event::Empty(e) => (Some(e), true),
+                Event::End(_) => {
+                    path.pop();
+                    continue;
+                }
+                Event::Eof => break,
+                _ => continue,
+            };
+            let Some(element) = element else { continue };
+            let name = element.name().as_ref().to_string();
+            let attr = |key: &str| {
+                element
+                    .attributes()
+                    .flatten()
+                    .find(|a| a.key.as_ref() == key)
+                    .and_then(|a| {
+                        a.normalized_value(XmlVersion::Implicit1_0)
+                            .ok()
+                            .map(|v| v.into_owned())
+                    })
+            };
+            let parent = path.last().map(String::as_str);
+            match (parent, name.as_str()) {
+                (Some("network"), "forward") => def.forward_mode = attr("mode"),
+                // Only the first IPv4 <ip> counts.
+                (Some("network"), "ip")
+                    if def.ip_address.is_none() && attr("family").as_deref() != Some("ipv6") =>
+                {
+                    def.ip_address = attr("address");
+                    def.netmask = attr("netmask");
+                    def.prefix = attr("prefix");
+                }
+                (Some("dhcp"), "range") if def.dhcp_start.is_none() => {
+                    def.dhcp_start = attr("start");
+                    def.dhcp_end = attr("end");
+                }
+                _ => {}
+            }
+            if !is_empty {
+                path.push(name);
+            }
+        }
+        Ok(def)
+    }
+
+    /// None when the definition gives what `wanted` asks for; else what differs.
+    pub fn conflict_with(&self, wanted: &NetworkConfig) -> Option<String> {
+        let mut problems = Vec::new();
+        if self.forward_mode.as_deref() != Some("nat") {
+            problems.push(format!(
+                "forward mode is {:?}, not nat",
+                self.forward_mode.as_deref().unwrap_or("none")
+            ));
+        }
+        let gateway = wanted.gateway.to_string();
+        if self.ip_address.as_deref() != Some(gateway.as_str()) {
+            problems.push(format!(
+                "address is {:?}, not {gateway}",
+                self.ip_address.as_deref().unwrap_or("none")
+            ));
+        }
+        let prefix_matches = match (&self.netmask, &self.prefix) {
+            (Some(mask), _) => mask.parse::<Ipv4Addr>().ok() == Some(wanted.netmask()),
+            (None, Some(prefix)) => prefix.parse::<u8>().ok() == Some(wanted.prefix_len),
+            (None, None) => false,
+        };
+        if !prefix_matches {
+            problems.push(format!("netmask is not {}", wanted.netmask()));
+        }
+        let range = (wanted.dhcp_start.to_string(), wanted.dhcp_end.to_string());
+        if (self.dhcp_start.as_deref(), self.dhcp_end.as_deref())
+            != (Some(range.0.as_str()), Some(range.1.as_str()))
+        {
+            problems.push(format!(
+                "DHCP range is {}-{}, not {}-{}",
+                self.dhcp_start.as_deref().unwrap_or("none"),
+                self.dhcp_end.as_deref().unwrap_or("none"),
+                range.0,
+                range.1
+            ));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Recorded `virsh net-dumpxml --inactive ec2-as-service` from libvirt 9.0.
+    const DUMPED: &str = "<network>
+  <name>ec2-as-service</name>
+  <uuid>0b6f2c1e-3a7d-4d55-9d7e-9f1b2f6c1a10</uuid>
+  <forward mode='nat'>
+    <nat>
+      <port start='1024' end='65535'/>
+    </nat>
+  </forward>
+  <bridge name='ec2br0' stp='on' delay='0'/>
+  <mac address='52:54:00:3e:8a:11'/>
+  <ip address='192.168.100.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.100.10' end='192.168.100.254'/>
+      <host mac='52:54:1a:2b:3c:4d' name='i-1a2b3c4d' ip='192.168.100.10'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+    // REQ-NET-001, REQ-NET-002
+    #[test]
+    fn the_rendered_network_has_no_conflict_with_its_config() {
+        let config = NetworkConfig::default();
+        let manager = NetworkManager::new(
+            Virsh::new("test:///default", Default::default()),
+            config.clone(),
+            Paths::new("/x"),
+        );
+        let xml = render::network_xml(&manager.spec()).unwrap();
+        let def = NetworkDefinition::parse(&xml).unwrap();
+        assert_eq!(def.forward_mode.as_deref(), Some("nat"));
+        assert_eq!(def.conflict_with(&config), None);
+        assert_eq!(
+            NetworkDefinition::parse(DUMPED)
+                .unwrap()
+                .conflict_with(&config),
+            None
+        );
+    }
+
+    #[test]
+    fn a_different_network_is_reported_as_a_conflict() {
+        let other = DUMPED
+            .replace("192.168.100.1'", "10.0.0.1'")
+            .replace("mode='nat'", "mode='route'");
+        let conflict = NetworkDefinition::parse(&other)
+            .unwrap()
+            .conflict_with(&NetworkConfig::default())
+            .unwrap();
+        assert!(conflict.contains("forward mode is \"route\""), "{conflict}");
+        assert!(conflict.contains("address is \"10.0.0.1\""), "{conflict}");
+        let narrower = DUMPED.replace("192.168.100.254", "192.168.100.100");
+        let conflict = NetworkDefinition::parse(&narrower)
+            .unwrap()
+            .conflict_with(&NetworkConfig::default())
+            .unwrap();
+        assert!(conflict.contains("DHCP range"), "{conflict}");
+    }
+
+    #[test]
+    fn prefix_form_is_understood() {
+        let def =
+            NetworkDefinition::parse(&DUMPED.replace("netmask='255.255.255.0'", "prefix='24'"))
+                .unwrap();
+        assert_eq!(def.conflict_with(&NetworkConfig::default()), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! Every on-disk location of ec2local. Nobody else joins paths under the data dir.
+//!
+//! ```text
+//! ~/.ec2-as-service/
+//! |-- ec2local.db         SQLite metadata
+//! |-- network.xml         the rendered NAT network, replayable with virsh net-define
+//! |-- pool.xml            the rendered storage pool, replayable with virsh pool-define
+//! |-- storage/            libvirt storage pool
+//! |-- images/             base OS images
+//! |-- instances/i-xxxxxxxx/{disk.qcow2, cloud-init.iso, domain.xml, console.log}
+//! `-- logs/app.log
+//! ```
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::ids::InstanceId;
+
+/// Name of the data directory under the user's home (REQ-STOR-005).
+pub const DATA_DIR_NAME: &str = ".ec2-as-service";
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `~/.ec2-as-service`, or None when no home directory is known.
+    pub fn default_root() -> Option<PathBuf> {
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|home| PathBuf::from(home).join(DATA_DIR_NAME))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn storage(&self) -> PathBuf {
+        self.root.join("storage")
+    }
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn instances(&self) -> PathBuf {
+        self.root.join("instances")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.logs().join("app.log")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("ec2local.db")
+    }
+    pub fn network_xml(&self) -> PathBuf {
+        self.root.join("network.xml")
+    }
+    pub fn pool_xml(&self) -> PathBuf {
+        self.root.join("pool.xml")
+    }
+    pub fn instance_dir(&self, id: &InstanceId) -> PathBuf {
+        // InstanceId is validated on construction, so it can never escape instances/.
+        self.instances().join(id.to_string())
+    }
+    pub fn instance_disk(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join("disk.qcow2")
+    }
+    pub fn instance_cidata(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join("cloud-init.iso")
+    }
+    pub fn instance_domain_xml(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join("domain.xml")
+    }
+    pub fn instance_console_log(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join("console.log")
+    }
+
+    /// Creates the layout. Directories QEMU must reach (the root, storage, images,
+    /// instances) are 0711 so the hypervisor's user can traverse but not list them;
+    /// the logs directory is 0700.
+    pub fn ensure(&self) -> io::Result<()> {
+        for (dir, mode) in [
+            (self.root.clone(), 0o711),
+            (self.storage(), 0o711),
+            (self.images(), 0o711),
+            (self.instances(), 0o711),
+            (self.logs(), 0o700),
+        ] {
+            fs::create_dir_all(&dir)?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    /// Creates an instance's own directory (0711, see `ensure`).
+    pub fn ensure_instance_dir(&self, id: &InstanceId) -> io::Result<PathBuf> {
+        let dir = self.instance_dir(id);
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))?;
+        Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // REQ-STOR-005
+    #[test]
+    fn layout_matches_the_required_structure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::new(tmp.path().join(DATA_DIR_NAME));
+        paths.ensure().unwrap();
+        for sub in ["storage", "images", "instances", "logs"] {
+            assert!(paths.root().join(sub).is_dir(), "{sub} missing");
+        }
+        let id: InstanceId = "i-0123abcd".parse().unwrap();
+        assert!(
+            paths
+                .instance_disk(&id)
+                .ends_with(".ec2-as-service/instances/i-0123abcd/disk.qcow2")
+        );
+        assert!(
+            paths
+                .instance_cidata(&id)
+                .ends_with("instances/i-0123abcd/cloud-init.iso")
+        );
+        assert!(paths.log_file().ends_with(".ec2-as-service/logs/app.log"));
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(paths.logs()), 0o700);
+        assert_eq!(mode(paths.instances()), 0o711);
+    }
+
+    #[test]
+    fn ensure_is_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::new(tmp.path().join("data"));
+        paths.ensure().unwrap();
+        paths.ensure().unwrap();
+    }
+}

@@ -1,0 +1,448 @@
+//! The one seam between Linux and macOS (and between x86_64 and aarch64).
+//!
+//! Everything that differs per host is decided here from a `Host` value, so the
+//! decisions are unit-tested on any machine by injecting the host. `Host::detect` is
+//! the only place that looks at `cfg(target_os)` / `cfg(target_arch)`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Os {
+    Linux,
+    MacOs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// libvirt's and QEMU's name for the architecture.
+    pub fn libvirt_name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+    /// The name Ubuntu and Debian use for it in image file names.
+    pub fn debian_name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub os: Os,
+    pub arch: Arch,
+}
+
+impl Host {
+    pub fn detect() -> Host {
+        let os = if cfg!(target_os = "macos") {
+            Os::MacOs
+        } else {
+            Os::Linux
+        };
+        let arch = if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        };
+        Host { os, arch }
+    }
+
+    /// `qemu:///system` on Linux (NAT networks need the system daemon);
+    /// `qemu:///session` on macOS, where Homebrew's libvirt runs as the user.
+    pub fn default_libvirt_uri(&self) -> &'static str {
+        match self.os {
+            Os::Linux => "qemu:///system",
+            Os::MacOs => "qemu:///session",
+        }
+    }
+
+    /// ISO tools able to write a NoCloud `cidata` volume, in order of preference.
+    pub fn iso_tools(&self) -> &'static [IsoTool] {
+        match self.os {
+            Os::Linux => &[IsoTool::Genisoimage, IsoTool::Mkisofs, IsoTool::Xorriso],
+            Os::MacOs => &[IsoTool::Hdiutil, IsoTool::Mkisofs, IsoTool::Xorriso],
+        }
+    }
+
+    pub fn qemu_system_binary(&self) -> &'static str {
+        match self.arch {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// How a missing host tool is installed, as a command a user can paste.
+    pub fn install_hint(&self, tool: HostTool) -> String {
+        match self.os {
+            Os::Linux => {
+                let package = match tool {
+                    HostTool::Virsh => "libvirt-clients",
+                    HostTool::Libvirtd => "libvirt-daemon-system",
+                    HostTool::QemuImg => "qemu-utils",
+                    HostTool::QemuSystem => match self.arch {
+                        Arch::X86_64 => "qemu-system-x86",
+                        Arch::Aarch64 => "qemu-system-arm qemu-efi-aarch64",
+                    },
+                    HostTool::IsoTool => "genisoimage",
+                };
+                format!("sudo apt-get install -y {package}")
+            }
+            Os::MacOs => {
+                let formula = match tool {
+                    HostTool::Virsh | HostTool::Libvirtd => "libvirt",
+                    HostTool::QemuImg | HostTool::QemuSystem => "qemu",
+                    HostTool::IsoTool => "cdrtools",
+                };
+                format!("brew install {formula}")
+            }
+        }
+    }
+
+    /// How libvirt itself is started when it is not reachable.
+    pub fn libvirt_start_hint(&self) -> &'static str {
+        match self.os {
+            Os::Linux => "sudo systemctl enable --now libvirtd",
+            Os::MacOs => "brew services start libvirt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostTool {
+    Virsh,
+    Libvirtd,
+    QemuImg,
+    QemuSystem,
+    IsoTool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsoTool {
+    Genisoimage,
+    Mkisofs,
+    Xorriso,
+    Hdiutil,
+}
+
+impl IsoTool {
+    pub fn program(self) -> &'static str {
+        match self {
+            IsoTool::Genisoimage => "genisoimage",
+            IsoTool::Mkisofs => "mkisofs",
+            IsoTool::Xorriso => "xorriso",
+            IsoTool::Hdiutil => "hdiutil",
+        }
+    }
+}
+
+/// Hardware acceleration for guests; `Tcg` is QEMU's software emulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    Kvm,
+    Hvf,
+    Tcg,
+}
+
+impl Accelerator {
+    /// The libvirt domain type for it.
+    pub fn domain_type(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Hvf => "hvf",
+            Accelerator::Tcg => "qemu",
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Hvf => "hvf",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Accelerator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kvm" => Ok(Accelerator::Kvm),
+            "hvf" => Ok(Accelerator::Hvf),
+            "tcg" | "qemu" => Ok(Accelerator::Tcg),
+            other => Err(format!(
+                "unknown accelerator {other:?}: expected kvm, hvf or tcg"
+            )),
+        }
+    }
+}
+
+/// What the host offers for acceleration, read once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AcceleratorProbe {
+    /// `/dev/kvm` exists and can be opened read-write.
+    pub dev_kvm_usable: bool,
+    /// The CPU advertises hardware virtualisation (`vmx`/`svm` on x86). A paravirtual
+    /// `/dev/kvm` (e.g. PVM) without them cannot run a stock guest kernel.
+    pub cpu_virtualization: bool,
+    /// macOS `kern.hv_support` is 1.
+    pub hypervisor_framework: bool,
+}
+
+impl AcceleratorProbe {
+    /// Reads the host. On macOS, `hv_support` comes from the caller (it needs sysctl,
+    /// which is run by `exec`), so this only fills in the Linux facts.
+    pub fn read_linux() -> Self {
+        let dev_kvm_usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self {
+            dev_kvm_usable,
+            cpu_virtualization: cpu_flags_have_virtualization(&cpuinfo),
+            hypervisor_framework: false,
+        }
+    }
+}
+
+/// True when a `flags` line of /proc/cpuinfo has `vmx` or `svm`.
+pub fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+impl Host {
+    /// Picks the accelerator: the override if given, else KVM only when `/dev/kvm` is
+    /// usable and (on x86) the CPU has vmx/svm, hvf when macOS supports it, else TCG.
+    pub fn choose_accelerator(
+        &self,
+        probe: AcceleratorProbe,
+        wanted: Option<Accelerator>,
+    ) -> Accelerator {
+        if let Some(accelerator) = wanted {
+            return accelerator;
+        }
+        match self.os {
+            Os::MacOs if probe.hypervisor_framework => Accelerator::Hvf,
+            Os::MacOs => Accelerator::Tcg,
+            Os::Linux => {
+                // aarch64 Linux has no vmx/svm flags; a usable /dev/kvm is enough there.
+                let cpu_ok = self.arch == Arch::Aarch64 || probe.cpu_virtualization;
+                if probe.dev_kvm_usable && cpu_ok {
+                    Accelerator::Kvm
+                } else {
+                    Accelerator::Tcg
+                }
+            }
+        }
+    }
+
+    /// How guests are built on this host with this accelerator.
+    pub fn guest_platform(&self, accelerator: Accelerator, emulator: PathBuf) -> GuestPlatform {
+        let efi = match (self.os, self.arch) {
+            (_, Arch::X86_64) => None,
+            (Os::Linux, Arch::Aarch64) => Some(EfiFirmware {
+                loader: PathBuf::from("/usr/share/AAVMF/AAVMF_CODE.fd"),
+                vars_template: PathBuf::from("/usr/share/AAVMF/AAVMF_VARS.fd"),
+            }),
+            (Os::MacOs, Arch::Aarch64) => {
+                let share = homebrew_prefix().join("share/qemu");
+                Some(EfiFirmware {
+                    loader: share.join("edk2-aarch64-code.fd"),
+                    vars_template: share.join("edk2-arm-vars.fd"),
+                })
+            }
+        };
+        let (machine, cdrom_bus, cdrom_target) = match self.arch {
+            // The cloud kernels we boot have no AHCI driver; the pc machine's IDE works.
+            Arch::X86_64 => ("pc", "ide", "hdc"),
+            Arch::Aarch64 => ("virt", "scsi", "sda"),
+        };
+        GuestPlatform {
+            domain_type: accelerator.domain_type(),
+            arch: self.arch,
+            machine,
+            emulator,
+            efi,
+            cdrom_bus,
+            cdrom_target,
+            cpu_host_passthrough: accelerator != Accelerator::Tcg,
+            network: match self.os {
+                Os::Linux => NetworkMode::LibvirtNat,
+                Os::MacOs => NetworkMode::VmnetShared,
+            },
+        }
+    }
+}
+
+fn homebrew_prefix() -> PathBuf {
+    std::env::var_os("HOMEBREW_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/homebrew"))
+}
+
+/// Looks a program up on PATH.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EfiFirmware {
+    pub loader: PathBuf,
+    pub vars_template: PathBuf,
+}
+
+/// How guests get their network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// libvirt's NAT network with its dnsmasq (Linux).
+    LibvirtNat,
+    /// QEMU's vmnet-shared netdev (macOS, where libvirt's network driver is absent).
+    VmnetShared,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestPlatform {
+    pub domain_type: &'static str,
+    pub arch: Arch,
+    pub machine: &'static str,
+    pub emulator: PathBuf,
+    pub efi: Option<EfiFirmware>,
+    pub cdrom_bus: &'static str,
+    pub cdrom_target: &'static str,
+    pub cpu_host_passthrough: bool,
+    pub network: NetworkMode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINUX_X86: Host = Host {
+        os: Os::Linux,
+        arch: Arch::X86_64,
+    };
+    const LINUX_ARM: Host = Host {
+        os: Os::Linux,
+        arch: Arch::Aarch64,
+    };
+    const MAC_ARM: Host = Host {
+        os: Os::MacOs,
+        arch: Arch::Aarch64,
+    };
+
+    #[test]
+    fn pvm_kvm_without_vmx_falls_back_to_tcg() {
+        let pvm = AcceleratorProbe {
+            dev_kvm_usable: true,
+            cpu_virtualization: false,
+            hypervisor_framework: false,
+        };
+        assert_eq!(LINUX_X86.choose_accelerator(pvm, None), Accelerator::Tcg);
+        let real = AcceleratorProbe {
+            cpu_virtualization: true,
+            ..pvm
+        };
+        assert_eq!(LINUX_X86.choose_accelerator(real, None), Accelerator::Kvm);
+        let no_dev = AcceleratorProbe {
+            dev_kvm_usable: false,
+            ..real
+        };
+        assert_eq!(LINUX_X86.choose_accelerator(no_dev, None), Accelerator::Tcg);
+        assert_eq!(LINUX_ARM.choose_accelerator(pvm, None), Accelerator::Kvm);
+    }
+
+    #[test]
+    fn macos_uses_hvf_when_supported_and_override_wins() {
+        let hv = AcceleratorProbe {
+            hypervisor_framework: true,
+            ..Default::default()
+        };
+        assert_eq!(MAC_ARM.choose_accelerator(hv, None), Accelerator::Hvf);
+        assert_eq!(
+            MAC_ARM.choose_accelerator(AcceleratorProbe::default(), None),
+            Accelerator::Tcg
+        );
+        assert_eq!(
+            MAC_ARM.choose_accelerator(hv, Some(Accelerator::Tcg)),
+            Accelerator::Tcg
+        );
+    }
+
+    #[test]
+    fn cpuinfo_flags_are_read_from_the_flags_line() {
+        assert!(cpu_flags_have_virtualization(
+            "processor : 0\nflags : fpu vme vmx sse\n"
+        ));
+        assert!(cpu_flags_have_virtualization("flags\t\t: svm lm\n"));
+        assert!(!cpu_flags_have_virtualization(
+            "flags : fpu vme sse hypervisor\nmodel name : vmx-like\n"
+        ));
+    }
+
+    #[test]
+    fn default_uri_and_iso_tools_per_os() {
+        assert_eq!(LINUX_X86.default_libvirt_uri(), "qemu:///system");
+        assert_eq!(MAC_ARM.default_libvirt_uri(), "qemu:///session");
+        assert_eq!(LINUX_X86.iso_tools()[0], IsoTool::Genisoimage);
+        assert_eq!(MAC_ARM.iso_tools()[0], IsoTool::Hdiutil);
+    }
+
+    #[test]
+    fn guest_platform_per_host() {
+        let x86 = LINUX_X86.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into());
+        assert_eq!(
+            (x86.machine, x86.cdrom_bus, x86.domain_type),
+            ("pc", "ide", "qemu")
+        );
+        assert!(x86.efi.is_none() && !x86.cpu_host_passthrough);
+        let mac = MAC_ARM.guest_platform(
+            Accelerator::Hvf,
+            "/opt/homebrew/bin/qemu-system-aarch64".into(),
+        );
+        assert_eq!(
+            (mac.machine, mac.domain_type, mac.network),
+            ("virt", "hvf", NetworkMode::VmnetShared)
+        );
+        assert!(mac.efi.unwrap().loader.ends_with("edk2-aarch64-code.fd"));
+        assert!(mac.cpu_host_passthrough);
+    }
+
+    #[test]
+    fn install_hints_name_real_packages() {
+        assert_eq!(
+            LINUX_X86.install_hint(HostTool::Virsh),
+            "sudo apt-get install -y libvirt-clients"
+        );
+        assert_eq!(
+            MAC_ARM.install_hint(HostTool::QemuSystem),
+            "brew install qemu"
+        );
+    }
+}
