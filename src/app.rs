@@ -30,10 +30,7 @@ pub struct App {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
 }
@@ -43,10 +40,7 @@ impl App {
     /// starts, answers 503 where libvirt is needed, and sets things up once it is back.
     pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
         let paths = config.paths.clone();
-        paths.ensure().map_err(|source| StartError::DataDir {
-            path: paths.root().display().to_string(),
-            source,
-        })?;
+        paths.ensure().map_err(|source| StartError::DataDir { path: paths.root().display().to_string(), source })?;
         let db = Db::open(&paths.database())?;
         let host = Host::detect();
         let accelerator_probe = probe_accelerator(host).await;
@@ -75,21 +69,14 @@ impl App {
     pub async fn ensure_infrastructure(&self) -> Result<(), AppError> {
         let (network, pool) = tokio::join!(self.network.ensure(), self.pool.ensure());
         let (network, pool) = (network?, pool?);
-        let ready =
-            network.active && network.conflict.is_none() && pool.active && pool.conflict.is_none();
+        let ready = network.active && network.conflict.is_none() && pool.active && pool.conflict.is_none();
         self.infrastructure_ready.store(ready, Ordering::SeqCst);
         Ok(())
     }
 
     pub async fn health(&self) -> HealthReport {
-        let report = health::check(
-            &self.virsh,
-            &self.network,
-            &self.pool,
-            self.accelerator,
-            self.accelerator_probe,
-        )
-        .await;
+        let report =
+            health::check(&self.virsh, &self.network, &self.pool, self.accelerator, self.accelerator_probe).await;
         if !report.is_healthy() {
             self.infrastructure_ready.store(false, Ordering::SeqCst);
         }
@@ -103,13 +90,8 @@ async fn probe_accelerator(host: Host) -> AcceleratorProbe {
         Os::MacOs => {
             let cmd = crate::exec::ToolCommand::new("sysctl", std::time::Duration::from_secs(5))
                 .args(["-n", "kern.hv_support"]);
-            let supported = crate::exec::run(cmd)
-                .await
-                .is_ok_and(|out| out.stdout.trim() == "1");
-            AcceleratorProbe {
-                hypervisor_framework: supported,
-                ..Default::default()
-            }
+            let supported = crate::exec::run(cmd).await.is_ok_and(|out| out.stdout.trim() == "1");
+            AcceleratorProbe { hypervisor_framework: supported, ..Default::default() }
         }
     }
 }

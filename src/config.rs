@@ -31,12 +31,47 @@ impl Default for NetworkConfig {
 }
 
 impl NetworkConfig {
+    /// Builds and checks a network configuration from its textual parts:
+    /// `gateway` as `ADDRESS/PREFIX`, `dhcp_range` as `FIRST-LAST`.
+    pub fn parse(name: &str, bridge: &str, gateway: &str, dhcp_range: &str) -> Result<Self, String> {
+        if name.is_empty() || name.contains('/') {
+            return Err(format!("invalid network name {name:?}"));
+        }
+        if bridge.is_empty() || bridge.len() > 15 || bridge.contains(|c: char| c == '/' || c.is_whitespace()) {
+            return Err(format!("invalid bridge name {bridge:?}: 1-15 characters, no '/' or spaces"));
+        }
+        let (address, prefix) = gateway
+            .split_once('/')
+            .ok_or_else(|| format!("gateway {gateway:?} must be ADDRESS/PREFIX, e.g. 192.168.100.1/24"))?;
+        let gateway: Ipv4Addr = address.parse().map_err(|_| format!("invalid gateway address {address:?}"))?;
+        let prefix_len: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("invalid prefix {prefix:?}: expected 8 to 30"))?;
+        let (first, last) =
+            dhcp_range.split_once('-').ok_or_else(|| format!("DHCP range {dhcp_range:?} must be FIRST-LAST"))?;
+        let dhcp_start: Ipv4Addr = first.trim().parse().map_err(|_| format!("invalid DHCP range start {first:?}"))?;
+        let dhcp_end: Ipv4Addr = last.trim().parse().map_err(|_| format!("invalid DHCP range end {last:?}"))?;
+        let config = Self { name: name.into(), bridge: bridge.into(), gateway, prefix_len, dhcp_start, dhcp_end };
+        let mask = u32::from(config.netmask());
+        let in_subnet = |ip: Ipv4Addr| u32::from(ip) & mask == u32::from(gateway) & mask;
+        if !in_subnet(dhcp_start) || !in_subnet(dhcp_end) || u32::from(dhcp_start) > u32::from(dhcp_end) {
+            return Err(format!("DHCP range {dhcp_range} must be ascending and inside {}", config.subnet()));
+        }
+        if (u32::from(dhcp_start)..=u32::from(dhcp_end)).contains(&u32::from(gateway)) {
+            return Err(format!("DHCP range {dhcp_range} must not include the gateway {gateway}"));
+        }
+        Ok(config)
+    }
+
+    /// How many addresses the DHCP range holds.
+    pub fn dhcp_size(&self) -> u32 {
+        u32::from(self.dhcp_end) - u32::from(self.dhcp_start) + 1
+    }
+
     pub fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(self.prefix_len))
-                .unwrap_or(0),
-        )
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0))
     }
     pub fn subnet(&self) -> String {
         let network = u32::from(self.gateway) & u32::from(self.netmask());
@@ -53,10 +88,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            min_available_memory_mib: 4096,
-            disk_headroom_gib: 5,
-        }
+        Self { min_available_memory_mib: 4096, disk_headroom_gib: 5 }
     }
 }
 
@@ -110,14 +142,35 @@ mod tests {
         assert_eq!(net.dhcp_end, Ipv4Addr::new(192, 168, 100, 254));
     }
 
+    #[test]
+    fn network_config_is_parsed_and_checked() {
+        let net =
+            NetworkConfig::parse("ec2-as-service", "ec2br0", "192.168.100.1/24", "192.168.100.10-192.168.100.254")
+                .unwrap();
+        assert_eq!(net, NetworkConfig::default());
+        assert_eq!(net.dhcp_size(), 245);
+        let tiny = NetworkConfig::parse("t", "br-t", "10.9.0.1/29", "10.9.0.2-10.9.0.3").unwrap();
+        assert_eq!(tiny.dhcp_size(), 2);
+        for (gw, range) in [
+            ("192.168.100.1", "192.168.100.10-192.168.100.20"),
+            ("192.168.100.1/33", "192.168.100.10-192.168.100.20"),
+            ("192.168.100.1/24", "192.168.101.10-192.168.101.20"),
+            ("192.168.100.1/24", "192.168.100.20-192.168.100.10"),
+            ("192.168.100.1/24", "192.168.100.1-192.168.100.10"),
+            ("192.168.100.1/24", "192.168.100.10"),
+        ] {
+            assert!(NetworkConfig::parse("n", "br0", gw, range).is_err(), "{gw} {range} accepted");
+        }
+        assert!(
+            NetworkConfig::parse("n", "a-bridge-name-too-long", "192.168.100.1/24", "192.168.100.10-192.168.100.20")
+                .is_err()
+        );
+    }
+
     // REQ-STOR-001
     #[test]
     fn the_pool_is_named_after_the_data_dir() {
-        let config = Config::new(
-            "127.0.0.1:8000".parse().unwrap(),
-            Paths::new("/x"),
-            "qemu:///system".into(),
-        );
+        let config = Config::new("127.0.0.1:8000".parse().unwrap(), Paths::new("/x"), "qemu:///system".into());
         assert_eq!(config.pool_name, ".ec2-as-service");
     }
 }

@@ -21,13 +21,9 @@ pub async fn run_checks(host: Host, libvirt_uri: &str) -> Vec<Check> {
     let mut checks = Vec::new();
     let program = |name: &str, tool: HostTool| -> Check {
         match find_program(name) {
-            Some(path) => Check {
-                name: name.into(),
-                ok: true,
-                detail: path.display().to_string(),
-                fix: None,
-                required: true,
-            },
+            Some(path) => {
+                Check { name: name.into(), ok: true, detail: path.display().to_string(), fix: None, required: true }
+            }
             None => Check {
                 name: name.into(),
                 ok: false,
@@ -40,31 +36,21 @@ pub async fn run_checks(host: Host, libvirt_uri: &str) -> Vec<Check> {
     checks.push(program("virsh", HostTool::Virsh));
     checks.push(program("qemu-img", HostTool::QemuImg));
     checks.push(program(host.qemu_system_binary(), HostTool::QemuSystem));
-    checks.push(
-        match iso::choose_tool(host.iso_tools(), |p| find_program(p).is_some()) {
-            Some(tool) => Check {
-                name: "ISO tool".into(),
-                ok: true,
-                detail: tool.program().into(),
-                fix: None,
-                required: true,
-            },
-            None => Check {
-                name: "ISO tool".into(),
-                ok: false,
-                detail: format!(
-                    "none of {} found",
-                    host.iso_tools()
-                        .iter()
-                        .map(|t| t.program())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                fix: Some(host.install_hint(HostTool::IsoTool)),
-                required: true,
-            },
+    checks.push(match iso::choose_tool(host.iso_tools(), |p| find_program(p).is_some()) {
+        Some(tool) => {
+            Check { name: "ISO tool".into(), ok: true, detail: tool.program().into(), fix: None, required: true }
+        }
+        None => Check {
+            name: "ISO tool".into(),
+            ok: false,
+            detail: format!(
+                "none of {} found",
+                host.iso_tools().iter().map(|t| t.program()).collect::<Vec<_>>().join(", ")
+            ),
+            fix: Some(host.install_hint(HostTool::IsoTool)),
+            required: true,
         },
-    );
+    });
 
     let virsh = Virsh::new(libvirt_uri, Duration::from_secs(10));
     checks.push(match virsh.version().await {
@@ -83,11 +69,7 @@ pub async fn run_checks(host: Host, libvirt_uri: &str) -> Vec<Check> {
             name: "libvirt".into(),
             ok: false,
             detail: err.to_string(),
-            fix: Some(format!(
-                "{}   (or: {})",
-                host.libvirt_start_hint(),
-                host.install_hint(HostTool::Libvirtd)
-            )),
+            fix: Some(format!("{}   (or: {})", host.libvirt_start_hint(), host.install_hint(HostTool::Libvirtd))),
             required: true,
         },
     });
@@ -100,18 +82,9 @@ async fn accelerator_check(host: Host) -> Check {
     let (probe, name) = match host.os {
         Os::Linux => (AcceleratorProbe::read_linux(), "KVM"),
         Os::MacOs => {
-            let cmd =
-                ToolCommand::new("sysctl", Duration::from_secs(5)).args(["-n", "kern.hv_support"]);
-            let supported = crate::exec::run(cmd)
-                .await
-                .is_ok_and(|o| o.stdout.trim() == "1");
-            (
-                AcceleratorProbe {
-                    hypervisor_framework: supported,
-                    ..Default::default()
-                },
-                "hvf",
-            )
+            let cmd = ToolCommand::new("sysctl", Duration::from_secs(5)).args(["-n", "kern.hv_support"]);
+            let supported = crate::exec::run(cmd).await.is_ok_and(|o| o.stdout.trim() == "1");
+            (AcceleratorProbe { hypervisor_framework: supported, ..Default::default() }, "hvf")
         }
     };
     let chosen = host.choose_accelerator(probe, None);
@@ -119,22 +92,16 @@ async fn accelerator_check(host: Host) -> Check {
     let detail = match (host.os, accelerated) {
         (_, true) => format!("{chosen} available"),
         (Os::Linux, false) if probe.dev_kvm_usable => {
-            "/dev/kvm is usable but the CPU has no vmx/svm (nested or paravirtual KVM): guests run under TCG, slowly".into()
+            "/dev/kvm is usable but the CPU has no vmx/svm (nested or paravirtual KVM): guests run under TCG, slowly"
+                .into()
         }
         (Os::Linux, false) => "/dev/kvm is missing or not writable: guests run under TCG, slowly".into(),
         (Os::MacOs, false) => "kern.hv_support is not 1: guests run under TCG, slowly".into(),
     };
-    let fix = (!accelerated && host.os == Os::Linux && !probe.dev_kvm_usable).then(|| {
-        "sudo modprobe kvm_intel || sudo modprobe kvm_amd; sudo usermod -aG kvm $USER".to_string()
-    });
+    let fix = (!accelerated && host.os == Os::Linux && !probe.dev_kvm_usable)
+        .then(|| "sudo modprobe kvm_intel || sudo modprobe kvm_amd; sudo usermod -aG kvm $USER".to_string());
     // Not required: TCG works, only slower.
-    Check {
-        name: name.into(),
-        ok: accelerated,
-        detail,
-        fix,
-        required: false,
-    }
+    Check { name: name.into(), ok: accelerated, detail, fix, required: false }
 }
 
 /// Prints the checks; returns whether every required one passed.
@@ -153,11 +120,7 @@ pub fn print_report(checks: &[Check]) -> bool {
     let ok = checks.iter().all(|c| c.ok || !c.required);
     println!(
         "{}",
-        if ok {
-            "All required dependencies are in place."
-        } else {
-            "Some required dependencies are missing."
-        }
+        if ok { "All required dependencies are in place." } else { "Some required dependencies are missing." }
     );
     ok
 }

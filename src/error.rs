@@ -27,9 +27,9 @@ impl AppError {
     pub fn code(&self) -> &'static str {
         match self {
             AppError::LibvirtUnavailable(_) => "LibvirtUnavailable",
-            AppError::NotFound { code, .. }
-            | AppError::InvalidInput { code, .. }
-            | AppError::Conflict { code, .. } => code,
+            AppError::NotFound { code, .. } | AppError::InvalidInput { code, .. } | AppError::Conflict { code, .. } => {
+                code
+            }
             AppError::Internal(_) => "InternalError",
         }
     }

@@ -28,14 +28,8 @@ impl HealthReport {
     /// Healthy: libvirt answers and the network and pool are active without conflict.
     pub fn is_healthy(&self) -> bool {
         self.libvirt.reachable
-            && self
-                .network
-                .as_ref()
-                .is_some_and(|n| n.active && n.conflict.is_none())
-            && self
-                .storage_pool
-                .as_ref()
-                .is_some_and(|p| p.active && p.conflict.is_none())
+            && self.network.as_ref().is_some_and(|n| n.active && n.conflict.is_none())
+            && self.storage_pool.as_ref().is_some_and(|p| p.active && p.conflict.is_none())
     }
 }
 
@@ -65,13 +59,7 @@ pub async fn check(
         }
         Err(err) => libvirt.error = Some(AppError::from(err).to_string()),
     }
-    HealthReport {
-        libvirt,
-        network: network_status,
-        storage_pool: pool_status,
-        accelerator,
-        accelerator_probe,
-    }
+    HealthReport { libvirt, network: network_status, storage_pool: pool_status, accelerator, accelerator_probe }
 }
 
 fn keep_or_note<T>(result: Result<T, AppError>, libvirt: &mut LibvirtStatus) -> Option<T> {

@@ -17,13 +17,9 @@ pub struct HostResources {
 /// Reads memory and the disk that holds `data_dir` (the mount with the longest
 /// matching mount point).
 pub fn read(data_dir: &Path) -> HostResources {
-    let system = System::new_with_specifics(
-        RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
-    )
-    .ok();
-    let data_dir = data_dir
-        .canonicalize()
-        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let system =
+        System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram())).ok();
+    let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
     let disks = Disks::new_with_refreshed_list().ok();
     let disk = disks
         .iter()
@@ -52,11 +48,7 @@ mod tests {
         assert!(r.memory_total_bytes > 0);
         assert!(r.memory_used_bytes <= r.memory_total_bytes);
         assert!(r.memory_available_bytes <= r.memory_total_bytes);
-        assert!(
-            r.disk_total_bytes > 0,
-            "no disk found for {}",
-            tmp.path().display()
-        );
+        assert!(r.disk_total_bytes > 0, "no disk found for {}", tmp.path().display());
         assert!(r.disk_available_bytes <= r.disk_total_bytes);
         assert!(r.cpu_count >= 1);
     }

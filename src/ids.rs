@@ -80,11 +80,7 @@ mod tests {
             let text = id.to_string();
             assert_eq!(text.len(), 10);
             assert!(text.starts_with("i-"));
-            assert!(
-                text[2..]
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-            );
+            assert!(text[2..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
             assert_eq!(text.parse::<InstanceId>().unwrap(), id);
         }
     }

@@ -31,10 +31,7 @@ pub struct LogPolicy {
 
 impl Default for LogPolicy {
     fn default() -> Self {
-        Self {
-            max_bytes: 10 * 1024 * 1024,
-            max_age_days: 7,
-        }
+        Self { max_bytes: 10 * 1024 * 1024, max_age_days: 7 }
     }
 }
 
@@ -113,29 +110,17 @@ impl<C: Clock> Write for RotatingLog<C> {
 /// file at info and above (warnings and errors always).
 pub fn init(log_file: &Path) -> io::Result<()> {
     let file = RotatingLog::open(log_file, LogPolicy::default(), SystemClock)?;
-    let stderr_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .with_writer(Mutex::new(file))
-        .with_filter(LevelFilter::INFO);
-    let stderr_layer = tracing_subscriber::fmt::layer()
-        .with_writer(io::stderr)
-        .with_filter(stderr_filter);
-    tracing_subscriber::registry()
-        .with(stderr_layer)
-        .with(file_layer)
-        .try_init()
-        .map_err(io::Error::other)
+    let stderr_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let file_layer =
+        tracing_subscriber::fmt::layer().with_ansi(false).with_writer(Mutex::new(file)).with_filter(LevelFilter::INFO);
+    let stderr_layer = tracing_subscriber::fmt::layer().with_writer(io::stderr).with_filter(stderr_filter);
+    tracing_subscriber::registry().with(stderr_layer).with(file_layer).try_init().map_err(io::Error::other)
 }
 
 /// Stderr only, for commands that do not own a data dir (doctor).
 pub fn init_stderr() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_env_filter(filter)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(filter).try_init();
 }
 
 #[cfg(test)]
@@ -157,9 +142,7 @@ mod tests {
     }
     impl Clock for FakeClock {
         fn now(&self) -> DateTime<Local> {
-            DateTime::from_timestamp(self.0.load(Ordering::SeqCst), 0)
-                .unwrap()
-                .with_timezone(&Local)
+            DateTime::from_timestamp(self.0.load(Ordering::SeqCst), 0).unwrap().with_timezone(&Local)
         }
     }
 
@@ -178,20 +161,14 @@ mod tests {
     fn rotates_when_the_file_passes_the_size_limit() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("app.log");
-        let policy = LogPolicy {
-            max_bytes: 1000,
-            max_age_days: 7,
-        };
+        let policy = LogPolicy { max_bytes: 1000, max_age_days: 7 };
         let mut log = RotatingLog::open(&path, policy, SystemClock).unwrap();
         let line = [b'x'; 99];
         for _ in 0..10 {
             log.write_all(&line).unwrap();
             log.write_all(b"\n").unwrap();
         }
-        assert!(
-            rotated(tmp.path()).is_empty(),
-            "rotated at exactly the limit"
-        );
+        assert!(rotated(tmp.path()).is_empty(), "rotated at exactly the limit");
         log.write_all(b"one more line\n").unwrap();
         log.write_all(b"and the next\n").unwrap();
         log.flush().unwrap();
@@ -216,10 +193,7 @@ mod tests {
         log.flush().unwrap();
         let files = rotated(tmp.path());
         assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(
-            std::fs::read_to_string(tmp.path().join(&files[0])).unwrap(),
-            "day one\nday one again\n"
-        );
+        assert_eq!(std::fs::read_to_string(tmp.path().join(&files[0])).unwrap(), "day one\nday one again\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "day two\n");
     }
 
@@ -243,26 +217,14 @@ mod tests {
     fn rotated_files_older_than_seven_days_are_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("app.log");
-        let stamp = |days_ago: i64| {
-            (Local::now() - chrono::Duration::days(days_ago))
-                .format(ROTATED_SUFFIX_FORMAT)
-                .to_string()
-        };
-        let old = [
-            format!("app.log.{}", stamp(8)),
-            format!("app.log.{}", stamp(30)),
-        ];
-        let recent = [
-            format!("app.log.{}", stamp(1)),
-            format!("app.log.{}", stamp(6)),
-        ];
+        let stamp =
+            |days_ago: i64| (Local::now() - chrono::Duration::days(days_ago)).format(ROTATED_SUFFIX_FORMAT).to_string();
+        let old = [format!("app.log.{}", stamp(8)), format!("app.log.{}", stamp(30))];
+        let recent = [format!("app.log.{}", stamp(1)), format!("app.log.{}", stamp(6))];
         for name in old.iter().chain(&recent) {
             std::fs::write(tmp.path().join(name), "old lines\n").unwrap();
         }
-        let policy = LogPolicy {
-            max_bytes: 10,
-            max_age_days: 7,
-        };
+        let policy = LogPolicy { max_bytes: 10, max_age_days: 7 };
         let mut log = RotatingLog::open(&path, policy, SystemClock).unwrap();
         log.write_all(b"enough bytes to rotate\n").unwrap();
         log.write_all(b"x\n").unwrap();
@@ -285,9 +247,6 @@ mod tests {
         let path = tmp.path().join("app.log");
         let mut log = RotatingLog::open(&path, LogPolicy::default(), SystemClock).unwrap();
         log.write_all(b"x\n").unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

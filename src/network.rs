@@ -32,11 +32,7 @@ pub struct NetworkManager {
 
 impl NetworkManager {
     pub fn new(virsh: Virsh, config: NetworkConfig, paths: Paths) -> Self {
-        Self {
-            virsh,
-            config,
-            paths,
-        }
+        Self { virsh, config, paths }
     }
 
     pub fn config(&self) -> &NetworkConfig {
@@ -83,10 +79,7 @@ impl NetworkManager {
     pub async fn status(&self) -> Result<NetworkStatus, AppError> {
         let name = &self.config.name;
         let Some(info) = self.virsh.net_info(name).await? else {
-            return Ok(NetworkStatus {
-                name: name.clone(),
-                ..Default::default()
-            });
+            return Ok(NetworkStatus { name: name.clone(), ..Default::default() });
         };
         let xml = self.virsh.net_dumpxml_inactive(name).await?;
         let conflict = match NetworkDefinition::parse(&xml) {
@@ -143,19 +136,13 @@ impl NetworkDefinition {
                     .attributes()
                     .flatten()
                     .find(|a| a.key.as_ref() == key)
-                    .and_then(|a| {
-                        a.normalized_value(XmlVersion::Implicit1_0)
-                            .ok()
-                            .map(|v| v.into_owned())
-                    })
+                    .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
             };
             let parent = path.last().map(String::as_str);
             match (parent, name.as_str()) {
                 (Some("network"), "forward") => def.forward_mode = attr("mode"),
                 // Only the first IPv4 <ip> counts.
-                (Some("network"), "ip")
-                    if def.ip_address.is_none() && attr("family").as_deref() != Some("ipv6") =>
-                {
+                (Some("network"), "ip") if def.ip_address.is_none() && attr("family").as_deref() != Some("ipv6") => {
                     def.ip_address = attr("address");
                     def.netmask = attr("netmask");
                     def.prefix = attr("prefix");
@@ -177,17 +164,11 @@ impl NetworkDefinition {
     pub fn conflict_with(&self, wanted: &NetworkConfig) -> Option<String> {
         let mut problems = Vec::new();
         if self.forward_mode.as_deref() != Some("nat") {
-            problems.push(format!(
-                "forward mode is {:?}, not nat",
-                self.forward_mode.as_deref().unwrap_or("none")
-            ));
+            problems.push(format!("forward mode is {:?}, not nat", self.forward_mode.as_deref().unwrap_or("none")));
         }
         let gateway = wanted.gateway.to_string();
         if self.ip_address.as_deref() != Some(gateway.as_str()) {
-            problems.push(format!(
-                "address is {:?}, not {gateway}",
-                self.ip_address.as_deref().unwrap_or("none")
-            ));
+            problems.push(format!("address is {:?}, not {gateway}", self.ip_address.as_deref().unwrap_or("none")));
         }
         let prefix_matches = match (&self.netmask, &self.prefix) {
             (Some(mask), _) => mask.parse::<Ipv4Addr>().ok() == Some(wanted.netmask()),
@@ -198,9 +179,7 @@ impl NetworkDefinition {
             problems.push(format!("netmask is not {}", wanted.netmask()));
         }
         let range = (wanted.dhcp_start.to_string(), wanted.dhcp_end.to_string());
-        if (self.dhcp_start.as_deref(), self.dhcp_end.as_deref())
-            != (Some(range.0.as_str()), Some(range.1.as_str()))
-        {
+        if (self.dhcp_start.as_deref(), self.dhcp_end.as_deref()) != (Some(range.0.as_str()), Some(range.1.as_str())) {
             problems.push(format!(
                 "DHCP range is {}-{}, not {}-{}",
                 self.dhcp_start.as_deref().unwrap_or("none"),
@@ -241,47 +220,29 @@ mod tests {
     #[test]
     fn the_rendered_network_has_no_conflict_with_its_config() {
         let config = NetworkConfig::default();
-        let manager = NetworkManager::new(
-            Virsh::new("test:///default", Default::default()),
-            config.clone(),
-            Paths::new("/x"),
-        );
+        let manager =
+            NetworkManager::new(Virsh::new("test:///default", Default::default()), config.clone(), Paths::new("/x"));
         let xml = render::network_xml(&manager.spec()).unwrap();
         let def = NetworkDefinition::parse(&xml).unwrap();
         assert_eq!(def.forward_mode.as_deref(), Some("nat"));
         assert_eq!(def.conflict_with(&config), None);
-        assert_eq!(
-            NetworkDefinition::parse(DUMPED)
-                .unwrap()
-                .conflict_with(&config),
-            None
-        );
+        assert_eq!(NetworkDefinition::parse(DUMPED).unwrap().conflict_with(&config), None);
     }
 
     #[test]
     fn a_different_network_is_reported_as_a_conflict() {
-        let other = DUMPED
-            .replace("192.168.100.1'", "10.0.0.1'")
-            .replace("mode='nat'", "mode='route'");
-        let conflict = NetworkDefinition::parse(&other)
-            .unwrap()
-            .conflict_with(&NetworkConfig::default())
-            .unwrap();
+        let other = DUMPED.replace("192.168.100.1'", "10.0.0.1'").replace("mode='nat'", "mode='route'");
+        let conflict = NetworkDefinition::parse(&other).unwrap().conflict_with(&NetworkConfig::default()).unwrap();
         assert!(conflict.contains("forward mode is \"route\""), "{conflict}");
         assert!(conflict.contains("address is \"10.0.0.1\""), "{conflict}");
         let narrower = DUMPED.replace("192.168.100.254", "192.168.100.100");
-        let conflict = NetworkDefinition::parse(&narrower)
-            .unwrap()
-            .conflict_with(&NetworkConfig::default())
-            .unwrap();
+        let conflict = NetworkDefinition::parse(&narrower).unwrap().conflict_with(&NetworkConfig::default()).unwrap();
         assert!(conflict.contains("DHCP range"), "{conflict}");
     }
 
     #[test]
     fn prefix_form_is_understood() {
-        let def =
-            NetworkDefinition::parse(&DUMPED.replace("netmask='255.255.255.0'", "prefix='24'"))
-                .unwrap();
+        let def = NetworkDefinition::parse(&DUMPED.replace("netmask='255.255.255.0'", "prefix='24'")).unwrap();
         assert_eq!(def.conflict_with(&NetworkConfig::default()), None);
     }
 }

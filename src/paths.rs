@@ -33,9 +33,7 @@ impl Paths {
 
     /// `~/.ec2-as-service`, or None when no home directory is known.
     pub fn default_root() -> Option<PathBuf> {
-        std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .map(|home| PathBuf::from(home).join(DATA_DIR_NAME))
+        std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|home| PathBuf::from(home).join(DATA_DIR_NAME))
     }
 
     pub fn root(&self) -> &Path {
@@ -122,16 +120,8 @@ mod tests {
             assert!(paths.root().join(sub).is_dir(), "{sub} missing");
         }
         let id: InstanceId = "i-0123abcd".parse().unwrap();
-        assert!(
-            paths
-                .instance_disk(&id)
-                .ends_with(".ec2-as-service/instances/i-0123abcd/disk.qcow2")
-        );
-        assert!(
-            paths
-                .instance_cidata(&id)
-                .ends_with("instances/i-0123abcd/cloud-init.iso")
-        );
+        assert!(paths.instance_disk(&id).ends_with(".ec2-as-service/instances/i-0123abcd/disk.qcow2"));
+        assert!(paths.instance_cidata(&id).ends_with("instances/i-0123abcd/cloud-init.iso"));
         assert!(paths.log_file().ends_with(".ec2-as-service/logs/app.log"));
         let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(paths.logs()), 0o700);

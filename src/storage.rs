@@ -37,10 +37,7 @@ impl StoragePool {
 
     pub async fn ensure(&self) -> Result<PoolStatus, AppError> {
         if self.virsh.pool_info(&self.name).await?.is_none() {
-            let xml = render::pool_xml(&PoolSpec {
-                name: self.name.clone(),
-                path: self.target(),
-            })?;
+            let xml = render::pool_xml(&PoolSpec { name: self.name.clone(), path: self.target() })?;
             let file = self.paths.pool_xml();
             std::fs::write(&file, xml)?;
             self.virsh.pool_define(&file).await?;
@@ -62,10 +59,7 @@ impl StoragePool {
 
     pub async fn status(&self) -> Result<PoolStatus, AppError> {
         let Some(info) = self.virsh.pool_info(&self.name).await? else {
-            return Ok(PoolStatus {
-                name: self.name.clone(),
-                ..Default::default()
-            });
+            return Ok(PoolStatus { name: self.name.clone(), ..Default::default() });
         };
         let path = pool_target_path(&self.virsh.pool_dumpxml_inactive(&self.name).await?);
         let wanted = self.target();
@@ -117,15 +111,9 @@ mod tests {
             path: "/home/u/.ec2-as-service/storage".into(),
         })
         .unwrap();
-        assert_eq!(
-            pool_target_path(&rendered).as_deref(),
-            Some("/home/u/.ec2-as-service/storage")
-        );
+        assert_eq!(pool_target_path(&rendered).as_deref(), Some("/home/u/.ec2-as-service/storage"));
         let dumped = "<pool type='dir'>\n  <name>.ec2-as-service</name>\n  <uuid>x</uuid>\n  <capacity unit='bytes'>0</capacity>\n  <source>\n  </source>\n  <target>\n    <path>/root/.ec2-as-service/storage</path>\n    <permissions>\n      <mode>0711</mode>\n    </permissions>\n  </target>\n</pool>\n";
-        assert_eq!(
-            pool_target_path(dumped).as_deref(),
-            Some("/root/.ec2-as-service/storage")
-        );
+        assert_eq!(pool_target_path(dumped).as_deref(), Some("/root/.ec2-as-service/storage"));
         assert_eq!(pool_target_path("<pool><name>x</name></pool>"), None);
     }
 }

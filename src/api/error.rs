@@ -51,10 +51,7 @@ pub fn status_of(err: &AppError) -> StatusCode {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
-        let body = Json(ErrorBody {
-            code: code.into(),
-            message: message.into(),
-        });
+        let body = Json(ErrorBody { code: code.into(), message: message.into() });
         match status {
             StatusCode::BAD_REQUEST => ApiError::BadRequest(body),
             StatusCode::FORBIDDEN => ApiError::Forbidden(body),
@@ -93,9 +90,7 @@ fn code_for_status(status: StatusCode) -> &'static str {
 /// already are JSON (our own `ApiError`s) pass through unchanged.
 pub async fn json_error_response(err: poem::Error) -> Response {
     let response = err.into_response();
-    let is_json = response
-        .content_type()
-        .is_some_and(|ct| ct.starts_with("application/json"));
+    let is_json = response.content_type().is_some_and(|ct| ct.starts_with("application/json"));
     if is_json {
         return response;
     }
@@ -106,12 +101,9 @@ pub async fn json_error_response(err: poem::Error) -> Response {
     } else {
         text.trim().to_string()
     };
-    poem::web::Json(ErrorBody {
-        code: code_for_status(status).to_string(),
-        message,
-    })
-    .with_status(status)
-    .into_response()
+    poem::web::Json(ErrorBody { code: code_for_status(status).to_string(), message })
+        .with_status(status)
+        .into_response()
 }
 
 #[cfg(test)]
@@ -122,27 +114,9 @@ mod tests {
     #[test]
     fn every_service_error_has_its_status() {
         let cases = [
-            (
-                AppError::InvalidInput {
-                    code: "InvalidParameterValue",
-                    message: "x".into(),
-                },
-                400,
-            ),
-            (
-                AppError::NotFound {
-                    code: "InvalidInstanceID.NotFound",
-                    message: "x".into(),
-                },
-                404,
-            ),
-            (
-                AppError::Conflict {
-                    code: "IncorrectInstanceState",
-                    message: "x".into(),
-                },
-                409,
-            ),
+            (AppError::InvalidInput { code: "InvalidParameterValue", message: "x".into() }, 400),
+            (AppError::NotFound { code: "InvalidInstanceID.NotFound", message: "x".into() }, 404),
+            (AppError::Conflict { code: "IncorrectInstanceState", message: "x".into() }, 409),
             (AppError::Internal("x".into()), 500),
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
         ];
@@ -153,12 +127,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_body_carries_code_and_message() {
-        let api: ApiError =
-            AppError::LibvirtUnavailable("libvirt at qemu:///system is unreachable".into()).into();
+        let api: ApiError = AppError::LibvirtUnavailable("libvirt at qemu:///system is unreachable".into()).into();
         let response = poem::Error::from(api).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let body: serde_json::Value =
-            serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap();
         assert_eq!(body["code"], "LibvirtUnavailable");
         assert_eq!(body["message"], "libvirt at qemu:///system is unreachable");
     }
@@ -167,8 +139,7 @@ mod tests {
     async fn plain_errors_become_json() {
         let response = json_error_response(poem::Error::from_status(StatusCode::NOT_FOUND)).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let body: serde_json::Value =
-            serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap();
         assert_eq!(body["code"], "NotFound");
     }
 }

@@ -11,18 +11,11 @@ pub fn allowed_hosts(bind: SocketAddr) -> Vec<String> {
         SocketAddr::V4(v4) => v4.ip().to_string(),
         SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
     };
-    let mut names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "[::1]".to_string(),
-    ];
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "[::1]".to_string()];
     if !names.contains(&ip) && !bind.ip().is_unspecified() {
         names.push(ip);
     }
-    names
-        .iter()
-        .flat_map(|n| [n.clone(), format!("{n}:{port}")])
-        .collect()
+    names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect()
 }
 
 /// Whether a request with this Host header may pass. Requests without one (HTTP/1.0,
@@ -41,22 +34,10 @@ mod tests {
     #[test]
     fn loopback_names_with_the_right_port_pass_and_others_do_not() {
         let allowed = allowed_hosts("127.0.0.1:8000".parse().unwrap());
-        for ok in [
-            "localhost:8000",
-            "127.0.0.1:8000",
-            "LOCALHOST:8000",
-            "localhost",
-            "[::1]:8000",
-        ] {
+        for ok in ["localhost:8000", "127.0.0.1:8000", "LOCALHOST:8000", "localhost", "[::1]:8000"] {
             assert!(host_is_allowed(&allowed, Some(ok)), "{ok} refused");
         }
-        for bad in [
-            "evil.example:8000",
-            "localhost:8001",
-            "127.0.0.1.nip.io:8000",
-            "attacker.com",
-            "",
-        ] {
+        for bad in ["evil.example:8000", "localhost:8001", "127.0.0.1.nip.io:8000", "attacker.com", ""] {
             assert!(!host_is_allowed(&allowed, Some(bad)), "{bad} allowed");
         }
         assert!(host_is_allowed(&allowed, None));

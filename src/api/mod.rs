@@ -49,10 +49,7 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
         .around(move |ep, req| {
             let allowed = allowed.clone();
             async move {
-                let host = req
-                    .headers()
-                    .get(poem::http::header::HOST)
-                    .and_then(|h| h.to_str().ok());
+                let host = req.headers().get(poem::http::header::HOST).and_then(|h| h.to_str().ok());
                 if !host_guard::host_is_allowed(&allowed, host) {
                     let refused = error::ApiError::new(
                         poem::http::StatusCode::FORBIDDEN,
@@ -72,9 +69,7 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
 
 #[handler]
 fn index() -> Html<&'static str> {
-    Html(
-        "<!doctype html><title>ec2local</title><h1>ec2local</h1><p>API documentation: <a href=\"/docs\">/docs</a></p>",
-    )
+    Html("<!doctype html><title>ec2local</title><h1>ec2local</h1><p>API documentation: <a href=\"/docs\">/docs</a></p>")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +77,7 @@ pub enum ServeError {
     #[error(transparent)]
     Start(#[from] crate::app::StartError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server: {0}")]
     Server(std::io::Error),
 }
@@ -93,25 +85,15 @@ pub enum ServeError {
 /// Starts the service and serves until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let bind = config.bind;
-    let acceptor = TcpListener::bind(bind)
-        .into_acceptor()
-        .await
-        .map_err(|source| ServeError::Bind { addr: bind, source })?;
-    let local = acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
-        .unwrap_or(bind);
+    let acceptor =
+        TcpListener::bind(bind).into_acceptor().await.map_err(|source| ServeError::Bind { addr: bind, source })?;
+    let local = acceptor.local_addr().first().and_then(|a| a.as_socket_addr().copied()).unwrap_or(bind);
     let app = App::start(config).await?;
     // Tests and scripts read this line to learn the port when binding to port 0.
     println!("ec2local listening on http://{local}");
     tracing::info!(address = %local, "listening");
     poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            routes(app, local),
-            shutdown_signal(),
-            Some(Duration::from_secs(5)),
-        )
+        .run_with_graceful_shutdown(routes(app, local), shutdown_signal(), Some(Duration::from_secs(5)))
         .await
         .map_err(ServeError::Server)
 }

@@ -19,7 +19,9 @@ pub struct Health {
     /// `unavailable` (libvirt does not answer).
     pub status: String,
     /// Set when not ok, like every error body.
+    #[oai(skip_serializing_if_is_none)]
     pub code: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
     pub message: Option<String>,
     pub libvirt: LibvirtHealth,
     pub network: Option<NetworkHealth>,
@@ -120,13 +122,7 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
         (
             "unavailable",
             Some("LibvirtUnavailable"),
-            Some(
-                report
-                    .libvirt
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "libvirt is unreachable".into()),
-            ),
+            Some(report.libvirt.error.clone().unwrap_or_else(|| "libvirt is unreachable".into())),
         )
     } else {
         let mut problems = Vec::new();
@@ -147,11 +143,7 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
         if let Some(e) = &report.libvirt.error {
             problems.push(e.clone());
         }
-        (
-            "degraded",
-            Some("InfrastructureNotReady"),
-            Some(problems.join("; ")),
-        )
+        ("degraded", Some("InfrastructureNotReady"), Some(problems.join("; ")))
     };
     let health = Health {
         status: status.into(),
@@ -228,11 +220,7 @@ impl SystemApi {
     #[oai(path = "/network", method = "get")]
     async fn network(&self, app: Data<&Arc<App>>) -> Result<Json<NetworkDto>, ApiError> {
         let status = app.network.status().await?;
-        let leases = if status.active {
-            app.network.leases().await?
-        } else {
-            Vec::new()
-        };
+        let leases = if status.active { app.network.leases().await? } else { Vec::new() };
         let config = app.network.config();
         Ok(Json(NetworkDto {
             name: status.name,
@@ -247,12 +235,7 @@ impl SystemApi {
             conflict: status.conflict,
             leases: leases
                 .into_iter()
-                .map(|l| LeaseDto {
-                    mac_address: l.mac,
-                    ip_address: l.ip,
-                    hostname: l.hostname,
-                    expiry: l.expiry,
-                })
+                .map(|l| LeaseDto { mac_address: l.mac, ip_address: l.ip, hostname: l.hostname, expiry: l.expiry })
                 .collect(),
         }))
     }

@@ -15,24 +15,14 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error(
         "database {path} has schema version {found}, newer than this ec2local understands ({supported}); \
          it was written by a newer ec2local. Upgrade ec2local, or move the file away to start afresh"
     )]
-    TooNew {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    TooNew { path: PathBuf, found: u32, supported: u32 },
     #[error("migration {version} failed: {source}")]
-    Migration {
-        version: u32,
-        source: rusqlite::Error,
-    },
+    Migration { version: u32, source: rusqlite::Error },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("database file permissions: {0}")]
@@ -47,23 +37,14 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db, DbError> {
-        let open_err = |source| DbError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| DbError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open(path).map_err(open_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(DbError::Permissions)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(DbError::Permissions)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         migrate(&conn, path)?;
-        Ok(Db {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Db { conn: Arc::new(Mutex::new(conn)) })
     }
 
     /// Runs `f` with the connection on a blocking thread.
@@ -93,11 +74,7 @@ fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
 fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     let current = user_version(conn)?;
     if current > SCHEMA_VERSION {
-        return Err(DbError::TooNew {
-            path: path.to_path_buf(),
-            found: current,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(DbError::TooNew { path: path.to_path_buf(), found: current, supported: SCHEMA_VERSION });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let apply = || -> rusqlite::Result<()> {
@@ -106,10 +83,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
             tx.pragma_update(None, "user_version", version)?;
             tx.commit()
         };
-        apply().map_err(|source| DbError::Migration {
-            version: *version,
-            source,
-        })?;
+        apply().map_err(|source| DbError::Migration { version: *version, source })?;
         tracing::info!(version, "database migrated");
     }
     Ok(())
@@ -127,20 +101,14 @@ mod tests {
         assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
         let tables: Vec<String> = db
             .call(|c| {
-                let mut stmt =
-                    c.prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")?;
-                let rows = stmt
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
+                let mut stmt = c.prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")?;
+                let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
                 Ok(rows)
             })
             .await
             .unwrap();
         assert_eq!(tables, ["images", "instances", "key_pairs"]);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     // REQ-REL-001
@@ -163,13 +131,7 @@ mod tests {
         }
         let db = Db::open(&path).unwrap();
         let state: String = db
-            .call(|c| {
-                Ok(c.query_row(
-                    "SELECT state FROM instances WHERE id='i-00000001'",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
+            .call(|c| Ok(c.query_row("SELECT state FROM instances WHERE id='i-00000001'", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_eq!(state, "running");
@@ -181,21 +143,15 @@ mod tests {
         let path = tmp.path().join("ec2local.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
-                .unwrap();
+            conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;").unwrap();
         }
         let err = Db::open(&path).err().expect("newer schema must be refused");
         assert!(matches!(err, DbError::TooNew { found: 99, .. }), "{err}");
         assert!(err.to_string().contains("newer"));
         let conn = Connection::open(&path).unwrap();
         assert_eq!(user_version(&conn).unwrap(), 99);
-        let has_instances: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name='instances'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let has_instances: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE name='instances'", [], |r| r.get(0)).unwrap();
         assert_eq!(has_instances, 0);
     }
 

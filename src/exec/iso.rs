@@ -10,12 +10,7 @@ use crate::platform::IsoTool;
 pub const CIDATA_LABEL: &str = "cidata";
 
 /// The command that packs `source_dir` into an ISO 9660 image labelled `cidata`.
-pub fn cidata_command(
-    tool: IsoTool,
-    source_dir: &Path,
-    output: &Path,
-    timeout: Duration,
-) -> ToolCommand {
+pub fn cidata_command(tool: IsoTool, source_dir: &Path, output: &Path, timeout: Duration) -> ToolCommand {
     let cmd = ToolCommand::new(tool.program(), timeout);
     match tool {
         IsoTool::Genisoimage | IsoTool::Mkisofs => cmd
@@ -29,15 +24,7 @@ pub fn cidata_command(
             .args(["-volid", CIDATA_LABEL, "-joliet", "-rock"])
             .arg(source_dir),
         IsoTool::Hdiutil => cmd
-            .args([
-                "makehybrid",
-                "-quiet",
-                "-iso",
-                "-joliet",
-                "-default-volume-name",
-                CIDATA_LABEL,
-                "-o",
-            ])
+            .args(["makehybrid", "-quiet", "-iso", "-joliet", "-default-volume-name", CIDATA_LABEL, "-o"])
             .arg(output)
             .arg(source_dir),
     }
@@ -45,21 +32,11 @@ pub fn cidata_command(
 
 /// The first tool of `preference` that `is_installed` accepts.
 pub fn choose_tool(preference: &[IsoTool], is_installed: impl Fn(&str) -> bool) -> Option<IsoTool> {
-    preference
-        .iter()
-        .copied()
-        .find(|tool| is_installed(tool.program()))
+    preference.iter().copied().find(|tool| is_installed(tool.program()))
 }
 
-pub async fn build_cidata(
-    tool: IsoTool,
-    source_dir: &Path,
-    output: &Path,
-    timeout: Duration,
-) -> Result<(), ExecError> {
-    super::run(cidata_command(tool, source_dir, output, timeout))
-        .await
-        .map(drop)
+pub async fn build_cidata(tool: IsoTool, source_dir: &Path, output: &Path, timeout: Duration) -> Result<(), ExecError> {
+    super::run(cidata_command(tool, source_dir, output, timeout)).await.map(drop)
 }
 
 #[cfg(test)]
@@ -68,13 +45,7 @@ mod tests {
     use crate::platform::{Arch, Host, Os};
 
     fn argv(tool: IsoTool) -> String {
-        cidata_command(
-            tool,
-            Path::new("/d/seed"),
-            Path::new("/d/cloud-init.iso"),
-            Duration::from_secs(1),
-        )
-        .to_string()
+        cidata_command(tool, Path::new("/d/seed"), Path::new("/d/cloud-init.iso"), Duration::from_secs(1)).to_string()
     }
 
     #[test]
@@ -99,30 +70,12 @@ mod tests {
 
     #[test]
     fn the_first_installed_tool_in_preference_order_is_chosen() {
-        let linux = Host {
-            os: Os::Linux,
-            arch: Arch::X86_64,
-        };
-        let mac = Host {
-            os: Os::MacOs,
-            arch: Arch::Aarch64,
-        };
-        assert_eq!(
-            choose_tool(linux.iso_tools(), |p| p != "genisoimage"),
-            Some(IsoTool::Mkisofs)
-        );
-        assert_eq!(
-            choose_tool(linux.iso_tools(), |p| p == "xorriso"),
-            Some(IsoTool::Xorriso)
-        );
-        assert_eq!(
-            choose_tool(linux.iso_tools(), |_| true),
-            Some(IsoTool::Genisoimage)
-        );
-        assert_eq!(
-            choose_tool(mac.iso_tools(), |_| true),
-            Some(IsoTool::Hdiutil)
-        );
+        let linux = Host { os: Os::Linux, arch: Arch::X86_64 };
+        let mac = Host { os: Os::MacOs, arch: Arch::Aarch64 };
+        assert_eq!(choose_tool(linux.iso_tools(), |p| p != "genisoimage"), Some(IsoTool::Mkisofs));
+        assert_eq!(choose_tool(linux.iso_tools(), |p| p == "xorriso"), Some(IsoTool::Xorriso));
+        assert_eq!(choose_tool(linux.iso_tools(), |_| true), Some(IsoTool::Genisoimage));
+        assert_eq!(choose_tool(mac.iso_tools(), |_| true), Some(IsoTool::Hdiutil));
         assert_eq!(choose_tool(linux.iso_tools(), |_| false), None);
     }
 }

@@ -19,11 +19,7 @@ pub struct ToolCommand {
 
 impl ToolCommand {
     pub fn new(program: impl Into<String>, timeout: Duration) -> Self {
-        Self {
-            program: program.into(),
-            args: Vec::new(),
-            timeout,
-        }
+        Self { program: program.into(), args: Vec::new(), timeout }
     }
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
@@ -45,8 +41,7 @@ impl fmt::Display for ToolCommand {
         f.write_str(&self.program)?;
         for arg in &self.args {
             let arg = arg.to_string_lossy();
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"')
-            {
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
                 write!(f, " '{}'", arg.replace('\'', r"'\''"))?;
             } else {
                 write!(f, " {arg}")?;
@@ -73,16 +68,9 @@ pub enum ExecError {
     #[error("{program} is not installed or not on PATH")]
     NotFound { program: String },
     #[error("could not start `{command}`: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    Spawn { command: String, source: std::io::Error },
     #[error("`{command}` failed ({}): {}", exit_description(*code), stderr.trim())]
-    Failed {
-        command: String,
-        code: Option<i32>,
-        stderr: String,
-    },
+    Failed { command: String, code: Option<i32>, stderr: String },
     #[error("`{command}` did not finish within {}s and was killed", after.as_secs_f32())]
     TimedOut { command: String, after: Duration },
 }
@@ -106,9 +94,7 @@ impl ExecError {
 
 /// Runs a command to completion on a blocking thread.
 pub async fn run(command: ToolCommand) -> Result<ToolOutput, ExecError> {
-    tokio::task::spawn_blocking(move || run_blocking(&command))
-        .await
-        .expect("the process runner does not panic")
+    tokio::task::spawn_blocking(move || run_blocking(&command)).await.expect("the process runner does not panic")
 }
 
 /// Runs a command to completion, killing it at its timeout.
@@ -123,29 +109,17 @@ pub fn run_blocking(command: &ToolCommand) -> Result<ToolOutput, ExecError> {
         .start()
         .map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                ExecError::NotFound {
-                    program: command.program.clone(),
-                }
+                ExecError::NotFound { program: command.program.clone() }
             } else {
-                ExecError::Spawn {
-                    command: shown.clone(),
-                    source,
-                }
+                ExecError::Spawn { command: shown.clone(), source }
             }
         })?;
-    let waited = handle
-        .wait_timeout(command.timeout)
-        .map_err(|source| ExecError::Spawn {
-            command: shown.clone(),
-            source,
-        })?;
+    let waited =
+        handle.wait_timeout(command.timeout).map_err(|source| ExecError::Spawn { command: shown.clone(), source })?;
     let Some(output) = waited else {
         let _ = handle.kill();
         tracing::warn!(command = %shown, timeout_s = command.timeout.as_secs_f32(), "command timed out");
-        return Err(ExecError::TimedOut {
-            command: shown,
-            after: command.timeout,
-        });
+        return Err(ExecError::TimedOut { command: shown, after: command.timeout });
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -155,11 +129,7 @@ pub fn run_blocking(command: &ToolCommand) -> Result<ToolOutput, ExecError> {
         Ok(ToolOutput { stdout, stderr })
     } else {
         tracing::debug!(command = %shown, elapsed_ms, code = ?output.status.code(), stderr = %stderr.trim(), "command failed");
-        Err(ExecError::Failed {
-            command: shown,
-            code: output.status.code(),
-            stderr,
-        })
+        Err(ExecError::Failed { command: shown, code: output.status.code(), stderr })
     }
 }
 
@@ -169,26 +139,16 @@ mod tests {
 
     #[test]
     fn display_quotes_arguments_with_spaces() {
-        let cmd = ToolCommand::new("virsh", Duration::from_secs(1)).args([
-            "-c",
-            "qemu:///system",
-            "net-info",
-            "a b",
-            "",
-        ]);
+        let cmd =
+            ToolCommand::new("virsh", Duration::from_secs(1)).args(["-c", "qemu:///system", "net-info", "a b", ""]);
         assert_eq!(cmd.to_string(), "virsh -c qemu:///system net-info 'a b' ''");
     }
 
     #[test]
     fn failure_keeps_command_exit_code_and_stderr() {
-        let cmd =
-            ToolCommand::new("sh", Duration::from_secs(5)).args(["-c", "echo oops >&2; exit 3"]);
+        let cmd = ToolCommand::new("sh", Duration::from_secs(5)).args(["-c", "echo oops >&2; exit 3"]);
         match run_blocking(&cmd) {
-            Err(ExecError::Failed {
-                command,
-                code,
-                stderr,
-            }) => {
+            Err(ExecError::Failed { command, code, stderr }) => {
                 assert!(command.starts_with("sh -c"));
                 assert_eq!(code, Some(3));
                 assert_eq!(stderr.trim(), "oops");
@@ -199,28 +159,21 @@ mod tests {
 
     #[test]
     fn arguments_are_never_interpreted_by_a_shell() {
-        let out =
-            run_blocking(&ToolCommand::new("echo", Duration::from_secs(5)).arg("$(id); rm -rf /"))
-                .unwrap();
+        let out = run_blocking(&ToolCommand::new("echo", Duration::from_secs(5)).arg("$(id); rm -rf /")).unwrap();
         assert_eq!(out.stdout, "$(id); rm -rf /\n");
     }
 
     #[test]
     fn a_slow_command_is_killed_at_its_timeout() {
         let started = Instant::now();
-        let err = run_blocking(&ToolCommand::new("sleep", Duration::from_millis(200)).arg("10"))
-            .unwrap_err();
+        let err = run_blocking(&ToolCommand::new("sleep", Duration::from_millis(200)).arg("10")).unwrap_err();
         assert!(matches!(err, ExecError::TimedOut { .. }), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
     fn a_missing_program_is_reported_as_not_found() {
-        let err = run_blocking(&ToolCommand::new(
-            "ec2local-no-such-tool",
-            Duration::from_secs(1),
-        ))
-        .unwrap_err();
+        let err = run_blocking(&ToolCommand::new("ec2local-no-such-tool", Duration::from_secs(1))).unwrap_err();
         assert!(matches!(err, ExecError::NotFound { .. }), "{err:?}");
     }
 }

@@ -67,14 +67,9 @@ impl QemuImg {
 
     pub async fn info(&self, path: &Path) -> Result<ImageInfo, QemuImgError> {
         // -U: inspect even while a running guest holds the image's lock.
-        let cmd = ToolCommand::new("qemu-img", self.timeout)
-            .args(["info", "-U", "--output=json"])
-            .arg(path);
+        let cmd = ToolCommand::new("qemu-img", self.timeout).args(["info", "-U", "--output=json"]).arg(path);
         let out = super::run(cmd).await?;
-        parse_info(&out.stdout).map_err(|detail| QemuImgError::Parse {
-            path: path.to_path_buf(),
-            detail,
-        })
+        parse_info(&out.stdout).map_err(|detail| QemuImgError::Parse { path: path.to_path_buf(), detail })
     }
 }
 
@@ -118,10 +113,7 @@ mod tests {
         let info = parse_info(json).unwrap();
         assert_eq!(info.format, "qcow2");
         assert_eq!(info.virtual_size, 8 << 30);
-        assert_eq!(
-            info.full_backing_filename.as_deref(),
-            Some("/data/images/base.qcow2")
-        );
+        assert_eq!(info.full_backing_filename.as_deref(), Some("/data/images/base.qcow2"));
         assert!(parse_info("not json").is_err());
     }
 }

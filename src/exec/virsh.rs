@@ -27,10 +27,7 @@ pub enum VirshError {
 
 impl Virsh {
     pub fn new(uri: impl Into<String>, timeout: Duration) -> Self {
-        Self {
-            uri: uri.into(),
-            timeout,
-        }
+        Self { uri: uri.into(), timeout }
     }
 
     pub fn uri(&self) -> &str {
@@ -45,17 +42,11 @@ impl Virsh {
 
     /// Runs `virsh ARGS` and returns its stdout.
     pub async fn run(&self, args: &[&str]) -> Result<String, VirshError> {
-        super::run(self.command(args))
-            .await
-            .map(|out| out.stdout)
-            .map_err(|err| self.classify(err))
+        super::run(self.command(args)).await.map(|out| out.stdout).map_err(|err| self.classify(err))
     }
 
     fn classify(&self, err: ExecError) -> VirshError {
-        let unreachable = |reason: String| VirshError::Unreachable {
-            uri: self.uri.clone(),
-            reason,
-        };
+        let unreachable = |reason: String| VirshError::Unreachable { uri: self.uri.clone(), reason };
         match &err {
             ExecError::NotFound { .. } | ExecError::TimedOut { .. } | ExecError::Spawn { .. } => {
                 unreachable(err.to_string())
@@ -82,16 +73,13 @@ impl Virsh {
 
     /// `net-info`, or None when the network is not defined.
     pub async fn net_info(&self, name: &str) -> Result<Option<ObjectInfo>, VirshError> {
-        self.optional(self.run(&["net-info", name]).await)
-            .map(|o| o.map(|out| ObjectInfo::parse(&out)))
+        self.optional(self.run(&["net-info", name]).await).map(|o| o.map(|out| ObjectInfo::parse(&out)))
     }
     pub async fn net_dumpxml_inactive(&self, name: &str) -> Result<String, VirshError> {
         self.run(&["net-dumpxml", "--inactive", name]).await
     }
     pub async fn net_define(&self, xml_file: &Path) -> Result<(), VirshError> {
-        self.run(&["net-define", &xml_file.to_string_lossy()])
-            .await
-            .map(drop)
+        self.run(&["net-define", &xml_file.to_string_lossy()]).await.map(drop)
     }
     pub async fn net_start(&self, name: &str) -> Result<(), VirshError> {
         self.run(&["net-start", name]).await.map(drop)
@@ -107,16 +95,13 @@ impl Virsh {
     // --- storage pools ------------------------------------------------------------
 
     pub async fn pool_info(&self, name: &str) -> Result<Option<ObjectInfo>, VirshError> {
-        self.optional(self.run(&["pool-info", name]).await)
-            .map(|o| o.map(|out| ObjectInfo::parse(&out)))
+        self.optional(self.run(&["pool-info", name]).await).map(|o| o.map(|out| ObjectInfo::parse(&out)))
     }
     pub async fn pool_dumpxml_inactive(&self, name: &str) -> Result<String, VirshError> {
         self.run(&["pool-dumpxml", "--inactive", name]).await
     }
     pub async fn pool_define(&self, xml_file: &Path) -> Result<(), VirshError> {
-        self.run(&["pool-define", &xml_file.to_string_lossy()])
-            .await
-            .map(drop)
+        self.run(&["pool-define", &xml_file.to_string_lossy()]).await.map(drop)
     }
     pub async fn pool_start(&self, name: &str) -> Result<(), VirshError> {
         self.run(&["pool-start", name]).await.map(drop)
@@ -128,9 +113,7 @@ impl Virsh {
     // --- domains ------------------------------------------------------------------
 
     pub async fn define(&self, xml_file: &Path) -> Result<(), VirshError> {
-        self.run(&["define", &xml_file.to_string_lossy()])
-            .await
-            .map(drop)
+        self.run(&["define", &xml_file.to_string_lossy()]).await.map(drop)
     }
     pub async fn start(&self, name: &str) -> Result<(), VirshError> {
         self.run(&["start", name]).await.map(drop)
@@ -178,14 +161,9 @@ fn is_connection_failure(stderr: &str) -> bool {
 }
 
 fn is_not_found(stderr: &str) -> bool {
-    [
-        "Network not found",
-        "Storage pool not found",
-        "Domain not found",
-        "Storage volume not found",
-    ]
-    .iter()
-    .any(|needle| stderr.contains(needle))
+    ["Network not found", "Storage pool not found", "Domain not found", "Storage volume not found"]
+        .iter()
+        .any(|needle| stderr.contains(needle))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -223,10 +201,7 @@ impl ObjectInfo {
         Self { fields }
     }
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
     /// A network's `Active: yes` or a pool's `State: running`.
     pub fn is_active(&self) -> bool {
@@ -307,28 +282,21 @@ mod tests {
     #[test]
     fn classifies_stderr() {
         let virsh = Virsh::new("qemu:///system", Duration::from_secs(1));
-        let failed = |stderr: &str| ExecError::Failed {
-            command: "virsh".into(),
-            code: Some(1),
-            stderr: stderr.into(),
-        };
+        let failed = |stderr: &str| ExecError::Failed { command: "virsh".into(), code: Some(1), stderr: stderr.into() };
         let down = virsh.classify(failed("error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/run/libvirt/libvirt-sock': No such file or directory\n"));
         assert!(matches!(down, VirshError::Unreachable { .. }), "{down:?}");
-        let missing = virsh.classify(failed("error: failed to get network 'x'\nerror: Network not found: no network with matching name 'x'\n"));
+        let missing = virsh.classify(failed(
+            "error: failed to get network 'x'\nerror: Network not found: no network with matching name 'x'\n",
+        ));
         match missing {
             VirshError::NotFound(msg) => {
                 assert_eq!(msg, "Network not found: no network with matching name 'x'")
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(virsh.classify(failed("error: internal error: boom")), VirshError::Failed(_)));
         assert!(matches!(
-            virsh.classify(failed("error: internal error: boom")),
-            VirshError::Failed(_)
-        ));
-        assert!(matches!(
-            virsh.classify(ExecError::NotFound {
-                program: "virsh".into()
-            }),
+            virsh.classify(ExecError::NotFound { program: "virsh".into() }),
             VirshError::Unreachable { .. }
         ));
     }

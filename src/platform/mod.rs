@@ -44,16 +44,8 @@ pub struct Host {
 
 impl Host {
     pub fn detect() -> Host {
-        let os = if cfg!(target_os = "macos") {
-            Os::MacOs
-        } else {
-            Os::Linux
-        };
-        let arch = if cfg!(target_arch = "aarch64") {
-            Arch::Aarch64
-        } else {
-            Arch::X86_64
-        };
+        let os = if cfg!(target_os = "macos") { Os::MacOs } else { Os::Linux };
+        let arch = if cfg!(target_arch = "aarch64") { Arch::Aarch64 } else { Arch::X86_64 };
         Host { os, arch }
     }
 
@@ -184,9 +176,7 @@ impl std::str::FromStr for Accelerator {
             "kvm" => Ok(Accelerator::Kvm),
             "hvf" => Ok(Accelerator::Hvf),
             "tcg" | "qemu" => Ok(Accelerator::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?}: expected kvm, hvf or tcg"
-            )),
+            other => Err(format!("unknown accelerator {other:?}: expected kvm, hvf or tcg")),
         }
     }
 }
@@ -207,11 +197,7 @@ impl AcceleratorProbe {
     /// Reads the host. On macOS, `hv_support` comes from the caller (it needs sysctl,
     /// which is run by `exec`), so this only fills in the Linux facts.
     pub fn read_linux() -> Self {
-        let dev_kvm_usable = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
+        let dev_kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self {
             dev_kvm_usable,
@@ -232,11 +218,7 @@ pub fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
 impl Host {
     /// Picks the accelerator: the override if given, else KVM only when `/dev/kvm` is
     /// usable and (on x86) the CPU has vmx/svm, hvf when macOS supports it, else TCG.
-    pub fn choose_accelerator(
-        &self,
-        probe: AcceleratorProbe,
-        wanted: Option<Accelerator>,
-    ) -> Accelerator {
+    pub fn choose_accelerator(&self, probe: AcceleratorProbe, wanted: Option<Accelerator>) -> Accelerator {
         if let Some(accelerator) = wanted {
             return accelerator;
         }
@@ -246,11 +228,7 @@ impl Host {
             Os::Linux => {
                 // aarch64 Linux has no vmx/svm flags; a usable /dev/kvm is enough there.
                 let cpu_ok = self.arch == Arch::Aarch64 || probe.cpu_virtualization;
-                if probe.dev_kvm_usable && cpu_ok {
-                    Accelerator::Kvm
-                } else {
-                    Accelerator::Tcg
-                }
+                if probe.dev_kvm_usable && cpu_ok { Accelerator::Kvm } else { Accelerator::Tcg }
             }
         }
     }
@@ -294,17 +272,13 @@ impl Host {
 }
 
 fn homebrew_prefix() -> PathBuf {
-    std::env::var_os("HOMEBREW_PREFIX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/homebrew"))
+    std::env::var_os("HOMEBREW_PREFIX").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/homebrew"))
 }
 
 /// Looks a program up on PATH.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -344,66 +318,34 @@ pub struct GuestPlatform {
 mod tests {
     use super::*;
 
-    const LINUX_X86: Host = Host {
-        os: Os::Linux,
-        arch: Arch::X86_64,
-    };
-    const LINUX_ARM: Host = Host {
-        os: Os::Linux,
-        arch: Arch::Aarch64,
-    };
-    const MAC_ARM: Host = Host {
-        os: Os::MacOs,
-        arch: Arch::Aarch64,
-    };
+    const LINUX_X86: Host = Host { os: Os::Linux, arch: Arch::X86_64 };
+    const LINUX_ARM: Host = Host { os: Os::Linux, arch: Arch::Aarch64 };
+    const MAC_ARM: Host = Host { os: Os::MacOs, arch: Arch::Aarch64 };
 
     #[test]
     fn pvm_kvm_without_vmx_falls_back_to_tcg() {
-        let pvm = AcceleratorProbe {
-            dev_kvm_usable: true,
-            cpu_virtualization: false,
-            hypervisor_framework: false,
-        };
+        let pvm = AcceleratorProbe { dev_kvm_usable: true, cpu_virtualization: false, hypervisor_framework: false };
         assert_eq!(LINUX_X86.choose_accelerator(pvm, None), Accelerator::Tcg);
-        let real = AcceleratorProbe {
-            cpu_virtualization: true,
-            ..pvm
-        };
+        let real = AcceleratorProbe { cpu_virtualization: true, ..pvm };
         assert_eq!(LINUX_X86.choose_accelerator(real, None), Accelerator::Kvm);
-        let no_dev = AcceleratorProbe {
-            dev_kvm_usable: false,
-            ..real
-        };
+        let no_dev = AcceleratorProbe { dev_kvm_usable: false, ..real };
         assert_eq!(LINUX_X86.choose_accelerator(no_dev, None), Accelerator::Tcg);
         assert_eq!(LINUX_ARM.choose_accelerator(pvm, None), Accelerator::Kvm);
     }
 
     #[test]
     fn macos_uses_hvf_when_supported_and_override_wins() {
-        let hv = AcceleratorProbe {
-            hypervisor_framework: true,
-            ..Default::default()
-        };
+        let hv = AcceleratorProbe { hypervisor_framework: true, ..Default::default() };
         assert_eq!(MAC_ARM.choose_accelerator(hv, None), Accelerator::Hvf);
-        assert_eq!(
-            MAC_ARM.choose_accelerator(AcceleratorProbe::default(), None),
-            Accelerator::Tcg
-        );
-        assert_eq!(
-            MAC_ARM.choose_accelerator(hv, Some(Accelerator::Tcg)),
-            Accelerator::Tcg
-        );
+        assert_eq!(MAC_ARM.choose_accelerator(AcceleratorProbe::default(), None), Accelerator::Tcg);
+        assert_eq!(MAC_ARM.choose_accelerator(hv, Some(Accelerator::Tcg)), Accelerator::Tcg);
     }
 
     #[test]
     fn cpuinfo_flags_are_read_from_the_flags_line() {
-        assert!(cpu_flags_have_virtualization(
-            "processor : 0\nflags : fpu vme vmx sse\n"
-        ));
+        assert!(cpu_flags_have_virtualization("processor : 0\nflags : fpu vme vmx sse\n"));
         assert!(cpu_flags_have_virtualization("flags\t\t: svm lm\n"));
-        assert!(!cpu_flags_have_virtualization(
-            "flags : fpu vme sse hypervisor\nmodel name : vmx-like\n"
-        ));
+        assert!(!cpu_flags_have_virtualization("flags : fpu vme sse hypervisor\nmodel name : vmx-like\n"));
     }
 
     #[test]
@@ -417,32 +359,17 @@ mod tests {
     #[test]
     fn guest_platform_per_host() {
         let x86 = LINUX_X86.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into());
-        assert_eq!(
-            (x86.machine, x86.cdrom_bus, x86.domain_type),
-            ("pc", "ide", "qemu")
-        );
+        assert_eq!((x86.machine, x86.cdrom_bus, x86.domain_type), ("pc", "ide", "qemu"));
         assert!(x86.efi.is_none() && !x86.cpu_host_passthrough);
-        let mac = MAC_ARM.guest_platform(
-            Accelerator::Hvf,
-            "/opt/homebrew/bin/qemu-system-aarch64".into(),
-        );
-        assert_eq!(
-            (mac.machine, mac.domain_type, mac.network),
-            ("virt", "hvf", NetworkMode::VmnetShared)
-        );
+        let mac = MAC_ARM.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into());
+        assert_eq!((mac.machine, mac.domain_type, mac.network), ("virt", "hvf", NetworkMode::VmnetShared));
         assert!(mac.efi.unwrap().loader.ends_with("edk2-aarch64-code.fd"));
         assert!(mac.cpu_host_passthrough);
     }
 
     #[test]
     fn install_hints_name_real_packages() {
-        assert_eq!(
-            LINUX_X86.install_hint(HostTool::Virsh),
-            "sudo apt-get install -y libvirt-clients"
-        );
-        assert_eq!(
-            MAC_ARM.install_hint(HostTool::QemuSystem),
-            "brew install qemu"
-        );
+        assert_eq!(LINUX_X86.install_hint(HostTool::Virsh), "sudo apt-get install -y libvirt-clients");
+        assert_eq!(MAC_ARM.install_hint(HostTool::QemuSystem), "brew install qemu");
     }
 }

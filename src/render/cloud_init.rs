@@ -32,10 +32,7 @@ pub fn seed_files(spec: &SeedSpec) -> Vec<(&'static str, String)> {
         public_keys: &spec.ssh_public_keys,
     })
     .expect("meta-data serialises");
-    let user = spec
-        .user_data
-        .clone()
-        .unwrap_or_else(|| "#cloud-config\n{}\n".to_string());
+    let user = spec.user_data.clone().unwrap_or_else(|| "#cloud-config\n{}\n".to_string());
     vec![("meta-data", meta + "\n"), ("user-data", user)]
 }
 

@@ -24,10 +24,7 @@ pub struct RenderError {
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("domain.xml", include_str!("../../xml-templates/domain.xml")),
-    (
-        "network.xml",
-        include_str!("../../xml-templates/network.xml"),
-    ),
+    ("network.xml", include_str!("../../xml-templates/network.xml")),
     ("pool.xml", include_str!("../../xml-templates/pool.xml")),
 ];
 
@@ -36,20 +33,13 @@ fn environment() -> &'static Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        env.set_syntax(
-            SyntaxConfig::builder()
-                .keep_trailing_newline(true)
-                .build()
-                .expect("valid syntax"),
-        );
+        env.set_syntax(SyntaxConfig::builder().keep_trailing_newline(true).build().expect("valid syntax"));
         env.set_formatter(|out, _state, value| {
             let text = value.to_string();
-            out.write_str(&quick_xml::escape::escape(text.as_str()))
-                .map_err(minijinja::Error::from)
+            out.write_str(&quick_xml::escape::escape(text.as_str())).map_err(minijinja::Error::from)
         });
         for (name, source) in TEMPLATES {
-            env.add_template(name, source)
-                .expect("embedded templates parse");
+            env.add_template(name, source).expect("embedded templates parse");
         }
         env
     })
@@ -160,11 +150,7 @@ pub fn domain_xml(spec: &DomainSpec, platform: &GuestPlatform) -> Result<String,
         machine: platform.machine,
         emulator: platform.emulator.to_string_lossy().into_owned(),
         firmware_efi: platform.efi.is_some(),
-        loader_path: platform
-            .efi
-            .as_ref()
-            .map(|e| e.loader.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        loader_path: platform.efi.as_ref().map(|e| e.loader.to_string_lossy().into_owned()).unwrap_or_default(),
         nvram_template: platform
             .efi
             .as_ref()

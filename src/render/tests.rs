@@ -7,9 +7,7 @@ use super::*;
 use crate::platform::{Accelerator, Arch, Host, Os};
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
@@ -57,59 +55,35 @@ fn network_golden() {
 
 #[test]
 fn pool_golden() {
-    let xml = pool_xml(&PoolSpec {
-        name: ".ec2-as-service".into(),
-        path: "/home/u/.ec2-as-service/storage".into(),
-    })
-    .unwrap();
+    let xml =
+        pool_xml(&PoolSpec { name: ".ec2-as-service".into(), path: "/home/u/.ec2-as-service/storage".into() }).unwrap();
     golden("pool.xml", &xml);
 }
 
 #[test]
 fn domain_linux_x86_64_tcg_golden() {
-    let host = Host {
-        os: Os::Linux,
-        arch: Arch::X86_64,
-    };
+    let host = Host { os: Os::Linux, arch: Arch::X86_64 };
     let platform = host.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into());
-    golden(
-        "domain-linux-x86_64-tcg.xml",
-        &domain_xml(&sample_domain(), &platform).unwrap(),
-    );
+    golden("domain-linux-x86_64-tcg.xml", &domain_xml(&sample_domain(), &platform).unwrap());
 }
 
 #[test]
 fn domain_linux_aarch64_kvm_golden() {
-    let host = Host {
-        os: Os::Linux,
-        arch: Arch::Aarch64,
-    };
+    let host = Host { os: Os::Linux, arch: Arch::Aarch64 };
     let platform = host.guest_platform(Accelerator::Kvm, "/usr/bin/qemu-system-aarch64".into());
-    golden(
-        "domain-linux-aarch64-kvm.xml",
-        &domain_xml(&sample_domain(), &platform).unwrap(),
-    );
+    golden("domain-linux-aarch64-kvm.xml", &domain_xml(&sample_domain(), &platform).unwrap());
 }
 
 #[test]
 fn every_interpolated_value_is_escaped() {
-    let host = Host {
-        os: Os::Linux,
-        arch: Arch::X86_64,
-    };
+    let host = Host { os: Os::Linux, arch: Arch::X86_64 };
     let platform = host.guest_platform(Accelerator::Kvm, "/usr/bin/qemu-system-x86_64".into());
     let mut spec = sample_domain();
     spec.title = "a'<b>&\"c".into();
     spec.disk_path = "/tmp/x'/><evil/>.qcow2".into();
     let xml = domain_xml(&spec, &platform).unwrap();
-    assert!(
-        xml.contains("<title>a&apos;&lt;b&gt;&amp;&quot;c</title>"),
-        "{xml}"
-    );
-    assert!(
-        xml.contains("<source file='/tmp/x&apos;/&gt;&lt;evil/&gt;.qcow2'/>"),
-        "{xml}"
-    );
+    assert!(xml.contains("<title>a&apos;&lt;b&gt;&amp;&quot;c</title>"), "{xml}");
+    assert!(xml.contains("<source file='/tmp/x&apos;/&gt;&lt;evil/&gt;.qcow2'/>"), "{xml}");
     assert!(!xml.contains("<evil/>"));
     let mut reader = quick_xml::Reader::from_str(&xml);
     loop {
