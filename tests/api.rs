@@ -1,0 +1,117 @@
+//! The HTTP surface with libvirt unreachable: these run in a plain `cargo test`.
+
+mod common;
+
+use common::{Service, client, get_json};
+
+const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+
+fn start() -> (tempfile::TempDir, Service) {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = Service::start(&tmp.path().join("data"), &[("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT)]);
+    (tmp, service)
+}
+
+// REQ-USE-002
+#[tokio::test]
+async fn swagger_ui_and_the_openapi_spec_are_served() {
+    let (_tmp, service) = start();
+    let docs = client().get(format!("{}/docs", service.url)).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger"), "{html}");
+    let (status, spec) = get_json(&format!("{}/openapi.json", service.url)).await;
+    assert_eq!(status, 200);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/health", "/host", "/network"] {
+        assert!(spec["paths"][path]["get"].is_object(), "{path} missing from the spec");
+    }
+    assert_eq!(spec["servers"][0]["url"], "/api");
+    assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
+}
+
+// REQ-REL-002, REQ-REL-003
+#[tokio::test]
+async fn health_and_libvirt_endpoints_answer_503_with_a_clear_message_when_libvirt_is_unreachable() {
+    let (_tmp, service) = start();
+    let (status, health) = get_json(&service.api("/health")).await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "unavailable");
+    assert_eq!(health["code"], "LibvirtUnavailable");
+    assert_eq!(health["libvirt"]["reachable"], false);
+    assert_eq!(health["libvirt"]["uri"], NO_LIBVIRT);
+    assert!(health["message"].as_str().unwrap().contains("unreachable"), "{health}");
+    let (status, body) = get_json(&service.api("/network")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "LibvirtUnavailable");
+    assert!(body["message"].as_str().unwrap().contains("/nonexistent/libvirt-sock"), "{body}");
+}
+
+// REQ-LIM-003
+#[tokio::test]
+async fn host_resources_are_reported_without_libvirt() {
+    let (_tmp, service) = start();
+    let (status, host) = get_json(&service.api("/host")).await;
+    assert_eq!(status, 200, "{host}");
+    let n = |k: &str| host[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {host}"));
+    assert!(n("memory_total_bytes") > 0);
+    assert!(n("memory_used_bytes") <= n("memory_total_bytes"));
+    assert!(n("memory_available_bytes") <= n("memory_total_bytes"));
+    assert!(n("disk_total_bytes") > 0);
+    assert!(n("disk_available_bytes") <= n("disk_total_bytes"));
+    assert!(n("cpu_count") >= 1);
+    assert_eq!(host["data_dir"], service.data_dir.display().to_string());
+}
+
+#[tokio::test]
+async fn a_foreign_host_header_is_refused() {
+    let (_tmp, service) = start();
+    let response = client()
+        .get(service.api("/host"))
+        .header("Host", format!("rebind.attacker.example:{}", service.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "ForbiddenHost");
+    let ok =
+        client().get(service.api("/host")).header("Host", format!("localhost:{}", service.port)).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let (_tmp, service) = start();
+    let (status, body) = get_json(&service.api("/no-such-thing")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "NotFound");
+    let response = client().delete(service.api("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "MethodNotAllowed");
+}
+
+// REQ-STOR-005, REQ-LOG-001
+#[tokio::test]
+async fn the_data_dir_is_laid_out_and_warnings_reach_app_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_tmp, service) = start();
+    let root = &service.data_dir;
+    for sub in ["storage", "images", "instances", "logs"] {
+        assert!(root.join(sub).is_dir(), "{sub} missing");
+    }
+    let db = root.join("ec2local.db");
+    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(root.join("logs")).unwrap().permissions().mode() & 0o777, 0o700);
+    // Starting without libvirt logs a warning; it must be in app.log.
+    let log = std::fs::read_to_string(root.join("logs/app.log")).unwrap();
+    assert!(log.contains("WARN") && log.contains("libvirt is not ready yet"), "app.log:\n{log}");
+}
+
+#[tokio::test]
+async fn binds_to_loopback_by_default() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ec2local")).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("[default: 127.0.0.1:8000]"), "{help}");
+}

@@ -1,0 +1,176 @@
+//! Shared by the integration tests: start the real `ec2local` binary, talk to it over
+//! HTTP, and (for bench tests) find the test bench set up by `scripts/test`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `ec2local serve`, killed on drop.
+pub struct Service {
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    child: Child,
+    stderr_log: PathBuf,
+}
+
+impl Service {
+    /// Starts the service on an ephemeral loopback port with `data_dir` and `env`.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Service {
+        let stderr_log = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ec2local"));
+        cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info,ec2local=debug")
+            .env_remove("EC2LOCAL_BIND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ec2local");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        let url = line
+            .trim()
+            .strip_prefix("ec2local listening on ")
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("unexpected first line {line:?}; stderr:\n{log}")
+            })
+            .to_string();
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
+        Service { url, port, data_dir: data_dir.to_path_buf(), child, stderr_log }
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api{}", self.url, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still the same one (not restarted, not dead).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// GET a JSON document; returns (status, body).
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = client().get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: {status} body is not JSON ({e}): {text}"));
+    (status, body)
+}
+
+/// Polls `check` every `every` until it returns Some or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The test bench that `scripts/test` set up: a libvirtd in a network namespace
+/// (this process runs inside it), the test image, and a data dir for the service.
+pub struct Bench {
+    pub image: PathBuf,
+    pub data_dir: PathBuf,
+    pub testbed: PathBuf,
+}
+
+impl Bench {
+    pub fn from_env() -> Bench {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: bench tests run through scripts/test"))
+        };
+        let bench = Bench {
+            image: var("EC2LOCAL_TEST_IMAGE").into(),
+            data_dir: var("EC2LOCAL_BENCH_DATA").into(),
+            testbed: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed"),
+        };
+        assert!(bench.image.is_file(), "test image {} is missing", bench.image.display());
+        bench
+    }
+
+    pub fn testbed(&self, verb: &str) {
+        let status = Command::new(&self.testbed).arg(verb).status().expect("run scripts/testbed");
+        assert!(status.success(), "scripts/testbed {verb} failed");
+    }
+}
+
+/// Generates an ed25519 key pair with ssh-keygen; returns the private key path.
+pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ec2local-test", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+    key
+}
+
+/// Runs a command in a guest over SSH as `user`; None while SSH is not up yet.
+pub fn ssh(key: &Path, user: &str, ip: &str, command: &str) -> Option<String> {
+    let output = Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=5",
+            "-i",
+        ])
+        .arg(key)
+        .arg(format!("{user}@{ip}"))
+        .arg(command)
+        .output()
+        .expect("ssh client");
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
