@@ -9,6 +9,7 @@ use crate::db::Db;
 use crate::error::AppError;
 use crate::exec::virsh::Virsh;
 use crate::health::{self, HealthReport};
+use crate::keypairs::KeyPairs;
 use crate::network::NetworkManager;
 use crate::platform::{Accelerator, AcceleratorProbe, Host, Os};
 use crate::storage::StoragePool;
@@ -22,6 +23,7 @@ pub struct App {
     pub db: Db,
     pub network: NetworkManager,
     pub pool: StoragePool,
+    pub key_pairs: KeyPairs,
     /// Whether the network and pool were last seen in place; the background loop
     /// recreates them when this is false.
     infrastructure_ready: AtomicBool,
@@ -50,6 +52,7 @@ impl App {
         let app = Arc::new(App {
             network: NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone()),
             pool: StoragePool::new(virsh.clone(), config.pool_name.clone(), paths.clone()),
+            key_pairs: KeyPairs::new(db.clone(), paths.clone()),
             config,
             host,
             accelerator,

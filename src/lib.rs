@@ -15,6 +15,7 @@ pub mod exec;
 pub mod health;
 pub mod host;
 pub mod ids;
+pub mod keypairs;
 pub mod logging;
 pub mod network;
 pub mod paths;

@@ -8,6 +8,7 @@
 //! |-- storage/            libvirt storage pool
 //! |-- images/             base OS images
 //! |-- instances/i-xxxxxxxx/{disk.qcow2, cloud-init.iso, domain.xml, console.log}
+//! |-- keys/              private keys of key pairs (0700, files 0600)
 //! `-- logs/app.log
 //! ```
 
@@ -57,6 +58,16 @@ impl Paths {
     pub fn database(&self) -> PathBuf {
         self.root.join("ec2local.db")
     }
+    /// Private keys of key pairs (0700; each file 0600).
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// The private key file of a key pair. Key pair names may hold any printable
+    /// character, so the file is named by a hash of the name.
+    pub fn private_key(&self, key_name: &str) -> PathBuf {
+        use sha2::Digest;
+        self.keys().join(format!("{}.pem", hex::encode(sha2::Sha256::digest(key_name.as_bytes()))))
+    }
     pub fn network_xml(&self) -> PathBuf {
         self.root.join("network.xml")
     }
@@ -90,6 +101,7 @@ impl Paths {
             (self.images(), 0o711),
             (self.instances(), 0o711),
             (self.logs(), 0o700),
+            (self.keys(), 0o700),
         ] {
             fs::create_dir_all(&dir)?;
             fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;

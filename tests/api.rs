@@ -115,3 +115,18 @@ async fn binds_to_loopback_by_default() {
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("[default: 127.0.0.1:8000]"), "{help}");
 }
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let (_tmp, service) = start();
+    let response = client()
+        .post(service.api("/key-pairs"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "PayloadTooLarge");
+}

@@ -41,7 +41,7 @@ impl Drop for GuestCleanup {
     }
 }
 
-// REQ-INST-001, REQ-NET-001, REQ-NET-002, REQ-NET-003, REQ-NET-008, REQ-STOR-001, REQ-STOR-003, REQ-INST-005, REQ-REL-002
+// REQ-INST-001, REQ-NET-001, REQ-NET-002, REQ-NET-003, REQ-NET-008, REQ-STOR-001, REQ-STOR-003, REQ-INST-005, REQ-REL-002, REQ-TERM-012
 #[tokio::test]
 #[ignore = "needs the test bench: run scripts/test"]
 async fn service_sets_up_libvirt_and_a_hand_booted_guest_gets_dhcp_and_ssh() {
@@ -78,8 +78,20 @@ async fn service_sets_up_libvirt_and_a_hand_booted_guest_gets_dhcp_and_ssh() {
     let id = InstanceId::random();
     let dir = paths.ensure_instance_dir(&id).unwrap();
     let _cleanup = GuestCleanup { virsh: virsh.clone(), name: id.to_string(), dir: dir.clone() };
-    let key = ssh_keygen(&dir, "id_ed25519");
-    let public_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    // The key pair is created by the service: its private key must log into the guest.
+    let created: serde_json::Value = common::client()
+        .post(service.api("/key-pairs"))
+        .json(&serde_json::json!({"name": format!("smoke-{id}")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let public_key = created["public_key"].as_str().expect("created key pair").to_string();
+    let key = dir.join("id_ed25519");
+    std::fs::write(&key, created["private_key"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
     let disk = paths.instance_disk(&id);
     QemuImg::new(Duration::from_secs(60)).create_overlay(&bench.image, "qcow2", &disk, 8 << 30).await.unwrap();

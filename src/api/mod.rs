@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod host_guard;
+pub mod key_pairs;
 pub mod system;
 
 use std::net::SocketAddr;
@@ -21,10 +22,14 @@ use crate::config::Config;
 pub enum ApiTags {
     /// Health, host resources and network
     System,
+    /// SSH key pairs
+    KeyPairs,
 }
 
-pub fn openapi_service() -> OpenApiService<system::SystemApi, ()> {
-    OpenApiService::new(system::SystemApi, "ec2local", env!("CARGO_PKG_VERSION"))
+pub type Apis = (system::SystemApi, key_pairs::KeyPairsApi);
+
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new((system::SystemApi, key_pairs::KeyPairsApi), "ec2local", env!("CARGO_PKG_VERSION"))
         .description(
             "EC2-shaped virtual machines on your own machine, through libvirt/QEMU. \
              Every error body is {\"code\": \"...\", \"message\": \"...\"}; \
@@ -32,6 +37,9 @@ pub fn openapi_service() -> OpenApiService<system::SystemApi, ()> {
         )
         .server("/api")
 }
+
+/// Request bodies are small JSON documents (user data is at most 16 KiB).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The whole HTTP application for a service bound to `bind`.
 pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
@@ -61,6 +69,15 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
                         ),
                     );
                     return Ok(poem::Error::from(refused).into_response());
+                }
+                let length = req.headers().get(poem::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+                if length.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_BODY_BYTES) {
+                    let too_large = error::ApiError::new(
+                        poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "PayloadTooLarge",
+                        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+                    );
+                    return Ok(poem::Error::from(too_large).into_response());
                 }
                 Ok(ep.call(req).await?.into_response())
             }

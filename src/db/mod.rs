@@ -1,5 +1,7 @@
-//! SQLite: opening, migrations, and (one file per table, as they come) the queries.
+//! SQLite: opening, migrations, and the queries, one file per table.
 //! Only this module touches SQLite.
+
+pub mod key_pairs;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,11 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database file permissions: {0}")]
     Permissions(std::io::Error),
+}
+
+/// The current time as stored in the database and shown by the API: RFC 3339, UTC.
+pub fn timestamp_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// A shared connection. Calls run on a blocking thread so SQLite never stalls the runtime.

@@ -174,3 +174,17 @@ pub fn ssh(key: &Path, user: &str, ip: &str, command: &str) -> Option<String> {
         .expect("ssh client");
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// Generates a key of `kind` (ed25519, rsa, ecdsa) with ssh-keygen; returns
+/// (public key line, private key PEM).
+pub fn keygen(dir: &Path, kind: &str, bits: Option<u32>) -> (String, String) {
+    let file = dir.join(format!("{kind}-{}-{}", bits.unwrap_or(0), std::process::id()));
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-N", "", "-C", "test@ec2local", "-t", kind, "-f"]).arg(&file);
+    if let Some(bits) = bits {
+        cmd.args(["-b", &bits.to_string()]);
+    }
+    let _ = std::fs::remove_file(&file);
+    assert!(cmd.status().unwrap().success());
+    (std::fs::read_to_string(file.with_extension("pub")).unwrap(), std::fs::read_to_string(&file).unwrap())
+}

@@ -1,0 +1,76 @@
+//! The `key_pairs` table.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::DbError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPairRow {
+    pub name: String,
+    pub key_type: String,
+    pub public_key: String,
+    pub fingerprint_md5: String,
+    pub fingerprint_sha256: String,
+    pub has_private_key: bool,
+    pub created_at: String,
+}
+
+const COLUMNS: &str = "name, key_type, public_key, fingerprint_md5, fingerprint_sha256, has_private_key, created_at";
+
+fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyPairRow> {
+    Ok(KeyPairRow {
+        name: row.get(0)?,
+        key_type: row.get(1)?,
+        public_key: row.get(2)?,
+        fingerprint_md5: row.get(3)?,
+        fingerprint_sha256: row.get(4)?,
+        has_private_key: row.get(5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+pub fn insert(conn: &Connection, row: &KeyPairRow) -> Result<(), DbError> {
+    conn.execute(
+        &format!("INSERT INTO key_pairs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        params![
+            row.name,
+            row.key_type,
+            row.public_key,
+            row.fingerprint_md5,
+            row.fingerprint_sha256,
+            row.has_private_key,
+            row.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, name: &str) -> Result<Option<KeyPairRow>, DbError> {
+    Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM key_pairs WHERE name = ?1"), [name], from_row).optional()?)
+}
+
+pub fn find_by_fingerprint(conn: &Connection, fingerprint_sha256: &str) -> Result<Option<KeyPairRow>, DbError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM key_pairs WHERE fingerprint_sha256 = ?1"),
+            [fingerprint_sha256],
+            from_row,
+        )
+        .optional()?)
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<KeyPairRow>, DbError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM key_pairs ORDER BY name"))?;
+    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Returns whether a row was deleted.
+pub fn delete(conn: &Connection, name: &str) -> Result<bool, DbError> {
+    Ok(conn.execute("DELETE FROM key_pairs WHERE name = ?1", [name])? > 0)
+}
+
+pub fn set_has_private_key(conn: &Connection, name: &str, has: bool) -> Result<(), DbError> {
+    conn.execute("UPDATE key_pairs SET has_private_key = ?2 WHERE name = ?1", params![name, has])?;
+    Ok(())
+}

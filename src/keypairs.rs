@@ -1,0 +1,346 @@
+//! SSH key pairs (REQ-SSH-001..007): import with validation and fingerprints, create,
+//! delete, and the private half kept for the web terminal.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+use russh::keys::ssh_encoding::Encode;
+use russh::keys::ssh_key::{self, Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
+
+use crate::db::key_pairs::{self as rows, KeyPairRow};
+use crate::db::{Db, timestamp_now};
+use crate::error::AppError;
+use crate::paths::Paths;
+
+/// The key types of REQ-SSH-002.
+pub const SUPPORTED_TYPES: [&str; 5] =
+    ["ssh-rsa", "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"];
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// Options that start an authorized_keys line, pasted by mistake with the key.
+const AUTHORIZED_KEYS_OPTIONS: [&str; 8] = [
+    "no-pty",
+    "restrict",
+    "no-port-forwarding",
+    "no-agent-forwarding",
+    "no-X11-forwarding",
+    "no-user-rc",
+    "cert-authority",
+    "no-touch-required",
+];
+
+/// What is wrong with a public key, said so a person can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPublicKey(pub String);
+
+/// A validated OpenSSH public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidPublicKey {
+    pub key_type: String,
+    /// `TYPE BASE64 [COMMENT]`, trimmed.
+    pub openssh: String,
+    /// MD5 of the key blob, colon-separated lowercase hex (as `ssh-keygen -E md5`, no prefix).
+    pub fingerprint_md5: String,
+    /// `SHA256:...` as `ssh-keygen -l` prints it.
+    pub fingerprint_sha256: String,
+}
+
+const EXPECTED: &str = "expected one OpenSSH public key line: TYPE BASE64 [COMMENT], \
+     where TYPE is ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256/384/521 (the content of a .pub file)";
+
+/// Validates an OpenSSH public key line (REQ-SSH-001/002).
+pub fn parse_public_key(input: &str) -> Result<ValidPublicKey, InvalidPublicKey> {
+    let invalid = |why: &str| InvalidPublicKey(format!("{why}; {EXPECTED}"));
+    let text = input.trim();
+    if text.is_empty() {
+        return Err(invalid("the public key is empty"));
+    }
+    if text.contains("PRIVATE KEY") {
+        return Err(InvalidPublicKey(
+            "this is a private key: never share it. Paste the public key instead (the .pub file, \
+             or the output of `ssh-keygen -y -f KEY`)"
+                .into(),
+        ));
+    }
+    if text.starts_with("-----BEGIN") {
+        return Err(invalid("this is a PEM block (a certificate or a PKCS key), not an OpenSSH public key"));
+    }
+    if text.starts_with("PuTTY-User-Key-File") {
+        return Err(invalid("this is a PuTTY private key file; export the OpenSSH public key from PuTTYgen"));
+    }
+    if text.starts_with("---- BEGIN SSH2 PUBLIC KEY") {
+        return Err(invalid("this is an RFC 4716 (SSH2) public key; convert it with `ssh-keygen -i -f KEY.pub`"));
+    }
+    if text.contains(['\n', '\r']) {
+        return Err(invalid("more than one line was given; import one key at a time"));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(invalid("the key contains control characters"));
+    }
+    let mut parts = text.split_whitespace();
+    let key_type = parts.next().unwrap_or_default();
+    let Some(blob) = parts.next() else {
+        return Err(invalid("the key has a type but no key data"));
+    };
+    if !SUPPORTED_TYPES.contains(&key_type) {
+        let why = match key_type {
+            "ssh-dss" => "DSA keys are not supported (OpenSSH disabled them)".to_string(),
+            t if t.starts_with("sk-") => format!("security-key type {t:?} is not supported"),
+            t if t.contains('=') || AUTHORIZED_KEYS_OPTIONS.iter().any(|o| t.starts_with(o)) => {
+                "authorized_keys options are not accepted; give the key alone".to_string()
+            }
+            t => format!("unsupported key type {:?}", t.chars().take(40).collect::<String>()),
+        };
+        return Err(invalid(&why));
+    }
+    // A second key pasted on one line shows up as another type in the comment.
+    let comment: Vec<&str> = parts.collect();
+    if comment.iter().any(|w| SUPPORTED_TYPES.contains(w) || *w == "ssh-dss") {
+        return Err(invalid("more than one key was given; import one key at a time"));
+    }
+    let line = if comment.is_empty() {
+        format!("{key_type} {blob}")
+    } else {
+        format!("{key_type} {blob} {}", comment.join(" "))
+    };
+    let key = PublicKey::from_openssh(&line).map_err(|e| match e {
+        ssh_key::Error::AlgorithmUnknown => invalid(&format!("the key data is not a {key_type} key")),
+        _ => invalid(&format!("the key data does not decode as a {key_type} key ({e})")),
+    })?;
+    if key.algorithm().as_str() != key_type {
+        return Err(invalid(&format!("the key data is a {} key, not {key_type}", key.algorithm().as_str())));
+    }
+    if let Some(rsa) = key.key_data().rsa() {
+        let bits = rsa.key_size();
+        if bits < MIN_RSA_BITS {
+            return Err(InvalidPublicKey(format!(
+                "RSA keys must have at least {MIN_RSA_BITS} bits; this one has {bits}. \
+                 Make a new one with `ssh-keygen -t ed25519`"
+            )));
+        }
+    }
+    Ok(describe(&key, line))
+}
+
+fn describe(key: &PublicKey, openssh: String) -> ValidPublicKey {
+    let blob = key.key_data().encode_vec().expect("a parsed key encodes");
+    let digest = md5::compute(&blob);
+    ValidPublicKey {
+        key_type: key.algorithm().as_str().to_string(),
+        openssh,
+        fingerprint_md5: digest.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+        fingerprint_sha256: key.fingerprint(HashAlg::Sha256).to_string(),
+    }
+}
+
+/// Key pair names: 1–255 printable ASCII characters (REQ-SSH-004).
+pub fn validate_name(name: &str) -> Result<(), AppError> {
+    let ok = !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if ok && !name.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::InvalidInput {
+            code: "InvalidKeyPairName",
+            message: "a key pair name must be 1 to 255 printable ASCII characters, not only spaces".into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    pub name: String,
+    pub key_type: String,
+    pub public_key: String,
+    pub fingerprint_md5: String,
+    pub fingerprint_sha256: String,
+    pub has_private_key: bool,
+    pub created_at: String,
+}
+
+impl From<KeyPairRow> for KeyPair {
+    fn from(row: KeyPairRow) -> Self {
+        KeyPair {
+            name: row.name,
+            key_type: row.key_type,
+            public_key: row.public_key,
+            fingerprint_md5: row.fingerprint_md5,
+            fingerprint_sha256: row.fingerprint_sha256,
+            has_private_key: row.has_private_key,
+            created_at: row.created_at,
+        }
+    }
+}
+
+/// A private key in OpenSSH PEM form. Never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKeyPem(pub String);
+
+impl std::fmt::Debug for PrivateKeyPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKeyPem(<redacted>)")
+    }
+}
+
+#[derive(Clone)]
+pub struct KeyPairs {
+    db: Db,
+    paths: Paths,
+}
+
+fn not_found(name: &str) -> AppError {
+    AppError::NotFound { code: "KeyPairNotFound", message: format!("no key pair named {name:?}") }
+}
+
+impl KeyPairs {
+    pub fn new(db: Db, paths: Paths) -> Self {
+        Self { db, paths }
+    }
+
+    /// Imports a public key (EC2 ImportKeyPair).
+    pub async fn import(&self, name: &str, public_key: &str) -> Result<KeyPair, AppError> {
+        validate_name(name)?;
+        let key = parse_public_key(public_key)
+            .map_err(|e| AppError::InvalidInput { code: "InvalidKeyFormat", message: e.to_string() })?;
+        self.insert(name, key, None).await
+    }
+
+    /// Creates a new ed25519 pair (EC2 CreateKeyPair); the private key is returned once.
+    pub async fn create(&self, name: &str) -> Result<(KeyPair, PrivateKeyPem), AppError> {
+        validate_name(name)?;
+        let mut private = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+            .map_err(|e| AppError::Internal(format!("generating a key: {e}")))?;
+        private.set_comment(name);
+        let pem = private
+            .to_openssh(LineEnding::LF)
+            .map_err(|e| AppError::Internal(format!("encoding a key: {e}")))?
+            .to_string();
+        let public = private.public_key();
+        let openssh = public.to_openssh().map_err(|e| AppError::Internal(format!("encoding a key: {e}")))?;
+        let key = describe(public, openssh);
+        let pair = self.insert(name, key, Some(PrivateKeyPem(pem.clone()))).await?;
+        Ok((pair, PrivateKeyPem(pem)))
+    }
+
+    async fn insert(
+        &self,
+        name: &str,
+        key: ValidPublicKey,
+        private: Option<PrivateKeyPem>,
+    ) -> Result<KeyPair, AppError> {
+        let row = KeyPairRow {
+            name: name.to_string(),
+            key_type: key.key_type,
+            public_key: key.openssh,
+            fingerprint_md5: key.fingerprint_md5,
+            fingerprint_sha256: key.fingerprint_sha256,
+            has_private_key: private.is_some(),
+            created_at: timestamp_now(),
+        };
+        let private_file = self.paths.private_key(name);
+        let inserted = self
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                if rows::get(&tx, &row.name)?.is_some() {
+                    return Ok(Err(AppError::Conflict {
+                        code: "KeyPairDuplicate",
+                        message: format!("a key pair named {:?} already exists", row.name),
+                    }));
+                }
+                if let Some(existing) = rows::find_by_fingerprint(&tx, &row.fingerprint_sha256)? {
+                    return Ok(Err(AppError::Conflict {
+                        code: "KeyPairDuplicate",
+                        message: format!("this key is already imported as {:?}", existing.name),
+                    }));
+                }
+                rows::insert(&tx, &row)?;
+                // The file is written inside the transaction: if it fails, no row is left.
+                if let Some(pem) = &private
+                    && let Err(e) = write_private_key(&private_file, pem)
+                {
+                    return Ok(Err(AppError::Internal(format!("storing the private key: {e}"))));
+                }
+                tx.commit()?;
+                Ok(Ok(row))
+            })
+            .await??;
+        tracing::info!(key_pair = %inserted.name, fingerprint = %inserted.fingerprint_sha256, "key pair stored");
+        Ok(inserted.into())
+    }
+
+    pub async fn list(&self) -> Result<Vec<KeyPair>, AppError> {
+        let rows = self.db.call(|conn| rows::list(conn)).await?;
+        Ok(rows.into_iter().map(KeyPair::from).collect())
+    }
+
+    pub async fn get(&self, name: &str) -> Result<KeyPair, AppError> {
+        let owned = name.to_string();
+        self.db.call(move |conn| rows::get(conn, &owned)).await?.map(KeyPair::from).ok_or_else(|| not_found(name))
+    }
+
+    /// Deletes the pair and its private key; instances launched with it keep their copy
+    /// of the public key (REQ-SSH-006).
+    pub async fn delete(&self, name: &str) -> Result<(), AppError> {
+        let owned = name.to_string();
+        let deleted = self.db.call(move |conn| rows::delete(conn, &owned)).await?;
+        if !deleted {
+            return Err(not_found(name));
+        }
+        match std::fs::remove_file(self.paths.private_key(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(key_pair = %name, error = %e, "could not remove the private key file"),
+        }
+        tracing::info!(key_pair = %name, "key pair deleted");
+        Ok(())
+    }
+
+    /// Attaches the private half of an imported key, for the web terminal.
+    pub async fn attach_private_key(&self, name: &str, pem: &str) -> Result<KeyPair, AppError> {
+        let pair = self.get(name).await?;
+        let bad = |message: String| AppError::InvalidInput { code: "InvalidPrivateKey", message };
+        let private = PrivateKey::from_openssh(pem.trim())
+            .map_err(|e| bad(format!("not an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----): {e}")))?;
+        if private.is_encrypted() {
+            return Err(bad(
+                "the private key is protected by a passphrase; remove it with `ssh-keygen -p -f KEY` on a copy".into(),
+            ));
+        }
+        let stored = PublicKey::from_openssh(&pair.public_key).map_err(|e| AppError::Internal(e.to_string()))?;
+        if private.public_key().key_data() != stored.key_data() {
+            return Err(AppError::InvalidInput {
+                code: "PrivateKeyMismatch",
+                message: format!("this private key does not belong to the public key of key pair {name:?}"),
+            });
+        }
+        let pem = private.to_openssh(LineEnding::LF).map_err(|e| AppError::Internal(e.to_string()))?.to_string();
+        write_private_key(&self.paths.private_key(name), &PrivateKeyPem(pem))?;
+        let owned = name.to_string();
+        self.db.call(move |conn| rows::set_has_private_key(conn, &owned, true)).await?;
+        self.get(name).await
+    }
+
+    /// The stored private key of a pair, for the terminal's SSH login.
+    pub async fn private_key(&self, name: &str) -> Result<Option<PrivateKeyPem>, AppError> {
+        match std::fs::read_to_string(self.paths.private_key(name)) {
+            Ok(pem) => Ok(Some(PrivateKeyPem(pem))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn write_private_key(path: &std::path::Path, pem: &PrivateKeyPem) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(pem.0.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+use std::path::Path;
+use std::process::Command;
+
+use super::*;
+
+/// Generates a key with ssh-keygen; returns (public key line, private key PEM).
+fn keygen(dir: &Path, kind: &str, bits: Option<u32>) -> (String, String) {
+    let file = dir.join(format!("{kind}-{}", bits.unwrap_or(0)));
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-N", "", "-C", "test@ec2local", "-t", kind, "-f"]).arg(&file);
+    if let Some(bits) = bits {
+        cmd.args(["-b", &bits.to_string()]);
+    }
+    assert!(cmd.status().unwrap().success());
+    (std::fs::read_to_string(file.with_extension("pub")).unwrap(), std::fs::read_to_string(&file).unwrap())
+}
+
+/// `ssh-keygen -l -E HASH` of a public key: the fingerprint column.
+fn keygen_fingerprint(dir: &Path, public: &str, hash: &str) -> String {
+    let file = dir.join("fp.pub");
+    std::fs::write(&file, public).unwrap();
+    let out = Command::new("ssh-keygen").args(["-l", "-E", hash, "-f"]).arg(&file).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().nth(1).unwrap().to_string()
+}
+
+// REQ-SSH-001, REQ-SSH-002, REQ-SSH-003
+#[test]
+fn all_five_types_are_accepted_with_ssh_keygen_fingerprints() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (kind, bits, expected_type) in [
+        ("ed25519", None, "ssh-ed25519"),
+        ("rsa", Some(2048), "ssh-rsa"),
+        ("ecdsa", Some(256), "ecdsa-sha2-nistp256"),
+        ("ecdsa", Some(384), "ecdsa-sha2-nistp384"),
+        ("ecdsa", Some(521), "ecdsa-sha2-nistp521"),
+    ] {
+        let (public, _) = keygen(tmp.path(), kind, bits);
+        let key = parse_public_key(&public).unwrap_or_else(|e| panic!("{expected_type}: {e}"));
+        assert_eq!(key.key_type, expected_type);
+        let md5 = keygen_fingerprint(tmp.path(), &public, "md5");
+        assert_eq!(format!("MD5:{}", key.fingerprint_md5), md5, "{expected_type}");
+        assert_eq!(key.fingerprint_sha256, keygen_fingerprint(tmp.path(), &public, "sha256"), "{expected_type}");
+        assert_eq!(key.openssh, public.trim());
+        assert_eq!(key.fingerprint_md5.len(), 47);
+    }
+}
+
+// REQ-SSH-001
+#[test]
+fn surrounding_whitespace_and_a_missing_comment_are_fine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (public, _) = keygen(tmp.path(), "ed25519", None);
+    let bare: Vec<&str> = public.split_whitespace().take(2).collect();
+    for variant in [format!("  {public}\n\n"), format!("\t{}\r\n", public.trim()), bare.join(" ")] {
+        let key = parse_public_key(&variant).unwrap_or_else(|e| panic!("{variant:?}: {e}"));
+        assert_eq!(key.key_type, "ssh-ed25519");
+    }
+}
+
+// REQ-SSH-004
+#[test]
+fn names_are_one_to_255_printable_ascii() {
+    for ok in ["a", "my key", "deploy-2026_01.prod", &"x".repeat(255), "~!@#$%^&*()"] {
+        assert!(validate_name(ok).is_ok(), "{ok:?}");
+    }
+    for bad in ["", " ", &"x".repeat(256), "tab\tname", "new\nline", "ünï", "nul\0"] {
+        assert!(validate_name(bad).is_err(), "{bad:?}");
+    }
+}
+
+async fn service(tmp: &Path) -> KeyPairs {
+    let paths = Paths::new(tmp.join("data"));
+    paths.ensure().unwrap();
+    KeyPairs::new(Db::open(&paths.database()).unwrap(), paths)
+}
+
+// REQ-SSH-004, REQ-SSH-005, REQ-SSH-007
+#[tokio::test]
+async fn duplicates_by_name_or_by_key_are_409_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = service(tmp.path()).await;
+    let (public, _) = keygen(tmp.path(), "ed25519", None);
+    let (other, _) = keygen(tmp.path(), "ecdsa", Some(256));
+    let first = keys.import("laptop", &public).await.unwrap();
+    assert!(!first.created_at.is_empty() && first.fingerprint_md5.contains(':'));
+    let same_name = keys.import("laptop", &other).await.unwrap_err();
+    assert!(matches!(same_name, AppError::Conflict { code: "KeyPairDuplicate", .. }), "{same_name:?}");
+    let same_key = keys.import("desktop", &public).await.unwrap_err();
+    match same_key {
+        AppError::Conflict { code: "KeyPairDuplicate", message } => {
+            assert!(message.contains("\"laptop\""), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let all = keys.list().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0], first);
+}
+
+// REQ-SSH-006, REQ-SSH-007
+#[tokio::test]
+async fn create_stores_a_private_key_0600_that_matches_and_delete_removes_both() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = service(tmp.path()).await;
+    let (pair, pem) = keys.create("generated").await.unwrap();
+    assert_eq!(pair.key_type, "ssh-ed25519");
+    assert!(pair.has_private_key);
+    assert!(pem.0.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert!(!format!("{pem:?}").contains("BEGIN"), "Debug must redact the key");
+    let file = keys.paths.private_key("generated");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(keys.paths.keys()).unwrap().permissions().mode() & 0o777, 0o700);
+    // The private key is the one of the stored public key, by ssh-keygen's own reading.
+    let key_file = tmp.path().join("generated.pem");
+    std::fs::write(&key_file, &pem.0).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let derived = Command::new("ssh-keygen").args(["-y", "-f"]).arg(&key_file).output().unwrap();
+    let derived = String::from_utf8(derived.stdout).unwrap();
+    assert_eq!(derived.split_whitespace().nth(1), pair.public_key.split_whitespace().nth(1));
+
+    keys.delete("generated").await.unwrap();
+    assert!(!file.exists());
+    assert!(matches!(keys.get("generated").await.unwrap_err(), AppError::NotFound { .. }));
+    assert!(matches!(keys.delete("generated").await.unwrap_err(), AppError::NotFound { .. }));
+}
+
+#[tokio::test]
+async fn a_private_key_is_attached_only_when_it_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = service(tmp.path()).await;
+    let (public, private) = keygen(tmp.path(), "ed25519", None);
+    let (_, stranger) = keygen(tmp.path(), "ecdsa", Some(256));
+    keys.import("imported", &public).await.unwrap();
+    let mismatch = keys.attach_private_key("imported", &stranger).await.unwrap_err();
+    assert!(matches!(mismatch, AppError::InvalidInput { code: "PrivateKeyMismatch", .. }), "{mismatch:?}");
+    assert!(!keys.get("imported").await.unwrap().has_private_key);
+    let garbage = keys.attach_private_key("imported", "not a key").await.unwrap_err();
+    assert!(matches!(garbage, AppError::InvalidInput { code: "InvalidPrivateKey", .. }), "{garbage:?}");
+    let attached = keys.attach_private_key("imported", &private).await.unwrap();
+    assert!(attached.has_private_key);
+    assert!(keys.private_key("imported").await.unwrap().is_some());
+    let missing = keys.attach_private_key("nobody", &private).await.unwrap_err();
+    assert!(matches!(missing, AppError::NotFound { .. }));
+}
