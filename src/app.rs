@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::AppError;
+use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
 use crate::health::{self, HealthReport};
+use crate::images::Images;
 use crate::keypairs::KeyPairs;
 use crate::network::NetworkManager;
 use crate::platform::{Accelerator, AcceleratorProbe, Host, Os};
@@ -24,6 +26,7 @@ pub struct App {
     pub network: NetworkManager,
     pub pool: StoragePool,
     pub key_pairs: KeyPairs,
+    pub images: Images,
     /// Whether the network and pool were last seen in place; the background loop
     /// recreates them when this is false.
     infrastructure_ready: AtomicBool,
@@ -53,6 +56,13 @@ impl App {
             network: NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone()),
             pool: StoragePool::new(virsh.clone(), config.pool_name.clone(), paths.clone()),
             key_pairs: KeyPairs::new(db.clone(), paths.clone()),
+            images: Images::new(
+                db.clone(),
+                paths.clone(),
+                host.arch,
+                &config.image_base_url,
+                QemuImg::new(config.tool_timeout),
+            ),
             config,
             host,
             accelerator,
@@ -61,6 +71,9 @@ impl App {
             db,
             infrastructure_ready: AtomicBool::new(false),
         });
+        if let Err(err) = app.images.sync_catalog().await {
+            tracing::error!(error = %err, "could not record the image catalog");
+        }
         if let Err(err) = app.ensure_infrastructure().await {
             tracing::warn!(error = %err, "libvirt is not ready yet; will retry in the background");
         }

@@ -21,10 +21,49 @@ pub struct Cli {
 enum Command {
     /// Run the service: web UI, REST API (/api, docs at /docs) and web terminal.
     Serve(ServeArgs),
+    /// List, pull and import base images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+        /// Data directory [default: ~/.ec2-as-service]
+        #[arg(long, global = true, env = "EC2_AS_SERVICE_HOME")]
+        data_dir: Option<PathBuf>,
+        /// Mirror of cloud-images.ubuntu.com to pull from.
+        #[arg(long, global = true, env = "EC2LOCAL_IMAGE_BASE_URL", default_value = crate::images::catalog::DEFAULT_BASE_URL)]
+        image_base_url: String,
+    },
     /// Check every host dependency and print how to install what is missing.
     Doctor {
         #[arg(long, env = "EC2LOCAL_LIBVIRT_URI")]
         libvirt_uri: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// Show every image and whether it is available.
+    List,
+    /// Download a catalog image (e.g. ubuntu-22.04), resuming a partial download and
+    /// verifying its SHA256 against the published list.
+    Pull { name: String },
+    /// Register a local qcow2 or raw cloud image by copying it into images/.
+    Import {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        os: Option<String>,
+        #[arg(long)]
+        os_version: Option<String>,
+        /// x86_64 or aarch64 [default: the host's]
+        #[arg(long)]
+        arch: Option<String>,
+        /// The image's cloud-init default user [default: ubuntu]
+        #[arg(long)]
+        default_user: Option<String>,
     },
 }
 
@@ -57,6 +96,9 @@ struct ServeArgs {
     /// Name of the libvirt storage pool on the data directory's storage/.
     #[arg(long, env = "EC2LOCAL_POOL_NAME", default_value = ".ec2-as-service")]
     pool_name: String,
+    /// Mirror of cloud-images.ubuntu.com to pull catalog images from.
+    #[arg(long, env = "EC2LOCAL_IMAGE_BASE_URL", default_value = crate::images::catalog::DEFAULT_BASE_URL)]
+    image_base_url: String,
     /// Seconds between libvirt re-checks while it is unreachable.
     #[arg(long, env = "EC2LOCAL_LIBVIRT_RECHECK_SECS", default_value_t = 5)]
     libvirt_recheck_secs: u64,
@@ -67,6 +109,10 @@ pub fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Images { command, data_dir, image_base_url } => {
+            crate::logging::init_stderr();
+            runtime.block_on(images(command, data_dir, &image_base_url))
+        }
         Command::Doctor { libvirt_uri } => {
             crate::logging::init_stderr();
             let host = Host::detect();
@@ -101,12 +147,94 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.network = network;
     config.pool_name = args.pool_name;
     config.accelerator = args.accelerator;
+    config.image_base_url = args.image_base_url;
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));
     match crate::api::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "ec2local stopped");
             eprintln!("ec2local: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, base_url: &str) -> ExitCode {
+    let Some(root) = data_dir.or_else(Paths::default_root) else {
+        eprintln!("ec2local: no home directory; pass --data-dir or set EC2_AS_SERVICE_HOME");
+        return ExitCode::FAILURE;
+    };
+    let paths = Paths::new(root);
+    let opened = paths
+        .ensure()
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::db::Db::open(&paths.database()).map_err(|e| e.to_string()));
+    let db = match opened {
+        Ok(db) => db,
+        Err(err) => {
+            eprintln!("ec2local: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let images = crate::images::Images::new(
+        db,
+        paths,
+        Host::detect().arch,
+        base_url,
+        crate::exec::qemu_img::QemuImg::new(std::time::Duration::from_secs(3600)),
+    );
+    let result = async {
+        images.sync_catalog().await?;
+        match command {
+            ImagesCommand::List => {
+                for image in images.list().await? {
+                    let state = if image.available { "available".to_string() } else { "unavailable".to_string() };
+                    println!("{:<14} {:<20} {:<8} {}", image.row.id, image.row.name, image.row.architecture, state);
+                    if let Some(reason) = image.unavailable_reason {
+                        println!("{:<14} {reason}", "");
+                    }
+                }
+            }
+            ImagesCommand::Pull { name } => {
+                let Some(entry) = images.catalog_lookup(&name) else {
+                    return Err(crate::error::AppError::NotFound {
+                        code: "ImageNotFound",
+                        message: format!("{name:?} is not in the catalog (ec2local images list)"),
+                    });
+                };
+                eprintln!("pulling {} from {}", entry.name, entry.url);
+                images
+                    .pull(&entry, |p| {
+                        use std::io::Write;
+                        eprint!("\r\x1b[2K{} {:<9} {}", entry.name, p.state.as_str(), p.render_line());
+                        let _ = std::io::stderr().flush();
+                    })
+                    .await?;
+                eprintln!();
+                println!("{} is ready", entry.name);
+            }
+            ImagesCommand::Import { name, file, description, os, os_version, arch, default_user } => {
+                let image = images
+                    .import(crate::images::ImportRequest {
+                        name,
+                        file_path: file,
+                        description,
+                        os,
+                        os_version,
+                        architecture: arch,
+                        default_user,
+                    })
+                    .await?;
+                println!("imported {} as {}", image.row.name, image.row.id);
+            }
+        }
+        Ok::<(), crate::error::AppError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("\nec2local: {err}");
             ExitCode::FAILURE
         }
     }

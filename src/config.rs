@@ -106,6 +106,8 @@ pub struct Config {
     pub virsh_timeout: Duration,
     /// Ceiling for qemu-img and the ISO tool.
     pub tool_timeout: Duration,
+    /// Where catalog images are downloaded from (a mirror of cloud-images.ubuntu.com).
+    pub image_base_url: String,
     /// How often the service re-checks libvirt to recreate what it needs after an outage.
     pub libvirt_recheck_interval: Duration,
 }
@@ -123,6 +125,7 @@ impl Config {
             virsh_timeout: Duration::from_secs(30),
             tool_timeout: Duration::from_secs(600),
             libvirt_recheck_interval: Duration::from_secs(5),
+            image_base_url: crate::images::catalog::DEFAULT_BASE_URL.to_string(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod exec;
 pub mod health;
 pub mod host;
 pub mod ids;
+pub mod images;
 pub mod keypairs;
 pub mod logging;
 pub mod network;

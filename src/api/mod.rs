@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod host_guard;
+pub mod images;
 pub mod key_pairs;
 pub mod system;
 
@@ -24,18 +25,24 @@ pub enum ApiTags {
     System,
     /// SSH key pairs
     KeyPairs,
+    /// Base OS images
+    Images,
 }
 
-pub type Apis = (system::SystemApi, key_pairs::KeyPairsApi);
+pub type Apis = (system::SystemApi, key_pairs::KeyPairsApi, images::ImagesApi);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((system::SystemApi, key_pairs::KeyPairsApi), "ec2local", env!("CARGO_PKG_VERSION"))
-        .description(
-            "EC2-shaped virtual machines on your own machine, through libvirt/QEMU. \
+    OpenApiService::new(
+        (system::SystemApi, key_pairs::KeyPairsApi, images::ImagesApi),
+        "ec2local",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "EC2-shaped virtual machines on your own machine, through libvirt/QEMU. \
              Every error body is {\"code\": \"...\", \"message\": \"...\"}; \
              503 means libvirt is unreachable.",
-        )
-        .server("/api")
+    )
+    .server("/api")
 }
 
 /// Request bodies are small JSON documents (user data is at most 16 KiB).

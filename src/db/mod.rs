@@ -1,6 +1,7 @@
 //! SQLite: opening, migrations, and the queries, one file per table.
 //! Only this module touches SQLite.
 
+pub mod images;
 pub mod key_pairs;
 
 use std::os::unix::fs::PermissionsExt;

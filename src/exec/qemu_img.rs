@@ -65,6 +65,14 @@ impl QemuImg {
         Ok(())
     }
 
+    /// Copies an image into a standalone qcow2 (flattening any backing chain).
+    pub async fn convert_to_qcow2(&self, source: &Path, dest: &Path) -> Result<(), QemuImgError> {
+        let cmd =
+            ToolCommand::new("qemu-img", self.timeout).args(["convert", "-q", "-O", "qcow2"]).arg(source).arg(dest);
+        super::run(cmd).await?;
+        Ok(())
+    }
+
     pub async fn info(&self, path: &Path) -> Result<ImageInfo, QemuImgError> {
         // -U: inspect even while a running guest holds the image's lock.
         let cmd = ToolCommand::new("qemu-img", self.timeout).args(["info", "-U", "--output=json"]).arg(path);

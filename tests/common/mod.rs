@@ -2,6 +2,8 @@
 //! HTTP, and (for bench tests) find the test bench set up by `scripts/test`.
 #![allow(dead_code)]
 
+pub mod mirror;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,6 +84,7 @@ impl Drop for Service {
 }
 
 pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 

@@ -7,6 +7,7 @@ CREATE TABLE images (
     os_version    TEXT NOT NULL,
     architecture  TEXT NOT NULL,
     file_path     TEXT NOT NULL,
+    format        TEXT NOT NULL DEFAULT 'qcow2',   -- qcow2 or raw, for the overlay's -F
     default_user  TEXT NOT NULL,
     source_url    TEXT,
     sha256        TEXT,
