@@ -11,6 +11,7 @@ use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
 use crate::health::{self, HealthReport};
 use crate::images::Images;
+use crate::instances::{Instances, InstancesConfig};
 use crate::keypairs::KeyPairs;
 use crate::network::NetworkManager;
 use crate::platform::{Accelerator, AcceleratorProbe, Host, Os};
@@ -27,6 +28,9 @@ pub struct App {
     pub pool: StoragePool,
     pub key_pairs: KeyPairs,
     pub images: Images,
+    pub instances: Instances,
+    /// Whether the instances left mid-action by an earlier run were settled.
+    reconciled: AtomicBool,
     /// Whether the network and pool were last seen in place; the background loop
     /// recreates them when this is false.
     infrastructure_ready: AtomicBool,
@@ -52,17 +56,38 @@ impl App {
         let accelerator = host.choose_accelerator(accelerator_probe, config.accelerator);
         tracing::info!(%accelerator, ?accelerator_probe, uri = %config.libvirt_uri, data_dir = %paths.root().display(), "starting");
         let virsh = Virsh::new(config.libvirt_uri.clone(), config.virsh_timeout);
+        let emulator = crate::platform::find_program(host.qemu_system_binary())
+            .unwrap_or_else(|| std::path::PathBuf::from(format!("/usr/bin/{}", host.qemu_system_binary())));
+        let platform = host.guest_platform(accelerator, emulator);
+        let iso_tool = crate::exec::iso::choose_tool(host.iso_tools(), |p| crate::platform::find_program(p).is_some());
+        let qemu_img = QemuImg::new(config.tool_timeout);
+        let network = NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone());
+        let key_pairs = KeyPairs::new(db.clone(), paths.clone());
+        let images = Images::new(db.clone(), paths.clone(), host.arch, &config.image_base_url, qemu_img.clone());
+        let instances = Instances::new(
+            db.clone(),
+            paths.clone(),
+            virsh.clone(),
+            qemu_img,
+            images.clone(),
+            key_pairs.clone(),
+            network.clone(),
+            platform,
+            iso_tool,
+            InstancesConfig {
+                limits: config.limits,
+                stop_timeout: config.stop_timeout,
+                monitor_interval: config.monitor_interval,
+                tool_timeout: config.tool_timeout,
+            },
+        );
         let app = Arc::new(App {
-            network: NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone()),
+            network,
             pool: StoragePool::new(virsh.clone(), config.pool_name.clone(), paths.clone()),
-            key_pairs: KeyPairs::new(db.clone(), paths.clone()),
-            images: Images::new(
-                db.clone(),
-                paths.clone(),
-                host.arch,
-                &config.image_base_url,
-                QemuImg::new(config.tool_timeout),
-            ),
+            key_pairs,
+            images,
+            instances,
+            reconciled: AtomicBool::new(false),
             config,
             host,
             accelerator,
@@ -78,6 +103,7 @@ impl App {
             tracing::warn!(error = %err, "libvirt is not ready yet; will retry in the background");
         }
         tokio::spawn(supervise(Arc::downgrade(&app)));
+        app.instances.spawn_monitor();
         Ok(app)
     }
 
@@ -87,6 +113,10 @@ impl App {
         let (network, pool) = (network?, pool?);
         let ready = network.active && network.conflict.is_none() && pool.active && pool.conflict.is_none();
         self.infrastructure_ready.store(ready, Ordering::SeqCst);
+        if ready && !self.reconciled.load(Ordering::SeqCst) {
+            self.instances.reconcile_after_restart().await?;
+            self.reconciled.store(true, Ordering::SeqCst);
+        }
         Ok(())
     }
 

@@ -99,6 +99,21 @@ struct ServeArgs {
     /// Mirror of cloud-images.ubuntu.com to pull catalog images from.
     #[arg(long, env = "EC2LOCAL_IMAGE_BASE_URL", default_value = crate::images::catalog::DEFAULT_BASE_URL)]
     image_base_url: String,
+    /// Refuse new instances when the host has less memory available than this (MiB).
+    #[arg(long, env = "EC2LOCAL_MIN_AVAILABLE_MEMORY_MIB", default_value_t = 4096)]
+    min_available_memory_mib: u64,
+    /// Refuse new instances unless free disk exceeds the instance's disk plus this (GiB).
+    #[arg(long, env = "EC2LOCAL_DISK_HEADROOM_GIB", default_value_t = 5)]
+    disk_headroom_gib: u64,
+    /// Seconds a guest gets to shut down or reboot before it is forced.
+    #[arg(long, env = "EC2LOCAL_STOP_TIMEOUT_SECS", default_value_t = 60)]
+    stop_timeout_secs: u64,
+    /// Seconds between refreshes of every instance's state and address.
+    #[arg(long, env = "EC2LOCAL_MONITOR_INTERVAL_SECS", default_value_t = 5)]
+    monitor_interval_secs: u64,
+    /// Seconds between keep-alive pings of terminal sessions.
+    #[arg(long, env = "EC2LOCAL_TERMINAL_KEEPALIVE_SECS", default_value_t = 30)]
+    terminal_keepalive_secs: u64,
     /// Seconds between libvirt re-checks while it is unreachable.
     #[arg(long, env = "EC2LOCAL_LIBVIRT_RECHECK_SECS", default_value_t = 5)]
     libvirt_recheck_secs: u64,
@@ -148,6 +163,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.pool_name = args.pool_name;
     config.accelerator = args.accelerator;
     config.image_base_url = args.image_base_url;
+    config.limits = crate::config::Limits {
+        min_available_memory_mib: args.min_available_memory_mib,
+        disk_headroom_gib: args.disk_headroom_gib,
+    };
+    config.stop_timeout = std::time::Duration::from_secs(args.stop_timeout_secs.max(1));
+    config.monitor_interval = std::time::Duration::from_secs(args.monitor_interval_secs.max(1));
+    config.terminal_keepalive = std::time::Duration::from_secs(args.terminal_keepalive_secs.max(1));
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));
     match crate::api::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,6 +106,12 @@ pub struct Config {
     pub virsh_timeout: Duration,
     /// Ceiling for qemu-img and the ISO tool.
     pub tool_timeout: Duration,
+    /// How long a guest gets to shut down (or reboot) before it is forced.
+    pub stop_timeout: Duration,
+    /// How often the monitor refreshes every instance's state and address.
+    pub monitor_interval: Duration,
+    /// WebSocket ping and SSH keep-alive interval of terminal sessions.
+    pub terminal_keepalive: Duration,
     /// Where catalog images are downloaded from (a mirror of cloud-images.ubuntu.com).
     pub image_base_url: String,
     /// How often the service re-checks libvirt to recreate what it needs after an outage.
@@ -126,6 +132,9 @@ impl Config {
             tool_timeout: Duration::from_secs(600),
             libvirt_recheck_interval: Duration::from_secs(5),
             image_base_url: crate::images::catalog::DEFAULT_BASE_URL.to_string(),
+            stop_timeout: Duration::from_secs(60),
+            terminal_keepalive: Duration::from_secs(30),
+            monitor_interval: Duration::from_secs(5),
         }
     }
 }

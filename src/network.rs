@@ -10,7 +10,7 @@ use crate::config::NetworkConfig;
 use crate::error::AppError;
 use crate::exec::virsh::{DhcpLease, Virsh};
 use crate::paths::Paths;
-use crate::render::{self, NetworkSpec};
+use crate::render::{self, DhcpHost, NetworkSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetworkStatus {
@@ -73,7 +73,17 @@ impl NetworkManager {
         if !status.autostart {
             self.virsh.net_autostart(name).await?;
         }
+        self.save_definition().await?;
         self.status().await
+    }
+
+    /// Writes libvirt's persistent definition (DHCP reservations included) to
+    /// network.xml, so the file on disk is always the one to replay by hand.
+    async fn save_definition(&self) -> Result<(), AppError> {
+        let xml = self.virsh.net_dumpxml_inactive(&self.config.name).await?;
+        let header = "<!-- ec2local NAT network, as defined in libvirt; replay with: virsh net-define network.xml -->\n";
+        std::fs::write(self.paths.network_xml(), format!("{header}{xml}"))?;
+        Ok(())
     }
 
     pub async fn status(&self) -> Result<NetworkStatus, AppError> {
@@ -94,6 +104,41 @@ impl NetworkManager {
             bridge: info.get("Bridge").map(str::to_string),
             conflict,
         })
+    }
+
+    /// Reserves `ip` for `mac` in the running and the persistent definition: modify the
+    /// entry if one exists for the MAC, else add it.
+    pub async fn reserve(&self, host: &DhcpHost) -> Result<(), AppError> {
+        let xml = render::dhcp_host_xml(host)?;
+        let live = self.virsh.net_info(&self.config.name).await?.is_some_and(|i| i.is_active());
+        let name = &self.config.name;
+        if self.virsh.net_update_dhcp_host(name, "modify", &xml, live).await.is_err() {
+            self.virsh.net_update_dhcp_host(name, "add-last", &xml, live).await?;
+        }
+        self.save_definition().await
+    }
+
+    /// Removes a reservation; one that is already gone is not an error.
+    pub async fn release(&self, host: &DhcpHost) -> Result<(), AppError> {
+        let xml = render::dhcp_host_xml(host)?;
+        let live = self.virsh.net_info(&self.config.name).await?.is_some_and(|i| i.is_active());
+        match self.virsh.net_update_dhcp_host(&self.config.name, "delete", &xml, live).await {
+            Ok(()) => self.save_definition().await,
+            Err(crate::exec::virsh::VirshError::Unreachable { uri, reason }) => {
+                Err(crate::exec::virsh::VirshError::Unreachable { uri, reason }.into())
+            }
+            Err(other) => {
+                tracing::debug!(error = %other, mac = %host.mac, "no DHCP reservation to remove");
+                Ok(())
+            }
+        }
+    }
+
+    /// The lowest address of the DHCP range that is not in `taken` (REQ-NET-007).
+    pub fn first_free_address(&self, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        (u32::from(self.config.dhcp_start)..=u32::from(self.config.dhcp_end))
+            .map(Ipv4Addr::from)
+            .find(|ip| !taken.contains(ip))
     }
 
     pub async fn leases(&self) -> Result<Vec<DhcpLease>, AppError> {

@@ -54,6 +54,10 @@ impl StoragePool {
         if !status.autostart {
             self.virsh.pool_autostart(&self.name).await?;
         }
+        // The file on disk is always libvirt's current definition, to replay by hand.
+        let xml = self.virsh.pool_dumpxml_inactive(&self.name).await?;
+        let header = "<!-- ec2local storage pool, as defined in libvirt; replay with: virsh pool-define pool.xml -->\n";
+        std::fs::write(self.paths.pool_xml(), format!("{header}{xml}"))?;
         self.status().await
     }
 

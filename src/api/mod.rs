@@ -4,8 +4,10 @@
 pub mod error;
 pub mod host_guard;
 pub mod images;
+pub mod instances;
 pub mod key_pairs;
 pub mod system;
+pub mod terminal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,13 +29,15 @@ pub enum ApiTags {
     KeyPairs,
     /// Base OS images
     Images,
+    /// Instances and instance types
+    Instances,
 }
 
-pub type Apis = (system::SystemApi, key_pairs::KeyPairsApi, images::ImagesApi);
+pub type Apis = (system::SystemApi, instances::InstancesApi, key_pairs::KeyPairsApi, images::ImagesApi);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (system::SystemApi, key_pairs::KeyPairsApi, images::ImagesApi),
+        (system::SystemApi, instances::InstancesApi, key_pairs::KeyPairsApi, images::ImagesApi),
         "ec2local",
         env!("CARGO_PKG_VERSION"),
     )
@@ -58,9 +62,11 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
         .nest("/api", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .at("/api/instances/:id/terminal", get(terminal::open_terminal))
         .at("/", get(index))
         .catch_all_error(error::json_error_response)
         .data(app)
+        .data(terminal::BoundAddress(bind))
         .around(move |ep, req| {
             let allowed = allowed.clone();
             async move {

@@ -27,6 +27,15 @@ pub struct Health {
     pub network: Option<NetworkHealth>,
     pub storage_pool: Option<PoolHealth>,
     pub accelerator: AcceleratorHealth,
+    pub terminal: TerminalHealth,
+}
+
+#[derive(Debug, Object)]
+pub struct TerminalHealth {
+    /// Open web terminal sessions.
+    pub sessions: u64,
+    /// Background tasks serving them.
+    pub tasks: u64,
 }
 
 #[derive(Debug, Object)]
@@ -178,6 +187,10 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
             dev_kvm_usable: report.accelerator_probe.dev_kvm_usable,
             cpu_virtualization: report.accelerator_probe.cpu_virtualization,
             hypervisor_framework: report.accelerator_probe.hypervisor_framework,
+        },
+        terminal: TerminalHealth {
+            sessions: crate::terminal::active_sessions() as u64,
+            tasks: crate::terminal::active_tasks() as u64,
         },
     };
     (healthy, health)

@@ -2,6 +2,7 @@
 //! Only this module touches SQLite.
 
 pub mod images;
+pub mod instances;
 pub mod key_pairs;
 
 use std::os::unix::fs::PermissionsExt;

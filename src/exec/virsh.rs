@@ -92,6 +92,21 @@ impl Virsh {
         Ok(parse_dhcp_leases(&out))
     }
 
+    /// `net-update NET COMMAND ip-dhcp-host XML`, live too when the network runs.
+    pub async fn net_update_dhcp_host(
+        &self,
+        network: &str,
+        command: &str,
+        host_xml: &str,
+        live: bool,
+    ) -> Result<(), VirshError> {
+        let mut args = vec!["net-update", network, command, "ip-dhcp-host", host_xml, "--config"];
+        if live {
+            args.push("--live");
+        }
+        self.run(&args).await.map(drop)
+    }
+
     // --- storage pools ------------------------------------------------------------
 
     pub async fn pool_info(&self, name: &str) -> Result<Option<ObjectInfo>, VirshError> {
@@ -128,6 +143,31 @@ impl Virsh {
     pub async fn domstate(&self, name: &str) -> Result<String, VirshError> {
         Ok(self.run(&["domstate", name]).await?.trim().to_string())
     }
+    /// Asks the guest OS to shut down (ACPI power button).
+    pub async fn shutdown(&self, name: &str) -> Result<(), VirshError> {
+        self.run(&["shutdown", "--mode", "acpi", name]).await.map(drop)
+    }
+    /// Asks the guest OS to reboot (ACPI).
+    pub async fn reboot(&self, name: &str) -> Result<(), VirshError> {
+        self.run(&["reboot", "--mode", "acpi", name]).await.map(drop)
+    }
+    /// Hard reset, like pressing the reset button.
+    pub async fn reset(&self, name: &str) -> Result<(), VirshError> {
+        self.run(&["reset", name]).await.map(drop)
+    }
+    /// Waits up to `timeout_secs` for a lifecycle `event` of a domain; true if it came.
+    pub async fn wait_for_event(&self, name: &str, event: &str, timeout_secs: u64) -> Result<bool, VirshError> {
+        let timeout = timeout_secs.to_string();
+        let cmd = ToolCommand::new("virsh", std::time::Duration::from_secs(timeout_secs + 10))
+            .args(["--quiet", "--connect", self.uri.as_str(), "event", "--domain", name, "--event", event])
+            .args(["--timeout", timeout.as_str()]);
+        let out = super::run(cmd).await.map_err(|err| self.classify(err))?;
+        Ok(out.stdout.contains(&format!("event '{event}'")))
+    }
+    /// Every domain with its state, in one call: `list --all`.
+    pub async fn list_all(&self) -> Result<Vec<(String, String)>, VirshError> {
+        Ok(parse_domain_list(&self.run(&["list", "--all"]).await?))
+    }
 
     fn optional(&self, result: Result<String, VirshError>) -> Result<Option<String>, VirshError> {
         match result {
@@ -161,9 +201,32 @@ fn is_connection_failure(stderr: &str) -> bool {
 }
 
 fn is_not_found(stderr: &str) -> bool {
-    ["Network not found", "Storage pool not found", "Domain not found", "Storage volume not found"]
-        .iter()
-        .any(|needle| stderr.contains(needle))
+    // virsh 9 reports a missing domain only as "failed to get domain 'NAME'".
+    [
+        "Network not found",
+        "Storage pool not found",
+        "Domain not found",
+        "Storage volume not found",
+        "failed to get domain",
+    ]
+    .iter()
+    .any(|needle| stderr.contains(needle))
+}
+
+/// Parses `virsh list --all` into (name, state) pairs.
+pub fn parse_domain_list(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let id = cols.next()?;
+            if id == "Id" || id.starts_with('-') && id.len() > 1 {
+                return None; // header or separator
+            }
+            let name = cols.next()?.to_string();
+            let state = cols.collect::<Vec<_>>().join(" ");
+            (!state.is_empty()).then_some((name, state))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -280,6 +343,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_domain_list() {
+        let out = " Id   Name         State\n-----------------------------\n 3    i-1a2b3c4d   running\n -    i-00000001   shut off\n -    other vm     paused\n";
+        assert_eq!(
+            parse_domain_list(out),
+            [
+                ("i-1a2b3c4d".to_string(), "running".to_string()),
+                ("i-00000001".to_string(), "shut off".to_string()),
+                ("other".to_string(), "vm paused".to_string())
+            ]
+        );
+        assert_eq!(parse_domain_list(" 3    i-1a2b3c4d   running\n"), [("i-1a2b3c4d".into(), "running".into())]);
+        assert!(parse_domain_list("").is_empty());
+    }
+
+    #[test]
     fn classifies_stderr() {
         let virsh = Virsh::new("qemu:///system", Duration::from_secs(1));
         let failed = |stderr: &str| ExecError::Failed { command: "virsh".into(), code: Some(1), stderr: stderr.into() };
@@ -295,6 +373,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(virsh.classify(failed("error: internal error: boom")), VirshError::Failed(_)));
+        // Recorded from virsh 9.0 destroying a domain that does not exist.
+        let no_domain = virsh.classify(failed("\nerror: failed to get domain 'i-00000000'\n"));
+        assert!(matches!(no_domain, VirshError::NotFound(_)), "{no_domain:?}");
         assert!(matches!(
             virsh.classify(ExecError::NotFound { program: "virsh".into() }),
             VirshError::Unreachable { .. }

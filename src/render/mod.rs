@@ -26,6 +26,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("domain.xml", include_str!("../../xml-templates/domain.xml")),
     ("network.xml", include_str!("../../xml-templates/network.xml")),
     ("pool.xml", include_str!("../../xml-templates/pool.xml")),
+    ("dhcp-host.xml", include_str!("../../xml-templates/dhcp-host.xml")),
 ];
 
 fn environment() -> &'static Environment<'static> {
@@ -69,6 +70,11 @@ pub struct DhcpHost {
     pub mac: String,
     pub name: String,
     pub ip: String,
+}
+
+/// One DHCP reservation, as `virsh net-update … ip-dhcp-host` takes it.
+pub fn dhcp_host_xml(host: &DhcpHost) -> Result<String, RenderError> {
+    Ok(render("dhcp-host.xml", host)?.trim().to_string())
 }
 
 pub fn network_xml(spec: &NetworkSpec) -> Result<String, RenderError> {

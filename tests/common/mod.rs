@@ -22,6 +22,9 @@ impl Service {
     /// Starts the service on an ephemeral loopback port with `data_dir` and `env`.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Service {
         let stderr_log = data_dir.with_extension("stderr.log");
+        if let Some(parent) = data_dir.parent() {
+            std::fs::create_dir_all(parent).expect("data dir parent");
+        }
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ec2local"));
         cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
@@ -168,6 +171,11 @@ pub fn ssh(key: &Path, user: &str, ip: &str, command: &str) -> Option<String> {
             "LogLevel=ERROR",
             "-o",
             "ConnectTimeout=5",
+            // A guest that reboots under an open session must not hang the test.
+            "-o",
+            "ServerAliveInterval=3",
+            "-o",
+            "ServerAliveCountMax=3",
             "-i",
         ])
         .arg(key)
@@ -190,4 +198,60 @@ pub fn keygen(dir: &Path, kind: &str, bits: Option<u32>) -> (String, String) {
     let _ = std::fs::remove_file(&file);
     assert!(cmd.status().unwrap().success());
     (std::fs::read_to_string(file.with_extension("pub")).unwrap(), std::fs::read_to_string(&file).unwrap())
+}
+
+/// POST JSON; returns (status, body).
+pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let response = client().post(url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {url}: {status} not JSON ({e}): {text}")))
+}
+
+/// POST with no body (actions); returns (status, body).
+pub async fn post_empty(url: &str) -> (u16, serde_json::Value) {
+    let response = client().post(url).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls GET /api/instances/{id} until `done` accepts it.
+pub async fn wait_instance(
+    service: &Service,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let url = service.api(&format!("/instances/{id}"));
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let (status, body) = get_json(&url).await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("{id}: timed out after {timeout:?} waiting for {what}; last seen: {last}\n{}", service.stderr());
+}
+
+/// Imports the bench's test image into a service through the API; returns its id.
+pub async fn import_test_image(service: &Service, bench: &Bench) -> String {
+    let (status, body) = post_json(
+        &service.api("/images"),
+        &serde_json::json!({
+            "name": "debian-12-test",
+            "file_path": bench.image,
+            "os": "debian",
+            "os_version": "12",
+            "default_user": "ubuntu",
+            "description": "Debian 12 cloud image built by scripts/build-test-image"
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_string()
 }

@@ -33,16 +33,21 @@ CREATE TABLE instances (
     memory_mib     INTEGER NOT NULL,
     disk_gib       INTEGER NOT NULL,
     image_id       TEXT NOT NULL,
+    image_name     TEXT NOT NULL DEFAULT '',   -- as it was at launch
+    login_user     TEXT NOT NULL DEFAULT 'ubuntu', -- the image's default user
     key_name       TEXT,                       -- kept after the key pair is deleted
     public_key     TEXT,                       -- the key the instance was launched with
     user_data      TEXT,
     state          TEXT NOT NULL CHECK (state IN ('pending','running','stopping','stopped','error','terminated')),
     state_reason   TEXT,
     mac_address    TEXT NOT NULL UNIQUE,
-    ip_address     TEXT,
+    reserved_ip    TEXT,                       -- the DHCP reservation; NULL once released
+    ip_address     TEXT,                       -- as last seen from libvirt
+    host_key       TEXT,                       -- SSH host key fingerprint, trusted on first use
     created_at     TEXT NOT NULL,
     launched_at    TEXT,
     terminated_at  TEXT
 );
 
 CREATE INDEX instances_state ON instances(state);
+CREATE UNIQUE INDEX instances_reserved_ip ON instances(reserved_ip) WHERE reserved_ip IS NOT NULL;

@@ -1,0 +1,189 @@
+//! /api/instances and /api/instance-types.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::ApiTags;
+use super::error::ApiError;
+use crate::app::App;
+use crate::instances::{Instance, LaunchRequest, types};
+
+pub struct InstancesApi;
+
+#[derive(Debug, Object)]
+pub struct InstanceTypeDto {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+#[derive(Debug, Object)]
+pub struct LaunchInstanceRequest {
+    /// t2.nano, t2.micro, t2.small, t2.medium or t2.large.
+    pub instance_type: String,
+    /// The image's id (`ami-…`) or name.
+    pub image_id: String,
+    /// Up to 255 characters, no control characters.
+    pub name: Option<String>,
+    /// A key pair whose public key is installed for the image's default user.
+    pub key_name: Option<String>,
+    /// cloud-init user data (`#cloud-config`, a `#!` script, ...), up to 16 KiB, passed
+    /// to the guest unchanged.
+    pub user_data: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct InstanceDto {
+    /// `i-` + 8 hex.
+    pub id: String,
+    pub name: String,
+    pub instance_type: String,
+    pub vcpus: u32,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    /// pending, running, stopping, stopped, error or terminated.
+    pub state: String,
+    /// Why the instance is in its state, when that needs saying (errors, forced stops).
+    pub state_reason: Option<String>,
+    /// The guest's address on the ec2-as-service network while it runs.
+    pub ip_address: Option<String>,
+    pub mac_address: String,
+    pub key_name: Option<String>,
+    pub image_id: String,
+    pub image_name: String,
+    /// The user to log in as (the image's default user).
+    pub login_user: String,
+    pub created_at: String,
+    pub launched_at: Option<String>,
+    pub terminated_at: Option<String>,
+}
+
+impl From<Instance> for InstanceDto {
+    fn from(i: Instance) -> Self {
+        InstanceDto {
+            id: i.id,
+            name: i.name,
+            instance_type: i.instance_type,
+            vcpus: i.vcpus,
+            memory_mib: i.memory_mib,
+            disk_gib: i.disk_gib,
+            state: i.state.as_str().into(),
+            state_reason: i.state_reason,
+            ip_address: i.ip_address,
+            mac_address: i.mac_address,
+            key_name: i.key_name,
+            image_id: i.image_id,
+            image_name: i.image_name,
+            login_user: i.login_user,
+            created_at: i.created_at,
+            launched_at: i.launched_at,
+            terminated_at: i.terminated_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct ConsoleOutputDto {
+    pub instance_id: String,
+    /// The last 64 KiB of the guest's serial console.
+    pub output: String,
+}
+
+#[derive(ApiResponse)]
+pub enum Accepted {
+    /// Accepted; the work goes on in the background. Follow the instance's state.
+    #[oai(status = 202)]
+    Accepted(Json<InstanceDto>),
+}
+
+#[OpenApi(tag = "ApiTags::Instances")]
+impl InstancesApi {
+    /// The instance types.
+    #[oai(path = "/instance-types", method = "get")]
+    async fn instance_types(&self) -> Json<Vec<InstanceTypeDto>> {
+        Json(
+            types::INSTANCE_TYPES
+                .iter()
+                .map(|t| InstanceTypeDto {
+                    name: t.name.into(),
+                    vcpus: t.vcpus,
+                    memory_mib: t.memory_mib,
+                    disk_gib: t.disk_gib,
+                })
+                .collect(),
+        )
+    }
+
+    /// Launch an instance. Answers 202 with the instance `pending`; it becomes `running`
+    /// (or `error`, with `state_reason`) in the background. 400 for invalid input, 404
+    /// for an unknown key pair or image, 409 `ImageUnavailable`, `InsufficientMemory`,
+    /// `InsufficientDisk` or `AddressPoolExhausted` when the host cannot take it.
+    #[oai(path = "/instances", method = "post")]
+    async fn launch(&self, app: Data<&Arc<App>>, body: Json<LaunchInstanceRequest>) -> Result<Accepted, ApiError> {
+        let b = body.0;
+        let instance = app
+            .instances
+            .launch(LaunchRequest {
+                instance_type: b.instance_type,
+                image: b.image_id,
+                name: b.name,
+                key_name: b.key_name,
+                user_data: b.user_data,
+            })
+            .await?;
+        Ok(Accepted::Accepted(Json(instance.into())))
+    }
+
+    /// All instances; terminated ones only with `include_terminated=true`.
+    #[oai(path = "/instances", method = "get")]
+    async fn list(
+        &self,
+        app: Data<&Arc<App>>,
+        include_terminated: Query<Option<bool>>,
+    ) -> Result<Json<Vec<InstanceDto>>, ApiError> {
+        let all = app.instances.list(include_terminated.0.unwrap_or(false)).await?;
+        Ok(Json(all.into_iter().map(InstanceDto::from).collect()))
+    }
+
+    /// One instance, with its state and address read from libvirt now.
+    #[oai(path = "/instances/:id", method = "get")]
+    async fn get(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Json<InstanceDto>, ApiError> {
+        Ok(Json(app.instances.get(&id.0).await?.into()))
+    }
+
+    /// Start a stopped instance. 409 `IncorrectInstanceState` otherwise.
+    #[oai(path = "/instances/:id/start", method = "post")]
+    async fn start(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Accepted, ApiError> {
+        Ok(Accepted::Accepted(Json(app.instances.start(&id.0).await?.into())))
+    }
+
+    /// Shut a running instance's guest OS down (forced off after the stop timeout).
+    #[oai(path = "/instances/:id/stop", method = "post")]
+    async fn stop(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Accepted, ApiError> {
+        Ok(Accepted::Accepted(Json(app.instances.stop(&id.0).await?.into())))
+    }
+
+    /// Reboot a running instance's guest OS; it keeps its disk, MAC and address.
+    #[oai(path = "/instances/:id/reboot", method = "post")]
+    async fn reboot(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Accepted, ApiError> {
+        Ok(Accepted::Accepted(Json(app.instances.reboot(&id.0).await?.into())))
+    }
+
+    /// Terminate: stop, delete the disk, seed and domain, release the address.
+    #[oai(path = "/instances/:id", method = "delete")]
+    async fn terminate(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Accepted, ApiError> {
+        Ok(Accepted::Accepted(Json(app.instances.terminate(&id.0).await?.into())))
+    }
+
+    /// The guest's serial console output, to see why a guest did not come up.
+    #[oai(path = "/instances/:id/console-output", method = "get")]
+    async fn console_output(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Json<ConsoleOutputDto>, ApiError> {
+        let output = app.instances.console_output(&id.0).await?;
+        Ok(Json(ConsoleOutputDto { instance_id: id.0, output }))
+    }
+}

@@ -1,0 +1,243 @@
+//! GET /api/instances/{id}/terminal: the WebSocket side of the web terminal
+//! (REQ-TERM-001). Protocol: binary frames carry terminal bytes both ways; text frames
+//! carry JSON control messages. Client → `{"type":"resize","cols":N,"rows":N}`, and
+//! `{"type":"auth","private_key":"..."}` when the server asks with `auth_required`.
+//! Server → `{"type":"error","code":"...","message":"..."}` then a 4xxx close, and
+//! `{"type":"exit","status":N}` then a normal close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use poem::http::StatusCode;
+use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketStream};
+use poem::web::{Data, Json, Path, Query};
+use poem::{IntoResponse, Request, Response, handler};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::error::ErrorBody;
+use crate::app::App;
+use crate::keypairs::PrivateKeyPem;
+use crate::terminal::{
+    self as ssh_terminal, ClientMsg, Counted, ServerMsg, SshOptions, Target, TerminalError, close_code,
+};
+
+/// The address the service is bound to, for the Origin check.
+#[derive(Clone, Copy)]
+pub struct BoundAddress(pub SocketAddr);
+
+#[derive(Debug, Deserialize)]
+pub struct TerminalQuery {
+    cols: Option<u32>,
+    rows: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Control {
+    Resize { cols: u32, rows: u32 },
+    Auth { private_key: String },
+}
+
+/// Browsers may only open a terminal from the service's own pages; clients that send
+/// no Origin (command-line tools) may too.
+pub fn origin_is_allowed(origin: Option<&str>, port: u16) -> bool {
+    match origin {
+        None => true,
+        Some(origin) => ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .any(|host| origin.eq_ignore_ascii_case(&format!("http://{host}:{port}"))),
+    }
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    Json(ErrorBody { code: code.into(), message: message.into() }).with_status(status).into_response()
+}
+
+#[handler]
+pub async fn open_terminal(
+    req: &Request,
+    Path(id): Path<String>,
+    Query(query): Query<TerminalQuery>,
+    ws: Option<WebSocket>,
+    Data(app): Data<&Arc<App>>,
+    Data(bound): Data<&BoundAddress>,
+) -> Response {
+    let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
+    if !origin_is_allowed(origin, bound.0.port()) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "ForbiddenOrigin",
+            &format!("terminals open only from this service's own pages, not from {}", origin.unwrap_or("")),
+        );
+    }
+    let target = ssh_terminal::target(&app.instances, &app.key_pairs, &id).await;
+    let Some(ws) = ws else {
+        return match target {
+            Err(e) => {
+                let status = match e.code {
+                    close_code::NOT_FOUND => StatusCode::NOT_FOUND,
+                    close_code::NOT_READY => StatusCode::CONFLICT,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                json_error(status, e.name, &e.message)
+            }
+            Ok(_) => json_error(StatusCode::BAD_REQUEST, "WebSocketRequired", "this endpoint speaks WebSocket only"),
+        };
+    };
+    let app = (*app).clone();
+    let options = SshOptions {
+        cols: query.cols.unwrap_or(80).clamp(10, 1000),
+        rows: query.rows.unwrap_or(24).clamp(5, 1000),
+        keepalive: app.config.terminal_keepalive,
+    };
+    ws.on_upgrade(move |socket| async move {
+        let _session = Counted::session();
+        match target {
+            Err(e) => refuse(socket, &e).await,
+            Ok(target) => run(socket, app, target, options).await,
+        }
+    })
+    .into_response()
+}
+
+async fn refuse(socket: WebSocketStream, e: &TerminalError) {
+    let (mut sink, _) = socket.split();
+    let body = serde_json::json!({"type": "error", "code": e.name, "message": e.message});
+    let _ = sink.send(Message::Text(body.to_string())).await;
+    // Close reasons are limited to 123 bytes.
+    let reason: String = e.message.chars().take(120).collect();
+    let _ = sink.send(Message::Close(Some((CloseCode::from(e.code), reason)))).await;
+}
+
+async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: SshOptions) {
+    let (mut sink, mut stream) = socket.split();
+    let key = match target.private_key.clone() {
+        Some(key) => key,
+        None => {
+            let ask = serde_json::json!({
+                "type": "auth_required",
+                "message": "ec2local has no private key for this instance's key pair; send it as {\"type\":\"auth\",\"private_key\":...} (used for this session only)"
+            });
+            let _ = sink.send(Message::Text(ask.to_string())).await;
+            match wait_for_key(&mut stream).await {
+                Some(key) => key,
+                None => {
+                    let e = TerminalError {
+                        code: close_code::AUTH_FAILED,
+                        name: "NoPrivateKey",
+                        message: "no private key was given for this instance".into(),
+                    };
+                    return refuse(sink.reunite(stream).expect("same socket"), &e).await;
+                }
+            }
+        }
+    };
+    let session = match ssh_terminal::connect(&app.db, &target, &key, &options).await {
+        Ok(session) => session,
+        Err(e) => return refuse(sink.reunite(stream).expect("same socket"), &e).await,
+    };
+    tracing::info!(instance = %target.instance.id, "terminal session opened");
+
+    let (client_tx, client_rx) = mpsc::channel::<ClientMsg>(64);
+    let (server_tx, mut server_rx) = mpsc::channel::<ServerMsg>(16);
+    let relay = tokio::spawn(async move {
+        let _task = Counted::task();
+        session.relay(client_rx, server_tx).await;
+    });
+
+    let interval = app.config.terminal_keepalive;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_pong = Instant::now();
+    let mut close: Option<(u16, String)> = Some((close_code::NORMAL, "session ended".into()));
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    if client_tx.send(ClientMsg::Input(bytes)).await.is_err() { break; }
+                }
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Control>(&text) {
+                    Ok(Control::Resize { cols, rows }) => {
+                        let _ = client_tx.send(ClientMsg::Resize { cols: cols.clamp(10, 1000), rows: rows.clamp(5, 1000) }).await;
+                    }
+                    Ok(Control::Auth { .. }) => {}
+                    Err(_) => {
+                        let note = serde_json::json!({"type": "error", "code": "BadControlMessage", "message": "unknown control message; expected {\"type\":\"resize\",\"cols\":N,\"rows\":N}"});
+                        let _ = sink.send(Message::Text(note.to_string())).await;
+                    }
+                },
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(_)) => {}
+                // The client left: no close frame to send back.
+                Some(Err(_)) | None => { close = None; break; }
+            },
+            out = server_rx.recv() => match out {
+                Some(ServerMsg::Output(bytes)) => {
+                    if sink.send(Message::Binary(bytes)).await.is_err() { close = None; break; }
+                }
+                Some(ServerMsg::Exit(status)) => {
+                    let exit = serde_json::json!({"type": "exit", "status": status});
+                    let _ = sink.send(Message::Text(exit.to_string())).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick() => {
+                if last_pong.elapsed() > interval * 2 + Duration::from_secs(1) {
+                    close = Some((close_code::TIMEOUT, "the client stopped answering keep-alive pings".into()));
+                    break;
+                }
+                if sink.send(Message::Ping(b"ec2local".to_vec())).await.is_err() { close = None; break; }
+            }
+        }
+    }
+    drop(client_tx);
+    let _ = relay.await;
+    if let Some((code, reason)) = close {
+        let _ = sink.send(Message::Close(Some((CloseCode::from(code), reason)))).await;
+    }
+    tracing::info!(instance = %target.instance.id, "terminal session closed");
+}
+
+/// The first control message must bring the key when the service has none.
+async fn wait_for_key(stream: &mut futures_util::stream::SplitStream<WebSocketStream>) -> Option<PrivateKeyPem> {
+    let deadline = tokio::time::sleep(Duration::from_secs(120));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return None,
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(Control::Auth { private_key }) = serde_json::from_str(&text) {
+                        return Some(PrivateKeyPem(private_key));
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_services_own_origin_may_open_a_terminal() {
+        assert!(origin_is_allowed(None, 8000));
+        assert!(origin_is_allowed(Some("http://localhost:8000"), 8000));
+        assert!(origin_is_allowed(Some("http://127.0.0.1:8000"), 8000));
+        for bad in [
+            "http://localhost:8001",
+            "https://localhost:8000",
+            "http://evil.example",
+            "null",
+            "http://localhost:8000.evil",
+        ] {
+            assert!(!origin_is_allowed(Some(bad), 8000), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The `instances` table.
+
+use std::net::Ipv4Addr;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::DbError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub id: String,
+    pub name: String,
+    pub instance_type: String,
+    pub vcpus: u32,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    pub image_id: String,
+    pub image_name: String,
+    pub login_user: String,
+    pub key_name: Option<String>,
+    pub public_key: Option<String>,
+    pub user_data: Option<String>,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub mac_address: String,
+    pub reserved_ip: Option<String>,
+    pub ip_address: Option<String>,
+    pub created_at: String,
+    pub launched_at: Option<String>,
+    pub terminated_at: Option<String>,
+}
+
+const COLUMNS: &str = "id, name, instance_type, vcpus, memory_mib, disk_gib, image_id, image_name, login_user, \
+    key_name, public_key, user_data, state, state_reason, mac_address, reserved_ip, ip_address, created_at, \
+    launched_at, terminated_at";
+
+fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        instance_type: row.get(2)?,
+        vcpus: row.get(3)?,
+        memory_mib: row.get(4)?,
+        disk_gib: row.get(5)?,
+        image_id: row.get(6)?,
+        image_name: row.get(7)?,
+        login_user: row.get(8)?,
+        key_name: row.get(9)?,
+        public_key: row.get(10)?,
+        user_data: row.get(11)?,
+        state: row.get(12)?,
+        state_reason: row.get(13)?,
+        mac_address: row.get(14)?,
+        reserved_ip: row.get(15)?,
+        ip_address: row.get(16)?,
+        created_at: row.get(17)?,
+        launched_at: row.get(18)?,
+        terminated_at: row.get(19)?,
+    })
+}
+
+pub fn insert(conn: &Connection, r: &InstanceRow) -> Result<(), DbError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO instances ({COLUMNS}) VALUES
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        ),
+        params![
+            r.id,
+            r.name,
+            r.instance_type,
+            r.vcpus,
+            r.memory_mib,
+            r.disk_gib,
+            r.image_id,
+            r.image_name,
+            r.login_user,
+            r.key_name,
+            r.public_key,
+            r.user_data,
+            r.state,
+            r.state_reason,
+            r.mac_address,
+            r.reserved_ip,
+            r.ip_address,
+            r.created_at,
+            r.launched_at,
+            r.terminated_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, id: &str) -> Result<Option<InstanceRow>, DbError> {
+    Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"), [id], from_row).optional()?)
+}
+
+/// Whether an id was ever used, terminated rows included (IDs are never reused).
+pub fn id_exists(conn: &Connection, id: &str) -> Result<bool, DbError> {
+    Ok(conn.query_row("SELECT 1 FROM instances WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some())
+}
+
+pub fn list(conn: &Connection, include_terminated: bool) -> Result<Vec<InstanceRow>, DbError> {
+    let filter = if include_terminated { "" } else { "WHERE state != 'terminated'" };
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM instances {filter} ORDER BY created_at, id"))?;
+    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// The addresses currently reserved.
+pub fn reserved_ips(conn: &Connection) -> Result<Vec<Ipv4Addr>, DbError> {
+    let mut stmt = conn.prepare("SELECT reserved_ip FROM instances WHERE reserved_ip IS NOT NULL")?;
+    let ips: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(ips.iter().filter_map(|ip| ip.parse().ok()).collect())
+}
+
+/// Sets state and reason, and the timestamp that goes with the state.
+pub fn set_state(conn: &Connection, id: &str, state: &str, reason: Option<&str>) -> Result<(), DbError> {
+    conn.execute("UPDATE instances SET state = ?2, state_reason = ?3 WHERE id = ?1", params![id, state, reason])?;
+    Ok(())
+}
+
+pub fn set_launched(conn: &Connection, id: &str, at: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE instances SET state = 'running', state_reason = NULL, launched_at = ?2 WHERE id = ?1",
+        params![id, at],
+    )?;
+    Ok(())
+}
+
+pub fn set_terminated(conn: &Connection, id: &str, at: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE instances SET state = 'terminated', state_reason = NULL, terminated_at = ?2, reserved_ip = NULL,
+         ip_address = NULL WHERE id = ?1",
+        params![id, at],
+    )?;
+    Ok(())
+}
+
+pub fn set_ip(conn: &Connection, id: &str, ip: Option<&str>) -> Result<(), DbError> {
+    conn.execute("UPDATE instances SET ip_address = ?2 WHERE id = ?1", params![id, ip])?;
+    Ok(())
+}
+
+pub fn release_ip(conn: &Connection, id: &str) -> Result<(), DbError> {
+    conn.execute("UPDATE instances SET reserved_ip = NULL, ip_address = NULL WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+/// Moves an instance from `from` to `to` only if it is in `from`; returns whether it did.
+/// This is how two concurrent requests cannot both pass a state check.
+pub fn compare_and_set_state(conn: &Connection, id: &str, from: &str, to: &str) -> Result<bool, DbError> {
+    Ok(conn.execute(
+        "UPDATE instances SET state = ?3, state_reason = NULL WHERE id = ?1 AND state = ?2",
+        params![id, from, to],
+    )? == 1)
+}
+
+/// The SSH host key fingerprint recorded for an instance at its first terminal session.
+pub fn host_key(conn: &Connection, id: &str) -> Result<Option<String>, DbError> {
+    Ok(conn.query_row("SELECT host_key FROM instances WHERE id = ?1", [id], |r| r.get(0)).optional()?.flatten())
+}
+
+pub fn set_host_key(conn: &Connection, id: &str, fingerprint: &str) -> Result<(), DbError> {
+    conn.execute("UPDATE instances SET host_key = ?2 WHERE id = ?1 AND host_key IS NULL", params![id, fingerprint])?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Keeps every instance's state and IP current (REQ-INST-013, REQ-NET-004) with two
+//! virsh calls per tick whatever the number of instances, and reconciles the database
+//! with libvirt when the service starts (REQ-REL-001).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::state::State;
+use super::{Inner, Instances};
+use crate::db::instances::{self as rows, InstanceRow};
+
+/// What to change on an instance after looking at libvirt.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Change {
+    pub state: Option<(State, Option<String>)>,
+    /// Some(None) clears the address.
+    pub ip: Option<Option<String>>,
+}
+
+/// Compares a row with what libvirt says (`domain`: its state, None when there is no
+/// such domain; `lease_ip`: the DHCP lease of its MAC). Only settled states are
+/// reconciled: pending and stopping belong to the action that holds them.
+pub fn reconcile(row: &InstanceRow, domain: Option<&str>, lease_ip: Option<&str>) -> Option<Change> {
+    let state: State = row.state.parse().ok()?;
+    let mut change = Change::default();
+    let running = matches!(domain, Some("running" | "paused" | "idle" | "in shutdown" | "blocked"));
+    match (state, domain) {
+        (State::Running | State::Stopped, None) => {
+            change.state = Some((State::Error, Some(format!("the libvirt domain {} no longer exists", row.id))));
+        }
+        (State::Running, Some(_)) if !running => {
+            let reason = match domain {
+                Some("crashed") => "the guest crashed",
+                _ => "the guest was shut down from inside or outside ec2local",
+            };
+            change.state = Some((State::Stopped, Some(reason.to_string())));
+        }
+        (State::Stopped, Some(_)) if running => {
+            change.state = Some((State::Running, Some("started outside ec2local".to_string())));
+        }
+        _ => {}
+    }
+    let ends_running = change.state.as_ref().map_or(state, |(s, _)| *s) == State::Running;
+    let ip = if ends_running { lease_ip.map(str::to_string) } else { None };
+    if matches!(state, State::Running | State::Stopped) && ip != row.ip_address {
+        change.ip = Some(ip);
+    }
+    (change != Change::default()).then_some(change)
+}
+
+impl Instances {
+    /// Starts the monitor loop.
+    pub fn spawn_monitor(&self) {
+        let inner = Arc::downgrade(self.inner());
+        tokio::spawn(async move {
+            loop {
+                let Some(interval) = inner.upgrade().map(|i| i.config.monitor_interval) else { return };
+                tokio::time::sleep(interval).await;
+                let Some(inner) = inner.upgrade() else { return };
+                if let Err(e) = inner.monitor_tick().await {
+                    tracing::debug!(error = %e, "monitor tick skipped");
+                }
+            }
+        });
+    }
+
+    /// Settles instances a previous run of the service left mid-action.
+    pub async fn reconcile_after_restart(&self) -> Result<(), crate::error::AppError> {
+        let inner = self.inner();
+        let pending: Vec<InstanceRow> = inner
+            .db
+            .call(|c| rows::list(c, false))
+            .await?
+            .into_iter()
+            .filter(|r| r.state == State::Pending.as_str() || r.state == State::Stopping.as_str())
+            .collect();
+        for row in pending {
+            let domain = match inner.virsh.domstate(&row.id).await {
+                Ok(s) => Some(s),
+                Err(crate::exec::virsh::VirshError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            match (row.state.as_str(), domain.as_deref()) {
+                (_, Some("running")) => {
+                    let reason = Some("the service restarted during the last action".to_string());
+                    if row.launched_at.is_none() {
+                        let (key, at) = (row.id.clone(), crate::db::timestamp_now());
+                        inner.db.call(move |c| rows::set_launched(c, &key, &at)).await?;
+                    }
+                    inner.set_state(&row.id, State::Running, reason).await?;
+                }
+                ("stopping", Some(_)) => {
+                    inner.set_state(&row.id, State::Stopped, None).await?;
+                }
+                _ => {
+                    inner.fail_launch(&row, "the service restarted while the instance was being created").await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn monitor_tick(&self) -> Result<(), crate::error::AppError> {
+        let instances = self.db.call(|c| rows::list(c, false)).await?;
+        if instances.is_empty() {
+            return Ok(());
+        }
+        let (domains, leases) = tokio::join!(self.virsh.list_all(), self.network.leases());
+        let domains: HashMap<String, String> = domains?.into_iter().collect();
+        let leases: HashMap<String, String> = leases?.into_iter().map(|l| (l.mac, l.ip)).collect();
+        for row in instances {
+            let lock = self.lock(&row.id);
+            let Ok(_guard) = lock.try_lock() else { continue };
+            let Some(change) = reconcile(
+                &row,
+                domains.get(&row.id).map(String::as_str),
+                leases.get(&row.mac_address).map(String::as_str),
+            ) else {
+                continue;
+            };
+            if let Some((state, reason)) = &change.state {
+                tracing::warn!(instance = %row.id, from = %row.state, to = %state, reason = reason.as_deref().unwrap_or(""), "state changed behind ec2local's back");
+            }
+            self.apply(&row.id, change).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(state: &str, ip: Option<&str>) -> InstanceRow {
+        InstanceRow {
+            id: "i-0000abcd".into(),
+            name: String::new(),
+            instance_type: "t2.nano".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 8,
+            image_id: "ami-1".into(),
+            image_name: "img".into(),
+            login_user: "ubuntu".into(),
+            key_name: None,
+            public_key: None,
+            user_data: None,
+            state: state.into(),
+            state_reason: None,
+            mac_address: "52:54:00:00:ab:cd".into(),
+            reserved_ip: Some("192.168.100.10".into()),
+            ip_address: ip.map(str::to_string),
+            created_at: "t".into(),
+            launched_at: None,
+            terminated_at: None,
+        }
+    }
+
+    // REQ-INST-013, REQ-NET-004
+    #[test]
+    fn a_running_instance_takes_its_lease_address() {
+        let change = reconcile(&row("running", None), Some("running"), Some("192.168.100.10")).unwrap();
+        assert_eq!(change, Change { state: None, ip: Some(Some("192.168.100.10".into())) });
+        assert_eq!(reconcile(&row("running", Some("192.168.100.10")), Some("running"), Some("192.168.100.10")), None);
+    }
+
+    #[test]
+    fn a_guest_shut_down_behind_our_back_becomes_stopped_without_address() {
+        let change = reconcile(&row("running", Some("192.168.100.10")), Some("shut off"), None).unwrap();
+        assert_eq!(change.state.as_ref().unwrap().0, State::Stopped);
+        assert_eq!(change.ip, Some(None));
+        let crashed = reconcile(&row("running", None), Some("crashed"), None).unwrap();
+        assert_eq!(crashed.state.unwrap().1.as_deref(), Some("the guest crashed"));
+    }
+
+    #[test]
+    fn a_vanished_domain_is_an_error_and_a_started_one_runs() {
+        let gone = reconcile(&row("stopped", None), None, None).unwrap();
+        assert_eq!(gone.state.unwrap().0, State::Error);
+        let started = reconcile(&row("stopped", None), Some("running"), Some("192.168.100.10")).unwrap();
+        assert_eq!(started.state.unwrap().0, State::Running);
+        assert_eq!(started.ip, Some(Some("192.168.100.10".into())));
+    }
+
+    #[test]
+    fn transitional_and_final_states_are_left_to_their_owners() {
+        for state in ["pending", "stopping", "error", "terminated"] {
+            assert_eq!(reconcile(&row(state, None), Some("shut off"), None), None, "{state}");
+            assert_eq!(reconcile(&row(state, None), None, None), None, "{state}");
+        }
+    }
+}

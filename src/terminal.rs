@@ -1,0 +1,282 @@
+//! The web terminal's SSH side (REQ-TERM-002..012): who to log into and with which key,
+//! the russh connection with a PTY and a login shell, and the relay between that
+//! channel and the client's messages. The WebSocket itself lives in `api::terminal`;
+//! the two meet through bounded channels, so a slow browser slows the guest's output
+//! instead of growing a buffer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect, client};
+use tokio::sync::mpsc;
+
+use crate::db::Db;
+use crate::db::instances as rows;
+use crate::error::AppError;
+use crate::instances::state::State;
+use crate::instances::{Instance, Instances};
+use crate::keypairs::{KeyPairs, PrivateKeyPem};
+
+/// Close codes the client sees (4xxx: refused or failed, with a reason).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const BAD_REQUEST: u16 = 4400;
+    pub const AUTH_FAILED: u16 = 4401;
+    pub const NOT_FOUND: u16 = 4404;
+    pub const NOT_READY: u16 = 4409;
+    pub const HOST_KEY_CHANGED: u16 = 4495;
+    pub const SSH_UNREACHABLE: u16 = 4502;
+    pub const TIMEOUT: u16 = 4408;
+}
+
+/// Sessions and tasks alive now, for the health report and the leak tests.
+static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+static TASKS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn active_sessions() -> usize {
+    SESSIONS.load(Ordering::SeqCst)
+}
+pub fn active_tasks() -> usize {
+    TASKS.load(Ordering::SeqCst)
+}
+
+/// Counts something alive for as long as the guard is.
+pub struct Counted(&'static AtomicUsize);
+
+impl Counted {
+    pub fn session() -> Self {
+        SESSIONS.fetch_add(1, Ordering::SeqCst);
+        Counted(&SESSIONS)
+    }
+    pub fn task() -> Self {
+        TASKS.fetch_add(1, Ordering::SeqCst);
+        Counted(&TASKS)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A refusal or failure to show the user: a code for the close frame and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TerminalError {
+    pub code: u16,
+    /// Stable name, as in every error body (`InstanceNotRunning`, ...).
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl TerminalError {
+    fn new(code: u16, name: &'static str, message: impl Into<String>) -> Self {
+        Self { code, name, message: message.into() }
+    }
+}
+
+/// Who to log into: a running instance with an address (REQ-TERM-007/008).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub instance: Instance,
+    pub ip: String,
+    pub private_key: Option<PrivateKeyPem>,
+}
+
+pub async fn target(instances: &Instances, key_pairs: &KeyPairs, id: &str) -> Result<Target, TerminalError> {
+    let instance = instances.get(id).await.map_err(|e| match e {
+        AppError::NotFound { message, .. } => TerminalError::new(close_code::NOT_FOUND, "InstanceNotFound", message),
+        AppError::InvalidInput { message, .. } => {
+            TerminalError::new(close_code::NOT_FOUND, "InstanceNotFound", message)
+        }
+        other => TerminalError::new(close_code::SSH_UNREACHABLE, "Unavailable", other.to_string()),
+    })?;
+    if instance.state != State::Running {
+        return Err(TerminalError::new(
+            close_code::NOT_READY,
+            "InstanceNotRunning",
+            format!("instance {} is {}; a terminal needs it running", instance.id, instance.state),
+        ));
+    }
+    let Some(ip) = instance.ip_address.clone() else {
+        return Err(TerminalError::new(
+            close_code::NOT_READY,
+            "InstanceHasNoAddress",
+            format!("instance {} has no IP address yet; it is still booting", instance.id),
+        ));
+    };
+    let private_key = match &instance.key_name {
+        Some(name) => key_pairs.private_key(name).await.ok().flatten(),
+        None => None,
+    };
+    Ok(Target { instance, ip, private_key })
+}
+
+/// Messages from the client.
+#[derive(Debug)]
+pub enum ClientMsg {
+    Input(Vec<u8>),
+    Resize { cols: u32, rows: u32 },
+}
+
+/// Messages to the client.
+#[derive(Debug)]
+pub enum ServerMsg {
+    Output(Vec<u8>),
+    Exit(u32),
+}
+
+struct HostKeyCheck {
+    expected: Option<String>,
+    seen: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let fingerprint = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.fingerprint(HashAlg::Sha256).to_string(),
+            PublicKeyOrCertificate::Certificate(cert) => cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
+        };
+        *self.seen.lock().unwrap() = Some(fingerprint.clone());
+        Ok(self.expected.as_ref().is_none_or(|e| *e == fingerprint))
+    }
+}
+
+pub struct SshOptions {
+    pub cols: u32,
+    pub rows: u32,
+    pub keepalive: Duration,
+}
+
+/// An SSH session with a PTY and a login shell, ready to relay.
+pub struct Session {
+    handle: client::Handle<HostKeyCheck>,
+    channel: russh::Channel<client::Msg>,
+}
+
+/// Connects to the instance as its image's default user with `key`, trusting the host
+/// key on first use and refusing a changed one.
+pub async fn connect(
+    db: &Db,
+    target: &Target,
+    key: &PrivateKeyPem,
+    options: &SshOptions,
+) -> Result<Session, TerminalError> {
+    let id = target.instance.id.clone();
+    let key = PrivateKey::from_openssh(key.0.trim()).map_err(|e| {
+        TerminalError::new(close_code::AUTH_FAILED, "InvalidPrivateKey", format!("the private key does not parse: {e}"))
+    })?;
+    let expected = {
+        let id = id.clone();
+        db.call(move |c| rows::host_key(c, &id))
+            .await
+            .map_err(|e| TerminalError::new(close_code::SSH_UNREACHABLE, "Internal", e.to_string()))?
+    };
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(options.keepalive),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        ..Default::default()
+    });
+    let handler = HostKeyCheck { expected: expected.clone(), seen: seen.clone() };
+    let address = (target.ip.as_str(), 22);
+    let connecting = tokio::time::timeout(Duration::from_secs(15), client::connect(config, address, handler)).await;
+    let mut handle = match connecting {
+        Ok(Ok(handle)) => handle,
+        Ok(Err(e)) => {
+            let seen = seen.lock().unwrap().take();
+            if let (Some(expected), Some(seen)) = (&expected, &seen)
+                && expected != seen
+            {
+                return Err(TerminalError::new(
+                    close_code::HOST_KEY_CHANGED,
+                    "HostKeyChanged",
+                    format!(
+                        "the SSH host key of {id} changed (was {expected}, now {seen}); refusing to connect. \
+                         Check the console output for the guest's real fingerprints"
+                    ),
+                ));
+            }
+            return Err(TerminalError::new(
+                close_code::SSH_UNREACHABLE,
+                "SshUnreachable",
+                format!("cannot reach SSH on {} ({e}); if the instance just started, it is still booting", target.ip),
+            ));
+        }
+        Err(_) => {
+            return Err(TerminalError::new(
+                close_code::SSH_UNREACHABLE,
+                "SshUnreachable",
+                format!("SSH on {} did not answer within 15 s; the guest may still be booting", target.ip),
+            ));
+        }
+    };
+    let first_seen = seen.lock().unwrap().take();
+    if expected.is_none()
+        && let Some(fingerprint) = first_seen
+    {
+        let id = id.clone();
+        let _ = db.call(move |c| rows::set_host_key(c, &id, &fingerprint)).await;
+    }
+    let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let user = target.instance.login_user.clone();
+    let auth =
+        handle.authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await.map_err(
+            |e| TerminalError::new(close_code::AUTH_FAILED, "AuthFailed", format!("SSH authentication failed: {e}")),
+        )?;
+    if !auth.success() {
+        return Err(TerminalError::new(
+            close_code::AUTH_FAILED,
+            "AuthFailed",
+            format!("the guest refused the key for user {user}: is it the instance's key pair?"),
+        ));
+    }
+    let ssh_err = |e: russh::Error| TerminalError::new(close_code::SSH_UNREACHABLE, "SshFailed", format!("SSH: {e}"));
+    let channel = handle.channel_open_session().await.map_err(ssh_err)?;
+    channel.request_pty(true, "xterm-256color", options.cols, options.rows, 0, 0, &[]).await.map_err(ssh_err)?;
+    channel.request_shell(true).await.map_err(ssh_err)?;
+    Ok(Session { handle, channel })
+}
+
+impl Session {
+    /// Relays until either side ends (REQ-TERM-003..006, 009, 010). `from_client`
+    /// closing means the WebSocket went away; the SSH channel and connection are closed
+    /// before this returns.
+    pub async fn relay(mut self, mut from_client: mpsc::Receiver<ClientMsg>, to_client: mpsc::Sender<ServerMsg>) {
+        let mut exit_status = None;
+        loop {
+            tokio::select! {
+                msg = from_client.recv() => match msg {
+                    Some(ClientMsg::Input(bytes)) => {
+                        if self.channel.data_bytes(bytes).await.is_err() { break; }
+                    }
+                    Some(ClientMsg::Resize { cols, rows }) => {
+                        let _ = self.channel.window_change(cols, rows, 0, 0).await;
+                    }
+                    None => break,
+                },
+                msg = self.channel.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        // Awaiting here is the backpressure: no more reads until the client takes this.
+                        if to_client.send(ServerMsg::Output(data.to_vec())).await.is_err() { break; }
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status: status }) => exit_status = Some(status),
+                    Some(ChannelMsg::Eof) => {}
+                    Some(ChannelMsg::Close) | None => {
+                        let _ = to_client.send(ServerMsg::Exit(exit_status.unwrap_or(0))).await;
+                        break;
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+        let _ = self.channel.close().await;
+        let _ = self.handle.disconnect(Disconnect::ByApplication, "terminal closed", "en").await;
+    }
+}

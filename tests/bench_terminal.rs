@@ -1,0 +1,202 @@
+//! The web terminal against a real guest: a real WebSocket client (tokio-tungstenite)
+//! through the service's russh relay into the guest's sshd.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Bench, Service, client, get_json, import_test_image, post_empty, post_json, ssh, wait_for, wait_instance};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const URI: &str = "qemu:///system";
+
+async fn open(svc: &Service, id: &str, query: &str) -> Ws {
+    let url = format!("ws://127.0.0.1:{}/api/instances/{id}/terminal{query}", svc.port);
+    tokio_tungstenite::connect_async(url).await.expect("WebSocket handshake").0
+}
+
+/// Reads terminal output until `needle` shows up; returns everything read.
+async fn read_until(ws: &mut Ws, needle: &str, timeout: Duration) -> String {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        match next {
+            Ok(Some(Ok(Message::Binary(bytes)))) => {
+                seen.extend_from_slice(&bytes);
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return String::from_utf8_lossy(&seen).into_owned();
+                }
+            }
+            Ok(Some(Ok(Message::Text(text)))) => panic!("control message while waiting for {needle:?}: {text}"),
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(other) => panic!("connection ended while waiting for {needle:?}: {other:?}"),
+        }
+    }
+    panic!("{needle:?} never came; got {:?}", String::from_utf8_lossy(&seen));
+}
+
+async fn send(ws: &mut Ws, input: &str) {
+    ws.send(Message::Binary(input.as_bytes().to_vec().into())).await.unwrap();
+}
+
+/// The next control message, skipping pings.
+async fn next_control(ws: &mut Ws) -> (Option<Value>, Option<(u16, String)>) {
+    let mut control = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("a message") {
+            Some(Ok(Message::Text(text))) => control = Some(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return (control, frame.map(|f| (u16::from(f.code), f.reason.to_string()))),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (control, None),
+        }
+    }
+}
+
+async fn health_terminal(svc: &Service) -> (u64, u64) {
+    let (_, h) = get_json(&svc.api("/health")).await;
+    (h["terminal"]["sessions"].as_u64().unwrap(), h["terminal"]["tasks"].as_u64().unwrap())
+}
+
+// REQ-TERM-001, REQ-TERM-002, REQ-TERM-003, REQ-TERM-004, REQ-TERM-005, REQ-TERM-006, REQ-TERM-007,
+// REQ-TERM-008, REQ-TERM-009, REQ-TERM-010, REQ-TERM-011, REQ-TERM-012
+#[tokio::test]
+#[ignore = "needs the test bench: run scripts/test"]
+async fn a_browser_terminal_reaches_the_guest_shell() {
+    let bench = Bench::from_env();
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = Service::start(
+        &tmp.path().join("data"),
+        &[
+            ("EC2LOCAL_LIBVIRT_URI", URI),
+            ("EC2LOCAL_POOL_NAME", "ec2-bench-terminal"),
+            ("EC2LOCAL_MONITOR_INTERVAL_SECS", "2"),
+            ("EC2LOCAL_TERMINAL_KEEPALIVE_SECS", "2"),
+        ],
+    );
+    import_test_image(&svc, &bench).await;
+    let (status, pair) = post_json(&svc.api("/key-pairs"), &json!({"name": "term"})).await;
+    assert_eq!(status, 201, "{pair}");
+    let key = tmp.path().join("term.pem");
+    std::fs::write(&key, pair["private_key"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    // Unknown instances are refused with a message, over WebSocket and over plain HTTP.
+    let mut ws = open(&svc, "i-0badf00d", "").await;
+    let (control, close) = next_control(&mut ws).await;
+    assert_eq!(control.unwrap()["code"], "InstanceNotFound");
+    assert_eq!(close.unwrap().0, 4404);
+    let (status, body) = get_json(&svc.api("/instances/i-0badf00d/terminal")).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("InstanceNotFound")));
+
+    let (status, launched) = post_json(&svc.api("/instances"), &json!({"instance_type": "t2.nano", "image_id": "debian-12-test", "key_name": "term"})).await;
+    assert_eq!(status, 202, "{launched}");
+    let id = launched["id"].as_str().unwrap().to_string();
+    // Running but without an address yet (DHCP comes tens of seconds into the boot).
+    let early = wait_instance(&svc, &id, "running", Duration::from_secs(120), |i| i["state"] == "running").await;
+    assert_eq!(early["ip_address"], Value::Null, "the guest got an address too fast to test the refusal");
+    let mut ws = open(&svc, &id, "").await;
+    let (control, close) = next_control(&mut ws).await;
+    assert_eq!(control.unwrap()["code"], "InstanceHasNoAddress");
+    assert_eq!(close.unwrap().0, 4409);
+
+    let running = wait_instance(&svc, &id, "an address", Duration::from_secs(300), |i| i["ip_address"].is_string()).await;
+    let ip = running["ip_address"].as_str().unwrap().to_string();
+    wait_for("SSH", Duration::from_secs(300), Duration::from_secs(3), || {
+        let (key, ip) = (key.clone(), ip.clone());
+        async move { tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, "true")).await.unwrap() }
+    })
+    .await;
+
+    // A cross-origin page cannot open a terminal.
+    let mut request = format!("ws://127.0.0.1:{}/api/instances/{id}/terminal", svc.port).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("cross-origin upgrade was not refused: {:?}", other.map(|_| ())),
+    }
+
+    let baseline = health_terminal(&svc).await;
+    assert_eq!(baseline, (0, 0));
+    let mut ws = open(&svc, &id, "?cols=100&rows=30").await;
+    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
+    assert_eq!(health_terminal(&svc).await, (1, 1));
+    send(&mut ws, "echo $((6*7))\n").await;
+    read_until(&mut ws, "42\r\n", Duration::from_secs(30)).await;
+    send(&mut ws, "stty size\n").await;
+    read_until(&mut ws, "30 100", Duration::from_secs(30)).await;
+    ws.send(Message::Text(json!({"type": "resize", "cols": 120, "rows": 40}).to_string().into())).await.unwrap();
+    send(&mut ws, "stty size\n").await;
+    read_until(&mut ws, "40 120", Duration::from_secs(30)).await;
+    let whoami = ssh(&key, "ubuntu", &ip, "who | wc -l").unwrap();
+    assert_eq!(whoami.trim(), "1", "the terminal's login is not in who");
+
+    // 10 MB through the relay arrive intact.
+    let sum = ssh(&key, "ubuntu", &ip, "head -c 7500000 /dev/urandom | base64 -w0 > /tmp/big && sha256sum < /tmp/big").unwrap();
+    let expected = sum.split_whitespace().next().unwrap().to_string();
+    send(&mut ws, "stty -echo; printf 'BEG''IN\\n'; cat /tmp/big; printf '\\nEN''D\\n'; stty echo\n").await;
+    let output = read_until(&mut ws, "END\r\n", Duration::from_secs(300)).await;
+    let start = output.find("BEGIN\r\n").expect("begin marker") + "BEGIN\r\n".len();
+    let end = output[start..].find("\r\nEND").expect("end marker") + start;
+    let received = &output.as_bytes()[start..end];
+    assert_eq!(received.len(), 10_000_000);
+    assert_eq!(hex::encode(sha2::Sha256::digest(received)), expected);
+
+    // Keep-alive pings every 2 s (the configured interval).
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        if let Ok(Some(Ok(Message::Ping(_)))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 7 s");
+
+    // `exit` ends the session: an exit message, then a normal close.
+    send(&mut ws, "exit\n").await;
+    let (control, close) = next_control(&mut ws).await;
+    assert_eq!(control.unwrap(), json!({"type": "exit", "status": 0}));
+    assert_eq!(close.unwrap().0, 1000);
+
+    // Closing the WebSocket ends the guest's session and frees every task.
+    let mut ws = open(&svc, &id, "").await;
+    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
+    assert_eq!(ssh(&key, "ubuntu", &ip, "who | wc -l").unwrap().trim(), "1");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_for("the guest session to end", Duration::from_secs(20), Duration::from_millis(500), || {
+        let (key, ip) = (key.clone(), ip.clone());
+        async move {
+            let who = tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, "who | wc -l")).await.unwrap()?;
+            (who.trim() == "0").then_some(())
+        }
+    })
+    .await;
+    wait_for("the service to release the session", Duration::from_secs(10), Duration::from_millis(200), || async {
+        (health_terminal(&svc).await == baseline).then_some(())
+    })
+    .await;
+
+    // A stopped instance refuses terminals.
+    let (status, _) = post_empty(&svc.api(&format!("/instances/{id}/stop"))).await;
+    assert_eq!(status, 202);
+    wait_instance(&svc, &id, "stopped", Duration::from_secs(120), |i| i["state"] == "stopped").await;
+    let mut ws = open(&svc, &id, "").await;
+    let (control, close) = next_control(&mut ws).await;
+    let control = control.unwrap();
+    assert_eq!(control["code"], "InstanceNotRunning");
+    assert!(control["message"].as_str().unwrap().contains("stopped"), "{control}");
+    assert_eq!(close.unwrap().0, 4409);
+    let (status, body) = get_json(&svc.api(&format!("/instances/{id}/terminal"))).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("InstanceNotRunning")));
+
+    let response = client().delete(svc.api(&format!("/instances/{id}"))).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    wait_instance(&svc, &id, "terminated", Duration::from_secs(120), |i| i["state"] == "terminated").await;
+}
