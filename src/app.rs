@@ -155,7 +155,10 @@ async fn supervise(app: std::sync::Weak<App>) {
             continue;
         }
         match app.ensure_infrastructure().await {
-            Ok(()) => tracing::info!("libvirt network and storage pool are in place"),
+            Ok(()) if app.infrastructure_ready.load(Ordering::SeqCst) => {
+                tracing::info!("libvirt network and storage pool are in place")
+            }
+            Ok(()) => {}
             Err(err) => tracing::debug!(error = %err, "libvirt still not ready"),
         }
     }

@@ -98,6 +98,10 @@ pub struct HostResourcesDto {
     pub disk_available_bytes: u64,
     pub cpu_count: u64,
     pub data_dir: String,
+    /// New instances are refused below this much available memory (MiB).
+    pub min_available_memory_mib: u64,
+    /// New instances need more free disk than their own disk plus this (GiB).
+    pub disk_headroom_gib: u64,
 }
 
 #[derive(Debug, Object)]
@@ -226,6 +230,8 @@ impl SystemApi {
             disk_available_bytes: r.disk_available_bytes,
             cpu_count: r.cpu_count as u64,
             data_dir: data_dir.display().to_string(),
+            min_available_memory_mib: app.config.limits.min_available_memory_mib,
+            disk_headroom_gib: app.config.limits.disk_headroom_gib,
         })
     }
 

@@ -156,6 +156,7 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
+                    last_pong = Instant::now(); // any frame shows the client is alive
                     if client_tx.send(ClientMsg::Input(bytes)).await.is_err() { break; }
                 }
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<Control>(&text) {
@@ -185,7 +186,8 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
                 None => break,
             },
             _ = ping.tick() => {
-                if last_pong.elapsed() > interval * 2 + Duration::from_secs(1) {
+                // Three missed pongs: a busy client may read a ping late, behind output.
+                if last_pong.elapsed() > interval * 3 + Duration::from_secs(1) {
                     close = Some((close_code::TIMEOUT, "the client stopped answering keep-alive pings".into()));
                     break;
                 }
@@ -195,10 +197,10 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
     }
     drop(client_tx);
     let _ = relay.await;
-    if let Some((code, reason)) = close {
+    if let Some((code, reason)) = close.clone() {
         let _ = sink.send(Message::Close(Some((CloseCode::from(code), reason)))).await;
     }
-    tracing::info!(instance = %target.instance.id, "terminal session closed");
+    tracing::info!(instance = %target.instance.id, close = ?close, "terminal session closed");
 }
 
 /// The first control message must bring the key when the service has none.
