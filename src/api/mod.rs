@@ -8,14 +8,14 @@ pub mod instances;
 pub mod key_pairs;
 pub mod system;
 pub mod terminal;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::web::Html;
-use poem::{Endpoint, EndpointExt, IntoResponse, Route, get, handler};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route, get};
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::app::App;
@@ -63,7 +63,8 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .at("/api/instances/:id/terminal", get(terminal::open_terminal))
-        .at("/", get(index))
+        .at("/", get(ui::index))
+        .at("/assets/:name", get(ui::assets))
         .catch_all_error(error::json_error_response)
         .data(app)
         .data(terminal::BoundAddress(bind))
@@ -95,11 +96,6 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
                 Ok(ep.call(req).await?.into_response())
             }
         })
-}
-
-#[handler]
-fn index() -> Html<&'static str> {
-    Html("<!doctype html><title>ec2local</title><h1>ec2local</h1><p>API documentation: <a href=\"/docs\">/docs</a></p>")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,26 @@
+//! The web UI at / (REQ-USE-001): files embedded at build time (see build.rs).
+
+use poem::http::{StatusCode, header};
+use poem::web::Path;
+use poem::{IntoResponse, Response, handler};
+
+include!(concat!(env!("OUT_DIR"), "/ui_assets.rs"));
+
+fn asset(name: &str) -> Option<Response> {
+    ASSETS.iter().find(|(file, _, _)| *file == name).map(|(_, content_type, bytes)| {
+        Response::builder()
+            .header(header::CONTENT_TYPE, *content_type)
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(bytes.to_vec())
+    })
+}
+
+#[handler]
+pub fn index() -> Response {
+    asset("index.html").expect("index.html is embedded")
+}
+
+#[handler]
+pub fn assets(Path(name): Path<String>) -> Response {
+    asset(&name).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+}

@@ -1,0 +1,75 @@
+// Pure helpers of the UI, unit-tested with node --test (tests/unit).
+
+/** Bytes as a short human figure: 512 MiB, 7.8 GiB. */
+export function formatBytes(bytes) {
+  if (bytes == null || Number.isNaN(bytes)) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value >= 100 || unit === 0 ? Math.round(value) : value.toFixed(1)} ${units[unit]}`;
+}
+
+/** Memory of an instance type for a select: "t2.micro — 1 vCPU, 1 GiB, 8 GiB disk". */
+export function describeType(t) {
+  const memory = t.memory_mib >= 1024 ? `${t.memory_mib / 1024} GiB` : `${t.memory_mib} MiB`;
+  return `${t.name} — ${t.vcpus} vCPU, ${memory} RAM, ${t.disk_gib} GiB disk`;
+}
+
+/** Which actions a state allows, as the API does (409 otherwise). */
+export function allowedActions(state) {
+  return {
+    start: state === "stopped",
+    stop: state === "running",
+    reboot: state === "running",
+    terminate: state !== "terminated",
+    connect: state === "running",
+  };
+}
+
+/**
+ * Whether the host can take a new instance of `type` given /api/host, and why not.
+ * Mirrors the service's own check (REQ-LIM-001/002).
+ */
+export function launchBlockers(host, type) {
+  const reasons = [];
+  if (!host) return reasons;
+  const mib = 1024 * 1024;
+  const gib = 1024 * mib;
+  if (host.memory_available_bytes / mib < host.min_available_memory_mib) {
+    reasons.push(`only ${formatBytes(host.memory_available_bytes)} of memory available; ${host.min_available_memory_mib} MiB needed`);
+  }
+  if (type) {
+    const needed = (type.disk_gib + host.disk_headroom_gib) * gib;
+    if (host.disk_available_bytes <= needed) {
+      reasons.push(`only ${formatBytes(host.disk_available_bytes)} of disk free; more than ${type.disk_gib + host.disk_headroom_gib} GiB needed`);
+    }
+  }
+  return reasons;
+}
+
+/** A control message from the terminal WebSocket, or null when it is not one. */
+export function parseControl(text) {
+  try {
+    const msg = JSON.parse(text);
+    return msg && typeof msg.type === "string" ? msg : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The message a closed terminal shows. */
+export function closeMessage(code, reason) {
+  if (code === 1000) return "Session ended.";
+  if (code === 1006) return "Connection lost.";
+  return reason ? `Session closed: ${reason}` : `Session closed (code ${code}).`;
+}
+
+/** Percentage of a pull, or null when the size is unknown. */
+export function pullPercent(pull) {
+  if (!pull || !pull.bytes_total) return null;
+  return Math.min(100, Math.round((100 * pull.bytes_done) / pull.bytes_total));
+}

@@ -1,0 +1,160 @@
+// The web UI in a real headless Chromium (Debian's), driven by playwright-core, against
+// the real service on the test bench. Run by scripts/test inside the bench namespace.
+// REQ-USE-001, REQ-USE-003, REQ-LIM-003, REQ-TERM-001
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, readFileSync, chmodSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const bin = process.env.EC2LOCAL_BIN;
+const image = process.env.EC2LOCAL_TEST_IMAGE;
+const artifacts = process.env.EC2LOCAL_ARTIFACTS || "test-artifacts";
+mkdirSync(artifacts, { recursive: true });
+
+let service;
+let url;
+let browser;
+let page;
+// QEMU runs as its own user and must traverse the data dir's parents: /var/tmp, 0711.
+const work = mkdtempSync(join("/var/tmp", "ec2local-ui-"));
+chmodSync(work, 0o711);
+
+async function api(method, path, body) {
+  const response = await fetch(`${url}/api${path}`, {
+    method,
+    headers: body ? { "content-type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return { status: response.status, body: await response.json().catch(() => null) };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function shot(name) {
+  await page.screenshot({ path: join(artifacts, `ui-${name}.png`), fullPage: true });
+}
+
+function sshReady(key, ip) {
+  try {
+    execFileSync("ssh", ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+      "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3", "-i", key, `ubuntu@${ip}`, "true"], { stdio: "ignore", timeout: 20000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+before(async () => {
+  assert.ok(bin && image, "EC2LOCAL_BIN and EC2LOCAL_TEST_IMAGE are set by scripts/test");
+  service = spawn(bin, ["serve", "--bind", "127.0.0.1:0", "--data-dir", join(work, "data")], {
+    env: { ...process.env, EC2LOCAL_LIBVIRT_URI: "qemu:///system", EC2LOCAL_POOL_NAME: "ec2-bench-ui", EC2LOCAL_MONITOR_INTERVAL_SECS: "2" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  // Never leave the service behind, however the test run ends.
+  process.on("exit", () => service.kill("SIGTERM"));
+  const lines = createInterface({ input: service.stdout });
+  url = await new Promise((resolve, reject) => {
+    lines.once("line", (line) => resolve(line.replace("ec2local listening on ", "").trim()));
+    service.once("exit", (code) => reject(new Error(`ec2local exited with ${code}`)));
+  });
+  const imported = await api("POST", "/images", { name: "debian-12-test", file_path: image, default_user: "ubuntu", os: "debian", os_version: "12" });
+  assert.equal(imported.status, 201, JSON.stringify(imported.body));
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+  });
+  page = await browser.newPage({ viewport: { width: 1366, height: 800 } });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (service) service.kill("SIGTERM");
+});
+
+test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout: 15 * 60 * 1000 }, async () => {
+  const key = join(work, "id_ed25519");
+  execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "ui-test", "-f", key]);
+  chmodSync(key, 0o600);
+  const publicKey = readFileSync(`${key}.pub`, "utf8").trim();
+
+  await page.goto(url);
+  await page.waitForSelector("table[aria-label=Instances]");
+  await page.waitForFunction(() => document.getElementById("host").textContent.includes("RAM"));
+  assert.match(await page.textContent("#host"), /RAM .* used · Disk .* free/);
+  await shot("instances-empty");
+
+  // Import a key pair through the form; importing it again shows the server's error.
+  await page.click("a[data-nav=key-pairs]");
+  const importForm = page.locator("form[aria-label='Import a key pair']");
+  await importForm.locator("input[name=name]").fill("ui-key");
+  await importForm.locator("textarea[name=public_key]").fill(publicKey);
+  await importForm.locator("button[type=submit]").click();
+  await page.locator(".toast.ok", { hasText: "Imported ui-key" }).waitFor();
+  await page.locator("tr[data-name='ui-key']").waitFor();
+  await importForm.locator("input[name=name]").fill("ui-key-again");
+  await importForm.locator("textarea[name=public_key]").fill(publicKey);
+  await importForm.locator("button[type=submit]").click();
+  const errorToast = page.locator(".toast.error", { hasText: "already imported as \"ui-key\"" });
+  await errorToast.waitFor();
+  await shot("key-pairs-duplicate-error");
+
+  await page.click("a[data-nav=images]");
+  await page.locator("td", { hasText: "debian-12-test" }).waitFor();
+  assert.match(await page.textContent("table[aria-label=Images]"), /ubuntu-22\.04[\s\S]*not downloaded/);
+  await shot("images");
+
+  // Launch from the form and watch it become running in the table.
+  await page.click("a[data-nav=instances]");
+  const launch = page.locator("form[aria-label='Launch an instance']");
+  await launch.locator("select[name=instance_type]").selectOption("t2.nano");
+  await launch.locator("input[name=name]").fill("ui-test");
+  await launch.locator("select[name=key_name]").selectOption("ui-key");
+  const imageOption = await launch.locator("select[name=image_id] option", { hasText: "debian-12-test" }).getAttribute("value");
+  await launch.locator("select[name=image_id]").selectOption(imageOption);
+  await launch.locator("button[type=submit]").click();
+  await page.locator(".toast.ok", { hasText: "Launching i-" }).waitFor();
+  const row = page.locator("tr", { hasText: "ui-test" });
+  await row.waitFor();
+  const id = await row.getAttribute("data-id");
+  await row.locator("[data-state=running]").waitFor({ timeout: 5 * 60 * 1000 });
+  await page.waitForFunction((rowId) => /192\.168\.100\.\d+/.test(document.querySelector(`tr[data-id='${rowId}']`).textContent), id, { timeout: 5 * 60 * 1000 });
+  const ip = (await row.textContent()).match(/192\.168\.100\.\d+/)[0];
+  await shot("instances-running");
+  const deadline = Date.now() + 5 * 60 * 1000;
+  while (!sshReady(key, ip)) {
+    assert.ok(Date.now() < deadline, "SSH never came up");
+    await sleep(3000);
+  }
+
+  // The terminal: the service has only the public key, so the page asks for the private one.
+  page.once("dialog", (dialog) => dialog.accept(readFileSync(key, "utf8")));
+  await row.locator("a.connect").click();
+  await page.waitForSelector("#terminal .xterm-rows");
+  await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows").textContent.includes("$"), null, { timeout: 60000 });
+  await page.click("#terminal");
+  await page.keyboard.type("echo $((6*7))");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => /\n?42/.test(document.querySelector("#terminal .xterm-rows").innerText), null, { timeout: 30000 });
+  assert.match(await page.innerText("#terminal .xterm-rows"), /^42$/m);
+  await shot("terminal");
+  await page.keyboard.type("exit");
+  await page.keyboard.press("Enter");
+  await page.locator(".term-status", { hasText: "Session ended" }).waitFor();
+
+  // Stop, then terminate (with its confirmation).
+  await page.click("a[data-nav=instances]");
+  await row.locator("button[data-action=stop]").click();
+  await page.locator(".toast.ok", { hasText: `Stop: ${id}` }).waitFor();
+  await row.locator("[data-state=stopped]").waitFor({ timeout: 3 * 60 * 1000 });
+  await shot("instances-stopped");
+  page.once("dialog", (dialog) => dialog.accept());
+  await row.locator("button[data-action=terminate]").click();
+  await page.locator(`tr[data-id='${id}']`).waitFor({ state: "detached", timeout: 3 * 60 * 1000 });
+  const gone = await api("GET", `/instances/${id}`);
+  assert.equal(gone.body.state, "terminated");
+  await shot("instances-terminated");
+});

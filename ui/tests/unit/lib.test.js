@@ -1,0 +1,47 @@
+// Unit tests of the UI's pure helpers (node --test).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { allowedActions, closeMessage, describeType, formatBytes, launchBlockers, parseControl, pullPercent } from "../../src/lib.js";
+
+test("formatBytes gives short human figures", () => {
+  assert.equal(formatBytes(512), "512 B");
+  assert.equal(formatBytes(512 * 1024 * 1024), "512 MiB");
+  assert.equal(formatBytes(1.5 * 1024 ** 3), "1.5 GiB");
+  assert.equal(formatBytes(null), "–");
+});
+
+test("instance types are described with vCPU, RAM and disk", () => {
+  assert.equal(describeType({ name: "t2.nano", vcpus: 1, memory_mib: 512, disk_gib: 8 }), "t2.nano — 1 vCPU, 512 MiB RAM, 8 GiB disk");
+  assert.equal(describeType({ name: "t2.large", vcpus: 2, memory_mib: 8192, disk_gib: 30 }), "t2.large — 2 vCPU, 8 GiB RAM, 30 GiB disk");
+});
+
+test("actions follow the API's state rules", () => {
+  assert.deepEqual(allowedActions("running"), { start: false, stop: true, reboot: true, terminate: true, connect: true });
+  assert.deepEqual(allowedActions("stopped"), { start: true, stop: false, reboot: false, terminate: true, connect: false });
+  assert.deepEqual(allowedActions("pending"), { start: false, stop: false, reboot: false, terminate: true, connect: false });
+  assert.equal(allowedActions("terminated").terminate, false);
+});
+
+test("launch blockers mirror the service's limits (REQ-LIM-001, REQ-LIM-002)", () => {
+  const gib = 1024 ** 3;
+  const host = { memory_available_bytes: 8 * gib, disk_available_bytes: 100 * gib, min_available_memory_mib: 4096, disk_headroom_gib: 5 };
+  const nano = { name: "t2.nano", disk_gib: 8 };
+  assert.deepEqual(launchBlockers(host, nano), []);
+  assert.equal(launchBlockers({ ...host, memory_available_bytes: 2 * gib }, nano).length, 1);
+  assert.match(launchBlockers({ ...host, disk_available_bytes: 13 * gib }, nano)[0], /disk/);
+  assert.deepEqual(launchBlockers(null, nano), []);
+});
+
+test("terminal control messages are recognised, bytes are not", () => {
+  assert.deepEqual(parseControl('{"type":"exit","status":0}'), { type: "exit", status: 0 });
+  assert.equal(parseControl("plain text"), null);
+  assert.equal(parseControl('{"no":"type"}'), null);
+  assert.equal(closeMessage(1000, ""), "Session ended.");
+  assert.equal(closeMessage(4409, "instance i-1 is stopped"), "Session closed: instance i-1 is stopped");
+});
+
+test("pull progress is a percentage when the size is known", () => {
+  assert.equal(pullPercent({ bytes_done: 50, bytes_total: 200 }), 25);
+  assert.equal(pullPercent({ bytes_done: 50 }), null);
+  assert.equal(pullPercent(null), null);
+});
