@@ -81,7 +81,8 @@ impl NetworkManager {
     /// network.xml, so the file on disk is always the one to replay by hand.
     async fn save_definition(&self) -> Result<(), AppError> {
         let xml = self.virsh.net_dumpxml_inactive(&self.config.name).await?;
-        let header = "<!-- ec2local NAT network, as defined in libvirt; replay with: virsh net-define network.xml -->\n";
+        let header =
+            "<!-- ec2local NAT network, as defined in libvirt; replay with: virsh net-define network.xml -->\n";
         std::fs::write(self.paths.network_xml(), format!("{header}{xml}"))?;
         Ok(())
     }

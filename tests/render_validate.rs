@@ -53,7 +53,12 @@ fn domain_xml_validates_for_every_type_and_host() {
                 cidata_path: format!("{dir}/cloud-init.iso"),
                 console_log_path: format!("{dir}/console.log"),
                 nvram_path: format!("{dir}/nvram.fd"),
-                qemu_args: vec![],
+                // On macOS the NIC is QEMU's vmnet-shared, passed through <qemu:commandline>.
+                qemu_args: if host.os == Os::MacOs {
+                    ec2local::platform::macos::vmnet_args(&Default::default(), "52:54:0a:1b:2c:3d")
+                } else {
+                    vec![]
+                },
             };
             let xml = render::domain_xml(&spec, &platform).unwrap();
             assert!(xml.contains(&format!("<memory unit='MiB'>{memory_mib}</memory>")));

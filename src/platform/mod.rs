@@ -4,6 +4,8 @@
 //! decisions are unit-tested on any machine by injecting the host. `Host::detect` is
 //! the only place that looks at `cfg(target_os)` / `cfg(target_arch)`.
 
+pub mod macos;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -75,6 +75,15 @@ fn domain_linux_aarch64_kvm_golden() {
 }
 
 #[test]
+fn domain_macos_aarch64_hvf_vmnet_golden() {
+    let host = Host { os: Os::MacOs, arch: Arch::Aarch64 };
+    let platform = host.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into());
+    let mut spec = sample_domain();
+    spec.qemu_args = crate::platform::macos::vmnet_args(&crate::config::NetworkConfig::default(), &spec.mac_address);
+    golden("domain-macos-aarch64-hvf.xml", &domain_xml(&spec, &platform).unwrap());
+}
+
+#[test]
 fn every_interpolated_value_is_escaped() {
     let host = Host { os: Os::Linux, arch: Arch::X86_64 };
     let platform = host.guest_platform(Accelerator::Kvm, "/usr/bin/qemu-system-x86_64".into());
