@@ -1,0 +1,200 @@
+//! Terminal benchmark (issue 6): echo round-trip latency and bulk throughput through the
+//! service's WebSocket↔SSH relay, next to a direct `ssh` to the same guest. Run by
+//! `scripts/bench-terminal` inside the bench; prints a Markdown table.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const SAMPLES: usize = 30;
+const BULK_BYTES: usize = 10_000_000;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run scripts/bench-terminal)"))
+}
+
+fn ssh_args(key: &str, ip: &str) -> Vec<String> {
+    [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+        key,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("ubuntu@{ip}")])
+    .collect()
+}
+
+fn ssh(key: &str, ip: &str, command: &str) -> bool {
+    Command::new("ssh").args(ssh_args(key, ip)).arg(command).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+async fn json(method: reqwest::Method, url: String, body: Option<serde_json::Value>) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (bin, image, work) = (env("EC2LOCAL_BIN"), env("EC2LOCAL_TEST_IMAGE"), env("EC2LOCAL_BENCH_WORK"));
+    let mut server = Command::new(&bin)
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            &format!("{work}/data"),
+            "--libvirt-uri",
+            "qemu:///system",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    let api = |path: &str| format!("{url}/api{path}");
+
+    json(reqwest::Method::POST, api("/images"), Some(serde_json::json!({"name": "bench", "file_path": image}))).await;
+    let pair = json(reqwest::Method::POST, api("/key-pairs"), Some(serde_json::json!({"name": "bench"}))).await;
+    let key = format!("{work}/key");
+    std::fs::write(&key, pair["private_key"].as_str().unwrap()).unwrap();
+    Command::new("chmod").args(["600", &key]).status().unwrap();
+    let inst = json(
+        reqwest::Method::POST,
+        api("/instances"),
+        Some(serde_json::json!({"instance_type": "t2.micro", "image_id": "bench", "key_name": "bench"})),
+    )
+    .await;
+    let id = inst["id"].as_str().unwrap().to_string();
+    let ip = loop {
+        let i = json(reqwest::Method::GET, api(&format!("/instances/{id}")), None).await;
+        if let Some(ip) = i["ip_address"].as_str() {
+            break ip.to_string();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    while !ssh(&key, &ip, "true") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(ssh(&key, &ip, &format!("head -c {} /dev/urandom | base64 -w0 > /tmp/big", BULK_BYTES / 4 * 3)));
+
+    // Relay: echo latency of single keystrokes, then a 10 MB cat.
+    let ws_url = format!("{}/api/instances/{id}/terminal", url.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let mut buffer = Vec::new();
+    let mut read_until = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, needle: &[u8]| loop {
+        if let Some(Ok(Message::Binary(b))) = ws.next().await {
+            // Search only the new bytes (and the few before them): linear in the output.
+            let from = buffer.len().saturating_sub(needle.len());
+            buffer.extend_from_slice(&b);
+            if buffer[from..].windows(needle.len()).any(|w| w == needle) {
+                buffer.clear();
+                return;
+            }
+        }
+    };
+    read_until(&mut ws, b"$ ").await;
+    let mut relay_rtt = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        ws.send(Message::Binary(b"x".to_vec().into())).await.unwrap();
+        read_until(&mut ws, b"x").await;
+        relay_rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+        ws.send(Message::Binary(b"\x15".to_vec().into())).await.unwrap(); // Ctrl-U clears the line
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    // '-' is not in base64's alphabet, so the marker cannot occur in the data.
+    ws.send(Message::Binary(b"stty -echo; cat /tmp/big; printf '\\n--EN''D--\\n'\n".to_vec().into())).await.unwrap();
+    read_until(&mut ws, b"--END--").await;
+    let relay_secs = t.elapsed().as_secs_f64();
+    drop(ws);
+
+    // Direct: the same over an interactive ssh -tt, then ssh cat.
+    let mut child = Command::new("ssh")
+        .arg("-tt")
+        .args(ssh_args(&key, &ip))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut read_direct = |needle: &[u8]| {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 4096];
+        loop {
+            let n = stdout.read(&mut byte).unwrap();
+            let from = seen.len().saturating_sub(needle.len());
+            seen.extend_from_slice(&byte[..n]);
+            if seen[from..].windows(needle.len()).any(|w| w == needle) {
+                return;
+            }
+        }
+    };
+    read_direct(b"$ ");
+    let mut direct_rtt = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        stdin.write_all(b"x").unwrap();
+        stdin.flush().unwrap();
+        read_direct(b"x");
+        direct_rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+        stdin.write_all(b"\x15").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let t = Instant::now();
+    let out = Command::new("ssh").args(ssh_args(&key, &ip)).arg("cat /tmp/big").output().unwrap();
+    let direct_secs = t.elapsed().as_secs_f64();
+    assert_eq!(out.stdout.len(), BULK_BYTES);
+    // The relay goes through a PTY in the guest; so does ssh -tt.
+    let t = Instant::now();
+    let out = Command::new("ssh")
+        .arg("-tt")
+        .args(ssh_args(&key, &ip))
+        .arg("cat /tmp/big")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let direct_pty_secs = t.elapsed().as_secs_f64();
+    assert!(out.stdout.len() >= BULK_BYTES);
+
+    let mb = BULK_BYTES as f64 / 1e6;
+    println!("| path | echo round trip, median of {SAMPLES} (ms) | 10 MB cat (s) | throughput (MB/s) |");
+    println!("|---|---|---|---|");
+    println!("| web terminal relay | {:.1} | {relay_secs:.1} | {:.1} |", median(relay_rtt), mb / relay_secs);
+    println!(
+        "| direct ssh -tt (PTY) | {:.1} | {direct_pty_secs:.1} | {:.1} |",
+        median(direct_rtt),
+        mb / direct_pty_secs
+    );
+    println!("| direct ssh, no PTY | – | {direct_secs:.1} | {:.1} |", mb / direct_secs);
+    json(reqwest::Method::DELETE, api(&format!("/instances/{id}")), None).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = server.kill();
+    let _ = server.wait();
+}
