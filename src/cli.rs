@@ -36,6 +36,9 @@ enum Command {
     Doctor {
         #[arg(long, env = "EC2LOCAL_LIBVIRT_URI")]
         libvirt_uri: Option<String>,
+        /// Data directory to check [default: ~/.ec2-as-service]
+        #[arg(long, env = "EC2_AS_SERVICE_HOME")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -128,11 +131,12 @@ pub fn main() -> ExitCode {
             crate::logging::init_stderr();
             runtime.block_on(images(command, data_dir, &image_base_url))
         }
-        Command::Doctor { libvirt_uri } => {
+        Command::Doctor { libvirt_uri, data_dir } => {
             crate::logging::init_stderr();
             let host = Host::detect();
             let uri = libvirt_uri.unwrap_or_else(|| host.default_libvirt_uri().to_string());
-            let checks = runtime.block_on(crate::doctor::run_checks(host, &uri));
+            let data_dir = data_dir.or_else(Paths::default_root);
+            let checks = runtime.block_on(crate::doctor::run_checks(host, &uri, data_dir.as_deref()));
             if crate::doctor::print_report(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }

@@ -1,5 +1,6 @@
 //! `ec2local doctor`: checks every host dependency and says how to fix what is missing.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::exec::virsh::Virsh;
@@ -17,7 +18,43 @@ pub struct Check {
     pub required: bool,
 }
 
-pub async fn run_checks(host: Host, libvirt_uri: &str) -> Vec<Check> {
+/// Ancestors of `dir` that other users cannot traverse (no `o+x`). libvirt's system
+/// daemon runs QEMU as its own user, which must reach the disks under the data dir.
+pub fn untraversable_ancestors(dir: &Path, mode_of: impl Fn(&Path) -> Option<u32>) -> Vec<PathBuf> {
+    dir.ancestors()
+        .skip(1)
+        .filter(|a| mode_of(a).is_some_and(|mode| mode & 0o001 == 0))
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+fn data_dir_check(data_dir: &Path) -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    let blocked = untraversable_ancestors(data_dir, |p| std::fs::metadata(p).ok().map(|m| m.permissions().mode()));
+    let name = "data dir for QEMU".to_string();
+    if blocked.is_empty() {
+        return Check {
+            name,
+            ok: true,
+            detail: format!("{} is reachable", data_dir.display()),
+            fix: None,
+            required: false,
+        };
+    }
+    let dirs: Vec<String> = blocked.iter().map(|d| d.display().to_string()).collect();
+    Check {
+        name,
+        ok: false,
+        detail: format!(
+            "QEMU (run by libvirt as its own user) cannot traverse {}: instances will fail to start unless an ACL allows it",
+            dirs.join(", ")
+        ),
+        fix: Some(format!("chmod o+x {}   (or choose another --data-dir)", dirs.join(" "))),
+        required: false,
+    }
+}
+
+pub async fn run_checks(host: Host, libvirt_uri: &str, data_dir: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
     let program = |name: &str, tool: HostTool| -> Check {
         match find_program(name) {
@@ -75,6 +112,11 @@ pub async fn run_checks(host: Host, libvirt_uri: &str) -> Vec<Check> {
     });
 
     checks.push(accelerator_check(host).await);
+    if let Some(dir) = data_dir
+        && libvirt_uri.split('?').next().is_some_and(|u| u.ends_with("/system"))
+    {
+        checks.push(data_dir_check(dir));
+    }
     checks
 }
 
@@ -123,4 +165,23 @@ pub fn print_report(checks: &[Check]) -> bool {
         if ok { "All required dependencies are in place." } else { "Some required dependencies are missing." }
     );
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_without_other_execute_are_reported() {
+        let modes = |p: &Path| match p.to_str()? {
+            "/" => Some(0o755),
+            "/home" => Some(0o755),
+            "/home/alice" => Some(0o750),
+            _ => None,
+        };
+        let blocked = untraversable_ancestors(Path::new("/home/alice/.ec2-as-service"), modes);
+        assert_eq!(blocked, [PathBuf::from("/home/alice")]);
+        let open = |_: &Path| Some(0o711);
+        assert!(untraversable_ancestors(Path::new("/var/lib/x/data"), open).is_empty());
+    }
 }

@@ -42,3 +42,21 @@ fn doctor_passes_on_the_bench() {
     // This machine's /dev/kvm has no vmx/svm: a warning, not a failure.
     assert!(report.contains("KVM"), "{report}");
 }
+
+#[test]
+fn doctor_warns_when_qemu_cannot_reach_the_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.join(".ec2-as-service");
+    let output = Command::new(env!("CARGO_BIN_EXE_ec2local"))
+        .args(["doctor", "--libvirt-uri", "qemu+unix:///system?socket=/nonexistent/sock", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("[warn] data dir for QEMU"), "{report}");
+    assert!(report.contains(&format!("fix: chmod o+x {}", private.display())), "{report}");
+}
