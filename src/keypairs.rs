@@ -147,30 +147,8 @@ pub fn validate_name(name: &str) -> Result<(), AppError> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyPair {
-    pub name: String,
-    pub key_type: String,
-    pub public_key: String,
-    pub fingerprint_md5: String,
-    pub fingerprint_sha256: String,
-    pub has_private_key: bool,
-    pub created_at: String,
-}
-
-impl From<KeyPairRow> for KeyPair {
-    fn from(row: KeyPairRow) -> Self {
-        KeyPair {
-            name: row.name,
-            key_type: row.key_type,
-            public_key: row.public_key,
-            fingerprint_md5: row.fingerprint_md5,
-            fingerprint_sha256: row.fingerprint_sha256,
-            has_private_key: row.has_private_key,
-            created_at: row.created_at,
-        }
-    }
-}
+/// A stored key pair (the row is the domain value: nothing about it needs hiding).
+pub use crate::db::key_pairs::KeyPairRow as KeyPair;
 
 /// A private key in OpenSSH PEM form. Never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -266,17 +244,16 @@ impl KeyPairs {
             })
             .await??;
         tracing::info!(key_pair = %inserted.name, fingerprint = %inserted.fingerprint_sha256, "key pair stored");
-        Ok(inserted.into())
+        Ok(inserted)
     }
 
     pub async fn list(&self) -> Result<Vec<KeyPair>, AppError> {
-        let rows = self.db.call(|conn| rows::list(conn)).await?;
-        Ok(rows.into_iter().map(KeyPair::from).collect())
+        Ok(self.db.call(|conn| rows::list(conn)).await?)
     }
 
     pub async fn get(&self, name: &str) -> Result<KeyPair, AppError> {
         let owned = name.to_string();
-        self.db.call(move |conn| rows::get(conn, &owned)).await?.map(KeyPair::from).ok_or_else(|| not_found(name))
+        self.db.call(move |conn| rows::get(conn, &owned)).await?.ok_or_else(|| not_found(name))
     }
 
     /// Deletes the pair and its private key; instances launched with it keep their copy
