@@ -14,7 +14,7 @@ use crate::images::Images;
 use crate::instances::{Instances, InstancesConfig};
 use crate::keypairs::KeyPairs;
 use crate::network::NetworkManager;
-use crate::platform::{Accelerator, AcceleratorProbe, Host, Os};
+use crate::platform::{Accelerator, AcceleratorProbe, Host};
 use crate::storage::StoragePool;
 
 pub struct App {
@@ -52,7 +52,7 @@ impl App {
         paths.ensure().map_err(|source| StartError::DataDir { path: paths.root().display().to_string(), source })?;
         let db = Db::open(&paths.database())?;
         let host = Host::detect();
-        let accelerator_probe = probe_accelerator(host).await;
+        let accelerator_probe = AcceleratorProbe::read(host).await;
         let accelerator = host.choose_accelerator(accelerator_probe, config.accelerator);
         tracing::info!(%accelerator, ?accelerator_probe, uri = %config.libvirt_uri, data_dir = %paths.root().display(), "starting");
         let virsh = Virsh::new(config.libvirt_uri.clone(), config.virsh_timeout);
@@ -127,18 +127,6 @@ impl App {
             self.infrastructure_ready.store(false, Ordering::SeqCst);
         }
         report
-    }
-}
-
-async fn probe_accelerator(host: Host) -> AcceleratorProbe {
-    match host.os {
-        Os::Linux => AcceleratorProbe::read_linux(),
-        Os::MacOs => {
-            let cmd = crate::exec::ToolCommand::new("sysctl", std::time::Duration::from_secs(5))
-                .args(["-n", "kern.hv_support"]);
-            let supported = crate::exec::run(cmd).await.is_ok_and(|out| out.stdout.trim() == "1");
-            AcceleratorProbe { hypervisor_framework: supported, ..Default::default() }
-        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::exec::virsh::Virsh;
-use crate::exec::{ToolCommand, iso};
+use crate::exec::iso;
 use crate::platform::{AcceleratorProbe, Host, HostTool, Os, find_program};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,13 +121,10 @@ pub async fn run_checks(host: Host, libvirt_uri: &str, data_dir: Option<&Path>) 
 }
 
 async fn accelerator_check(host: Host) -> Check {
-    let (probe, name) = match host.os {
-        Os::Linux => (AcceleratorProbe::read_linux(), "KVM"),
-        Os::MacOs => {
-            let cmd = ToolCommand::new("sysctl", Duration::from_secs(5)).args(["-n", "kern.hv_support"]);
-            let supported = crate::exec::run(cmd).await.is_ok_and(|o| o.stdout.trim() == "1");
-            (AcceleratorProbe { hypervisor_framework: supported, ..Default::default() }, "hvf")
-        }
+    let probe = AcceleratorProbe::read(host).await;
+    let name = match host.os {
+        Os::Linux => "KVM",
+        Os::MacOs => "hvf",
     };
     let chosen = host.choose_accelerator(probe, None);
     let accelerated = chosen != crate::platform::Accelerator::Tcg;

@@ -60,7 +60,7 @@ async fn service_sets_up_libvirt_and_a_hand_booted_guest_gets_dhcp_and_ssh() {
     assert_eq!(health["storage_pool"]["path"], bench.data_dir.join("storage").display().to_string());
     assert!(health["libvirt"]["library_version"].as_str().unwrap().starts_with("libvirt "));
     // This machine's /dev/kvm has no vmx/svm behind it: guests must run under TCG.
-    let probe = AcceleratorProbe::read_linux();
+    let probe = AcceleratorProbe::read(Host::detect()).await;
     let expected = Host::detect().choose_accelerator(probe, None);
     assert_eq!(health["accelerator"]["name"], expected.name());
 

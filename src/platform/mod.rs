@@ -196,9 +196,21 @@ pub struct AcceleratorProbe {
 }
 
 impl AcceleratorProbe {
-    /// Reads the host. On macOS, `hv_support` comes from the caller (it needs sysctl,
-    /// which is run by `exec`), so this only fills in the Linux facts.
-    pub fn read_linux() -> Self {
+    /// Reads what `host` offers: /dev/kvm and the CPU flags on Linux, `sysctl
+    /// kern.hv_support` on macOS.
+    pub async fn read(host: Host) -> Self {
+        match host.os {
+            Os::Linux => Self::read_linux(),
+            Os::MacOs => {
+                let cmd = crate::exec::ToolCommand::new("sysctl", std::time::Duration::from_secs(5))
+                    .args(["-n", "kern.hv_support"]);
+                let supported = crate::exec::run(cmd).await.is_ok_and(|out| out.stdout.trim() == "1");
+                Self { hypervisor_framework: supported, ..Default::default() }
+            }
+        }
+    }
+
+    fn read_linux() -> Self {
         let dev_kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self {
