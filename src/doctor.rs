@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::exec::virsh::Virsh;
 use crate::exec::iso;
+use crate::exec::virsh::Virsh;
 use crate::platform::{AcceleratorProbe, Host, HostTool, Os, find_program};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

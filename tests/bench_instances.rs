@@ -313,7 +313,7 @@ async fn host_limits_refuse_new_instances() {
     }
 }
 
-// REQ-NET-007
+// REQ-NET-007, REQ-INST-013
 #[tokio::test]
 #[ignore = "needs the test bench: run scripts/test"]
 async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() {
@@ -344,6 +344,25 @@ async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() 
     let second_id = second["id"].as_str().unwrap();
     let running = wait_instance(&svc, second_id, "running", BOOT, |i| i["state"] == "running").await;
     assert_eq!(running["state_reason"], Value::Null);
+
+    // REQ-INST-013: a guest destroyed behind the service's back shows as stopped in the
+    // list, which reads the monitor's view only (no live libvirt call per request).
+    virsh().destroy(second_id).await.unwrap();
+    let seen = wait_for(
+        "the monitor to notice the destroyed guest",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let url = svc.api("/instances");
+            async move {
+                let (_, list) = get_json(&url).await;
+                list.as_array()?.iter().find(|i| i["id"] == second_id && i["state"] == "stopped").cloned()
+            }
+        },
+    )
+    .await;
+    assert!(seen["state_reason"].as_str().unwrap().contains("shut down"), "{seen}");
+    assert_eq!(seen["ip_address"], Value::Null);
     let response = common::client().delete(svc.api(&format!("/instances/{second_id}"))).send().await.unwrap();
     assert_eq!(response.status(), 202);
     wait_instance(&svc, second_id, "terminated", Duration::from_secs(120), |i| i["state"] == "terminated").await;
