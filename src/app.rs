@@ -14,7 +14,7 @@ use crate::images::Images;
 use crate::instances::{Instances, InstancesConfig};
 use crate::keypairs::KeyPairs;
 use crate::network::NetworkManager;
-use crate::platform::{Accelerator, AcceleratorProbe, Host};
+use crate::platform::{Accelerator, AcceleratorProbe, Host, VmnetProbe};
 use crate::storage::StoragePool;
 
 pub struct App {
@@ -58,10 +58,13 @@ impl App {
         let virsh = Virsh::new(config.libvirt_uri.clone(), config.virsh_timeout);
         let emulator = crate::platform::find_program(host.qemu_system_binary())
             .unwrap_or_else(|| std::path::PathBuf::from(format!("/usr/bin/{}", host.qemu_system_binary())));
-        let platform = host.guest_platform(accelerator, emulator);
+        let vmnet = VmnetProbe::read(config.vmnet_socket.as_deref());
+        let platform = host.guest_platform(accelerator, emulator, host.network_mode(&vmnet));
+        tracing::info!(network = platform.network.provider(), "guest networking");
         let iso_tool = crate::exec::iso::choose_tool(host.iso_tools(), |p| crate::platform::find_program(p).is_some());
         let qemu_img = QemuImg::new(config.tool_timeout);
-        let network = NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone());
+        let network =
+            NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone(), platform.network.clone());
         let key_pairs = KeyPairs::new(db.clone(), paths.clone());
         let images = Images::new(db.clone(), paths.clone(), host.arch, &config.image_base_url, qemu_img.clone());
         let instances = Instances::new(

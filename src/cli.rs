@@ -39,6 +39,9 @@ enum Command {
         /// Data directory to check [default: ~/.ec2-as-service]
         #[arg(long, env = "EC2_AS_SERVICE_HOME")]
         data_dir: Option<PathBuf>,
+        /// macOS: socket_vmnet's socket [default: the usual places]
+        #[arg(long, env = "EC2LOCAL_VMNET_SOCKET")]
+        vmnet_socket: Option<PathBuf>,
     },
 }
 
@@ -120,6 +123,10 @@ struct ServeArgs {
     /// Seconds between libvirt re-checks while it is unreachable.
     #[arg(long, env = "EC2LOCAL_LIBVIRT_RECHECK_SECS", default_value_t = 5)]
     libvirt_recheck_secs: u64,
+    /// macOS: socket_vmnet's socket [default: $HOMEBREW_PREFIX/var/run/socket_vmnet, then
+    /// /var/run/socket_vmnet]. Without one, guests use QEMU's vmnet-shared (root only).
+    #[arg(long, env = "EC2LOCAL_VMNET_SOCKET")]
+    vmnet_socket: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -131,12 +138,13 @@ pub fn main() -> ExitCode {
             crate::logging::init_stderr();
             runtime.block_on(images(command, data_dir, &image_base_url))
         }
-        Command::Doctor { libvirt_uri, data_dir } => {
+        Command::Doctor { libvirt_uri, data_dir, vmnet_socket } => {
             crate::logging::init_stderr();
             let host = Host::detect();
             let uri = libvirt_uri.unwrap_or_else(|| host.default_libvirt_uri().to_string());
             let data_dir = data_dir.or_else(Paths::default_root);
-            let checks = runtime.block_on(crate::doctor::run_checks(host, &uri, data_dir.as_deref()));
+            let checks =
+                runtime.block_on(crate::doctor::run_checks(host, &uri, data_dir.as_deref(), vmnet_socket.as_deref()));
             if crate::doctor::print_report(&checks) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
@@ -175,6 +183,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.monitor_interval = std::time::Duration::from_secs(args.monitor_interval_secs.max(1));
     config.terminal_keepalive = std::time::Duration::from_secs(args.terminal_keepalive_secs.max(1));
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));
+    config.vmnet_socket = args.vmnet_socket;
     match crate::api::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -116,6 +116,8 @@ pub struct Config {
     pub image_base_url: String,
     /// How often the service re-checks libvirt to recreate what it needs after an outage.
     pub libvirt_recheck_interval: Duration,
+    /// macOS: socket_vmnet's socket [default: look in the usual places].
+    pub vmnet_socket: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -135,6 +137,7 @@ impl Config {
             stop_timeout: Duration::from_secs(60),
             terminal_keepalive: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(5),
+            vmnet_socket: None,
         }
     }
 }

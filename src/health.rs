@@ -28,7 +28,7 @@ impl HealthReport {
     /// Healthy: libvirt answers and the network and pool are active without conflict.
     pub fn is_healthy(&self) -> bool {
         self.libvirt.reachable
-            && self.network.as_ref().is_some_and(|n| n.active && n.conflict.is_none())
+            && self.network.as_ref().is_some_and(|n| n.active && n.conflict.is_none() && n.problem.is_none())
             && self.storage_pool.as_ref().is_some_and(|p| p.active && p.conflict.is_none())
     }
 }

@@ -13,7 +13,7 @@ use ec2local::exec::qemu_img::QemuImg;
 use ec2local::exec::virsh::Virsh;
 use ec2local::ids::InstanceId;
 use ec2local::paths::Paths;
-use ec2local::platform::{Accelerator, AcceleratorProbe, Host, find_program};
+use ec2local::platform::{Accelerator, AcceleratorProbe, Host, VmnetProbe, find_program};
 use ec2local::render::{self, DomainSpec, cloud_init};
 
 const URI: &str = "qemu:///system";
@@ -55,6 +55,9 @@ async fn service_sets_up_libvirt_and_a_hand_booted_guest_gets_dhcp_and_ssh() {
     assert_eq!(health["network"]["name"], "ec2-as-service");
     assert_eq!(health["network"]["active"], true);
     assert_eq!(health["network"]["autostart"], true);
+    // The platform seam picked libvirt's NAT network on Linux.
+    assert_eq!(health["network"]["provider"], "libvirt-nat");
+    assert!(health["network"]["problem"].is_null(), "{health}");
     assert_eq!(health["storage_pool"]["name"], ".ec2-as-service");
     assert_eq!(health["storage_pool"]["active"], true);
     assert_eq!(health["storage_pool"]["path"], bench.data_dir.join("storage").display().to_string());
@@ -124,7 +127,7 @@ async fn service_sets_up_libvirt_and_a_hand_booted_guest_gets_dhcp_and_ssh() {
     iso::build_cidata(tool, &seed_dir, &paths.instance_cidata(&id), Duration::from_secs(60)).await.unwrap();
 
     let emulator = find_program(host.qemu_system_binary()).expect("qemu-system");
-    let platform = host.guest_platform(Accelerator::Tcg, emulator);
+    let platform = host.guest_platform(Accelerator::Tcg, emulator, host.network_mode(&VmnetProbe::default()));
     let spec = DomainSpec {
         name: id.to_string(),
         title: "bench smoke guest".into(),

@@ -1,7 +1,7 @@
 //! The rendered XML passes libvirt's own schemas (virt-xml-validate), for every
 //! instance type and every supported host.
 
-use ec2local::platform::{Accelerator, Arch, Host, Os};
+use ec2local::platform::{Accelerator, Arch, Host, Os, VmnetProbe};
 use ec2local::render::{self, DomainSpec, NetworkSpec, PoolSpec};
 
 fn validate(xml: &str, schema: &str) {
@@ -36,9 +36,19 @@ fn domain_xml_validates_for_every_type_and_host() {
         (Host { os: Os::Linux, arch: Arch::X86_64 }, Accelerator::Tcg, "/usr/bin/qemu-system-x86_64"),
         (Host { os: Os::Linux, arch: Arch::Aarch64 }, Accelerator::Kvm, "/usr/bin/qemu-system-aarch64"),
         (Host { os: Os::MacOs, arch: Arch::Aarch64 }, Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64"),
+        (Host { os: Os::MacOs, arch: Arch::Aarch64 }, Accelerator::Tcg, "/opt/homebrew/bin/qemu-system-aarch64"),
     ];
-    for (host, accelerator, emulator) in hosts {
-        let platform = host.guest_platform(accelerator, emulator.into());
+    // macOS: QEMU's vmnet-shared when QEMU runs as root, socket_vmnet otherwise.
+    let socket = VmnetProbe { socket_vmnet: Some("/opt/homebrew/var/run/socket_vmnet".into()) };
+    let variants = hosts.into_iter().flat_map(|(host, accelerator, emulator)| {
+        let modes = match host.os {
+            Os::Linux => vec![host.network_mode(&VmnetProbe::default())],
+            Os::MacOs => vec![host.network_mode(&VmnetProbe::default()), host.network_mode(&socket)],
+        };
+        modes.into_iter().map(move |mode| (host, accelerator, emulator, mode))
+    });
+    for (host, accelerator, emulator, mode) in variants {
+        let platform = host.guest_platform(accelerator, emulator.into(), mode);
         for (name, vcpus, memory_mib) in types {
             let dir = "/home/u/.ec2-as-service/instances/i-0a1b2c3d";
             let spec = DomainSpec {
@@ -53,12 +63,8 @@ fn domain_xml_validates_for_every_type_and_host() {
                 cidata_path: format!("{dir}/cloud-init.iso"),
                 console_log_path: format!("{dir}/console.log"),
                 nvram_path: format!("{dir}/nvram.fd"),
-                // On macOS the NIC is QEMU's vmnet-shared, passed through <qemu:commandline>.
-                qemu_args: if host.os == Os::MacOs {
-                    ec2local::platform::macos::vmnet_args(&Default::default(), "52:54:0a:1b:2c:3d")
-                } else {
-                    vec![]
-                },
+                // On macOS the NIC is given to QEMU through <qemu:commandline>.
+                qemu_args: platform.network.qemu_nic_args(&Default::default(), "52:54:0a:1b:2c:3d"),
             };
             let xml = render::domain_xml(&spec, &platform).unwrap();
             assert!(xml.contains(&format!("<memory unit='MiB'>{memory_mib}</memory>")));

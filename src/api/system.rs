@@ -50,11 +50,16 @@ pub struct LibvirtHealth {
 #[derive(Debug, Object)]
 pub struct NetworkHealth {
     pub name: String,
+    /// What provides the network: `libvirt-nat` (Linux), `vmnet-shared` or
+    /// `socket_vmnet` (macOS).
+    pub provider: String,
     pub defined: bool,
     pub active: bool,
     pub autostart: bool,
     pub bridge: Option<String>,
     pub conflict: Option<String>,
+    /// Why the network cannot be used now, with the command that fixes it.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -107,6 +112,9 @@ pub struct HostResourcesDto {
 #[derive(Debug, Object)]
 pub struct NetworkDto {
     pub name: String,
+    /// `libvirt-nat` (Linux), `vmnet-shared` or `socket_vmnet` (macOS, where macOS's
+    /// own DHCP server gives the addresses).
+    pub provider: String,
     pub subnet: String,
     pub gateway: String,
     pub dhcp_start: String,
@@ -116,6 +124,7 @@ pub struct NetworkDto {
     pub active: bool,
     pub autostart: bool,
     pub conflict: Option<String>,
+    pub problem: Option<String>,
     pub leases: Vec<LeaseDto>,
 }
 
@@ -142,7 +151,10 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
         if let Some(n) = &report.network {
             if let Some(c) = &n.conflict {
                 problems.push(format!("network {} conflicts: {c}", n.name));
-            } else if !n.active {
+            }
+            if let Some(p) = &n.problem {
+                problems.push(format!("network {}: {p}", n.name));
+            } else if !n.active && n.conflict.is_none() {
                 problems.push(format!("network {} is not active", n.name));
             }
         }
@@ -171,11 +183,13 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
         },
         network: report.network.map(|n| NetworkHealth {
             name: n.name,
+            provider: n.provider.into(),
             defined: n.defined,
             active: n.active,
             autostart: n.autostart,
             bridge: n.bridge,
             conflict: n.conflict,
+            problem: n.problem,
         }),
         storage_pool: report.storage_pool.map(|p| PoolHealth {
             name: p.name,
@@ -243,6 +257,7 @@ impl SystemApi {
         let config = app.network.config();
         Ok(Json(NetworkDto {
             name: status.name,
+            provider: status.provider.into(),
             subnet: config.subnet(),
             gateway: config.gateway.to_string(),
             dhcp_start: config.dhcp_start.to_string(),
@@ -252,6 +267,7 @@ impl SystemApi {
             active: status.active,
             autostart: status.autostart,
             conflict: status.conflict,
+            problem: status.problem,
             leases: leases
                 .into_iter()
                 .map(|l| LeaseDto { mac_address: l.mac, ip_address: l.ip, hostname: l.hostname, expiry: l.expiry })

@@ -203,12 +203,7 @@ impl Inner {
             cidata_path: self.paths.instance_cidata(&id).display().to_string(),
             console_log_path: self.paths.instance_console_log(&id).display().to_string(),
             nvram_path: self.paths.instance_dir(&id).join("nvram.fd").display().to_string(),
-            qemu_args: match self.platform.network {
-                crate::platform::NetworkMode::LibvirtNat => vec![],
-                crate::platform::NetworkMode::VmnetShared => {
-                    crate::platform::macos::vmnet_args(self.network.config(), &row.mac_address)
-                }
-            },
+            qemu_args: self.platform.network.qemu_nic_args(self.network.config(), &row.mac_address),
         };
         let xml_file = self.paths.instance_domain_xml(&id);
         std::fs::write(&xml_file, render::domain_xml(&spec, &self.platform)?)?;

@@ -1,8 +1,10 @@
-//! macOS networking facts: QEMU's vmnet-shared arguments (libvirt's network driver does
-//! not run on macOS), and finding a guest's address by MAC in macOS's DHCP lease file
+//! macOS networking facts: QEMU's vmnet-shared and socket_vmnet arguments (libvirt's
+//! network driver does not run on macOS), which subnet a running socket_vmnet serves,
+//! and finding a guest's address by MAC in macOS's DHCP lease file
 //! (`/var/db/dhcpd_leases`) or, failing that, in `arp -an`.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use crate::config::NetworkConfig;
 
@@ -21,6 +23,47 @@ pub fn vmnet_args(network: &NetworkConfig, mac: &str) -> Vec<String> {
     ]
 }
 
+/// QEMU arguments that connect the guest to socket_vmnet's unix socket. `-netdev stream`
+/// (QEMU >= 7.2) speaks socket_vmnet's length-prefixed frames itself, so QEMU needs no
+/// `socket_vmnet_client` wrapper and libvirt can start it directly.
+pub fn socket_vmnet_args(socket: &Path, mac: &str) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!("stream,id=net0,server=off,addr.type=unix,addr.path={}", socket.display()),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=net0,mac={mac}"),
+    ]
+}
+
+/// socket_vmnet's gateway when started without `--vmnet-gateway` (Homebrew's service).
+pub const SOCKET_VMNET_DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 105, 1);
+
+/// The gateway of the running socket_vmnet daemon, read from `ps -axww -o command=`;
+/// None when no socket_vmnet daemon runs.
+pub fn socket_vmnet_gateway(ps_commands: &str) -> Option<Ipv4Addr> {
+    ps_commands
+        .lines()
+        .map(str::split_whitespace)
+        .find_map(|mut words| {
+            let program = words.next()?;
+            (program.rsplit('/').next() == Some("socket_vmnet")).then_some(words)
+        })
+        .map(|mut args| {
+            let mut gateway = SOCKET_VMNET_DEFAULT_GATEWAY;
+            while let Some(arg) = args.next() {
+                let value = match arg.strip_prefix("--vmnet-gateway") {
+                    Some(rest) if rest.starts_with('=') => rest[1..].to_string(),
+                    Some("") => args.next().unwrap_or_default().to_string(),
+                    _ => continue,
+                };
+                if let Ok(ip) = value.parse() {
+                    gateway = ip;
+                }
+            }
+            gateway
+        })
+}
+
 /// `52:54:0:a:b:c` (macOS drops leading zeros) → `52:54:00:0a:0b:0c`.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.trim().split(':').collect();
@@ -36,6 +79,8 @@ pub fn normalize_mac(mac: &str) -> Option<String> {
 pub struct MacLease {
     pub mac: String,
     pub ip: Ipv4Addr,
+    /// The host name the guest sent.
+    pub name: Option<String>,
     /// Expiry as seconds since the epoch (`lease=0x…`).
     pub expires: u64,
 }
@@ -56,10 +101,11 @@ pub fn parse_dhcpd_leases(text: &str) -> Vec<MacLease> {
         let expires =
             field("lease").and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
         let (Some(ip), Some(mac)) = (ip, mac) else { continue };
-        match leases.iter_mut().find(|l| l.mac == mac) {
+        let lease = MacLease { mac, ip, name: field("name").map(str::to_string), expires };
+        match leases.iter_mut().find(|l| l.mac == lease.mac) {
             Some(existing) if existing.expires >= expires => {}
-            Some(existing) => *existing = MacLease { mac, ip, expires },
-            None => leases.push(MacLease { mac, ip, expires }),
+            Some(existing) => *existing = lease,
+            None => leases.push(lease),
         }
     }
     leases
@@ -74,16 +120,6 @@ pub fn parse_arp(text: &str) -> Vec<(String, Ipv4Addr)> {
             Some((normalize_mac(mac)?, ip))
         })
         .collect()
-}
-
-/// The guest's address: the lease file first, then the ARP table.
-pub fn find_ip(mac: &str, dhcpd_leases: &str, arp: &str) -> Option<Ipv4Addr> {
-    let mac = normalize_mac(mac)?;
-    parse_dhcpd_leases(dhcpd_leases)
-        .into_iter()
-        .find(|l| l.mac == mac)
-        .map(|l| l.ip)
-        .or_else(|| parse_arp(arp).into_iter().find(|(m, _)| *m == mac).map(|(_, ip)| ip))
 }
 
 #[cfg(test)]
@@ -109,17 +145,53 @@ mod tests {
         assert_eq!(leases.len(), 2);
         assert_eq!(
             leases[0],
-            MacLease { mac: "52:54:0a:0b:0c:0d".into(), ip: "192.168.100.7".parse().unwrap(), expires: 0x6763b000 }
+            MacLease {
+                mac: "52:54:0a:0b:0c:0d".into(),
+                ip: "192.168.100.7".parse().unwrap(),
+                name: Some("i-0a0b0c0d".into()),
+                expires: 0x6763b000
+            }
         );
         assert_eq!(leases[1].mac, "f2:01:22:33:44:05");
     }
 
     #[test]
-    fn arp_is_the_fallback() {
-        assert_eq!(find_ip("52:54:0a:0b:0c:0d", LEASES, ARP), Some("192.168.100.7".parse().unwrap()));
-        assert_eq!(find_ip("52:54:01:02:03:04", LEASES, ARP), Some("192.168.100.9".parse().unwrap()));
-        assert_eq!(find_ip("52:54:99:99:99:99", LEASES, ARP), None);
-        assert_eq!(parse_arp(ARP).len(), 2, "incomplete entries are skipped");
+    fn arp_entries_are_read_without_incomplete_ones() {
+        let entries = parse_arp(ARP);
+        assert_eq!(entries.len(), 2, "incomplete entries are skipped");
+        assert_eq!(entries[1], ("52:54:01:02:03:04".to_string(), "192.168.100.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn socket_vmnet_arguments_connect_to_its_socket() {
+        let args = socket_vmnet_args(Path::new("/opt/homebrew/var/run/socket_vmnet"), "52:54:0a:0b:0c:0d");
+        assert_eq!(
+            args,
+            [
+                "-netdev",
+                "stream,id=net0,server=off,addr.type=unix,addr.path=/opt/homebrew/var/run/socket_vmnet",
+                "-device",
+                "virtio-net-pci,netdev=net0,mac=52:54:0a:0b:0c:0d"
+            ]
+        );
+    }
+
+    // Shaped like `ps -axww -o command=` on macOS 14 with socket_vmnet and a Lima VM.
+    const PS: &str = "/sbin/launchd\n/usr/libexec/bootpd -S\n/opt/homebrew/opt/socket_vmnet/bin/socket_vmnet_client /opt/homebrew/var/run/socket_vmnet qemu-system-aarch64 -m 4096\n";
+
+    #[test]
+    fn the_running_socket_vmnet_gateway_is_read_from_ps() {
+        let ours = format!(
+            "{PS}/opt/homebrew/opt/socket_vmnet/bin/socket_vmnet --vmnet-gateway=192.168.100.1 --vmnet-dhcp-end=192.168.100.254 /opt/homebrew/var/run/socket_vmnet\n"
+        );
+        assert_eq!(socket_vmnet_gateway(&ours), Some(Ipv4Addr::new(192, 168, 100, 1)));
+        let spaced = format!("{PS}/opt/socket_vmnet/bin/socket_vmnet --vmnet-gateway 10.0.5.1 /var/run/socket_vmnet\n");
+        assert_eq!(socket_vmnet_gateway(&spaced), Some(Ipv4Addr::new(10, 0, 5, 1)));
+        // Homebrew's service passes no gateway: socket_vmnet's default applies.
+        let homebrew =
+            format!("{PS}/opt/homebrew/opt/socket_vmnet/bin/socket_vmnet /opt/homebrew/var/run/socket_vmnet\n");
+        assert_eq!(socket_vmnet_gateway(&homebrew), Some(SOCKET_VMNET_DEFAULT_GATEWAY));
+        assert_eq!(socket_vmnet_gateway(PS), None, "the client wrapper is not the daemon");
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Host {
                         Arch::Aarch64 => "qemu-system-arm qemu-efi-aarch64",
                     },
                     HostTool::IsoTool => "genisoimage",
+                    HostTool::UefiFirmware => "qemu-efi-aarch64",
                 };
                 format!("sudo apt-get install -y {package}")
             }
@@ -96,6 +97,8 @@ impl Host {
                     HostTool::Virsh | HostTool::Libvirtd => "libvirt",
                     HostTool::QemuImg | HostTool::QemuSystem => "qemu",
                     HostTool::IsoTool => "cdrtools",
+                    // The edk2 files ship in Homebrew's qemu; a missing one means a broken install.
+                    HostTool::UefiFirmware => return "brew reinstall qemu".into(),
                 };
                 format!("brew install {formula}")
             }
@@ -118,6 +121,8 @@ pub enum HostTool {
     QemuImg,
     QemuSystem,
     IsoTool,
+    /// The UEFI firmware arm64 guests boot from.
+    UefiFirmware,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +253,7 @@ impl Host {
     }
 
     /// How guests are built on this host with this accelerator.
-    pub fn guest_platform(&self, accelerator: Accelerator, emulator: PathBuf) -> GuestPlatform {
+    pub fn guest_platform(&self, accelerator: Accelerator, emulator: PathBuf, network: NetworkMode) -> GuestPlatform {
         let efi = match (self.os, self.arch) {
             (_, Arch::X86_64) => None,
             (Os::Linux, Arch::Aarch64) => Some(EfiFirmware {
@@ -277,10 +282,18 @@ impl Host {
             cdrom_bus,
             cdrom_target,
             cpu_host_passthrough: accelerator != Accelerator::Tcg,
-            network: match self.os {
-                Os::Linux => NetworkMode::LibvirtNat,
-                Os::MacOs => NetworkMode::VmnetShared,
-            },
+            network,
+        }
+    }
+
+    /// How guests are networked: libvirt's NAT network on Linux. On macOS, where
+    /// libvirt has no network driver: socket_vmnet when its socket exists (QEMU may
+    /// run unprivileged), else QEMU's own vmnet-shared, which needs root.
+    pub fn network_mode(&self, vmnet: &VmnetProbe) -> NetworkMode {
+        match (self.os, &vmnet.socket_vmnet) {
+            (Os::Linux, _) => NetworkMode::LibvirtNat,
+            (Os::MacOs, Some(socket)) => NetworkMode::SocketVmnet { socket: socket.clone() },
+            (Os::MacOs, None) => NetworkMode::VmnetShared,
         }
     }
 }
@@ -307,12 +320,73 @@ pub struct EfiFirmware {
 }
 
 /// How guests get their network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkMode {
     /// libvirt's NAT network with its dnsmasq (Linux).
     LibvirtNat,
-    /// QEMU's vmnet-shared netdev (macOS, where libvirt's network driver is absent).
+    /// QEMU's own vmnet-shared netdev (macOS, where libvirt's network driver is absent).
+    /// vmnet.framework needs root, so QEMU must run as root (libvirt's system daemon).
     VmnetShared,
+    /// The socket_vmnet daemon (root) shares vmnet on a unix socket that an unprivileged
+    /// QEMU connects to (QEMU >= 7.2 `-netdev stream`); works with `qemu:///session`.
+    SocketVmnet { socket: PathBuf },
+}
+
+impl NetworkMode {
+    /// Short name used in the health report and in logs.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            NetworkMode::LibvirtNat => "libvirt-nat",
+            NetworkMode::VmnetShared => "vmnet-shared",
+            NetworkMode::SocketVmnet { .. } => "socket_vmnet",
+        }
+    }
+
+    /// Whether the guest NIC is an `<interface>` of a libvirt network (else QEMU
+    /// arguments in `<qemu:commandline>` provide it).
+    pub fn uses_libvirt_network(&self) -> bool {
+        matches!(self, NetworkMode::LibvirtNat)
+    }
+
+    /// The QEMU arguments that give the guest its NIC, when libvirt does not.
+    pub fn qemu_nic_args(&self, network: &crate::config::NetworkConfig, mac: &str) -> Vec<String> {
+        match self {
+            NetworkMode::LibvirtNat => Vec::new(),
+            NetworkMode::VmnetShared => macos::vmnet_args(network, mac),
+            NetworkMode::SocketVmnet { socket } => macos::socket_vmnet_args(socket, mac),
+        }
+    }
+}
+
+/// What a macOS host offers for vmnet networking, read once at start.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmnetProbe {
+    /// socket_vmnet's socket, when one exists at the configured or a usual path.
+    pub socket_vmnet: Option<PathBuf>,
+}
+
+impl VmnetProbe {
+    /// Where socket_vmnet puts its socket: Homebrew's prefix, then a source install's.
+    pub fn socket_candidates() -> Vec<PathBuf> {
+        vec![homebrew_prefix().join("var/run/socket_vmnet"), PathBuf::from("/var/run/socket_vmnet")]
+    }
+
+    /// Looks for the socket (`wanted` if given, else the usual places).
+    pub fn read(wanted: Option<&Path>) -> Self {
+        use std::os::unix::fs::FileTypeExt;
+        let is_socket = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
+        let socket_vmnet = match wanted {
+            Some(path) => is_socket(path).then(|| path.to_path_buf()),
+            None => Self::socket_candidates().into_iter().find(|p| is_socket(p)),
+        };
+        Self { socket_vmnet }
+    }
+}
+
+/// Whether `uri` names libvirt's system daemon (QEMU runs as root or as libvirt's own
+/// user), not a per-user session daemon (QEMU runs as the user).
+pub fn is_system_uri(uri: &str) -> bool {
+    uri.split('?').next().is_some_and(|u| u.ends_with("/system"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,13 +446,45 @@ mod tests {
 
     #[test]
     fn guest_platform_per_host() {
-        let x86 = LINUX_X86.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into());
+        let linux_net = LINUX_X86.network_mode(&VmnetProbe::default());
+        let x86 = LINUX_X86.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into(), linux_net);
         assert_eq!((x86.machine, x86.cdrom_bus, x86.domain_type), ("pc", "ide", "qemu"));
         assert!(x86.efi.is_none() && !x86.cpu_host_passthrough);
-        let mac = MAC_ARM.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into());
+        let mac_net = MAC_ARM.network_mode(&VmnetProbe::default());
+        let mac = MAC_ARM.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into(), mac_net);
         assert_eq!((mac.machine, mac.domain_type, mac.network), ("virt", "hvf", NetworkMode::VmnetShared));
         assert!(mac.efi.unwrap().loader.ends_with("edk2-aarch64-code.fd"));
         assert!(mac.cpu_host_passthrough);
+    }
+
+    // REQ-NET-001
+    #[test]
+    fn network_mode_per_host_and_vmnet_probe() {
+        let socket = VmnetProbe { socket_vmnet: Some("/opt/homebrew/var/run/socket_vmnet".into()) };
+        assert_eq!(LINUX_X86.network_mode(&socket), NetworkMode::LibvirtNat, "Linux ignores socket_vmnet");
+        assert_eq!(LINUX_ARM.network_mode(&VmnetProbe::default()), NetworkMode::LibvirtNat);
+        assert_eq!(
+            MAC_ARM.network_mode(&socket),
+            NetworkMode::SocketVmnet { socket: "/opt/homebrew/var/run/socket_vmnet".into() }
+        );
+        assert_eq!(MAC_ARM.network_mode(&VmnetProbe::default()), NetworkMode::VmnetShared);
+        assert!(NetworkMode::LibvirtNat.uses_libvirt_network());
+        assert!(NetworkMode::LibvirtNat.qemu_nic_args(&Default::default(), "52:54:00:00:00:01").is_empty());
+        let vmnet = NetworkMode::VmnetShared.qemu_nic_args(&Default::default(), "52:54:00:00:00:01");
+        assert!(vmnet[1].starts_with("vmnet-shared,"), "{vmnet:?}");
+        let stream = MAC_ARM.network_mode(&socket).qemu_nic_args(&Default::default(), "52:54:00:00:00:01");
+        assert!(
+            stream[1].starts_with("stream,") && stream[1].ends_with("addr.path=/opt/homebrew/var/run/socket_vmnet")
+        );
+
+        // The probe only takes a real socket.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket_vmnet");
+        assert_eq!(VmnetProbe::read(Some(&path)).socket_vmnet, None);
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(VmnetProbe::read(Some(&path)).socket_vmnet, Some(path.clone()));
+        assert!(is_system_uri("qemu:///system") && is_system_uri("qemu+ssh://h/system?x=1"));
+        assert!(!is_system_uri("qemu:///session"));
     }
 
     #[test]

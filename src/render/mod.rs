@@ -13,7 +13,7 @@ use minijinja::value::Serde;
 use minijinja::{Environment, Value};
 use serde::Serialize;
 
-use crate::platform::{GuestPlatform, NetworkMode};
+use crate::platform::GuestPlatform;
 
 #[derive(Debug, thiserror::Error)]
 #[error("rendering {template}: {source}")]
@@ -135,7 +135,7 @@ struct DomainContext<'a> {
     cdrom_bus: &'a str,
     cdrom_target: &'a str,
     cpu_host_passthrough: bool,
-    network_mode: &'a str,
+    libvirt_network: bool,
 }
 
 pub fn domain_xml(spec: &DomainSpec, platform: &GuestPlatform) -> Result<String, RenderError> {
@@ -166,10 +166,7 @@ pub fn domain_xml(spec: &DomainSpec, platform: &GuestPlatform) -> Result<String,
         cdrom_bus: platform.cdrom_bus,
         cdrom_target: platform.cdrom_target,
         cpu_host_passthrough: platform.cpu_host_passthrough,
-        network_mode: match platform.network {
-            NetworkMode::LibvirtNat => "libvirt",
-            NetworkMode::VmnetShared => "vmnet",
-        },
+        libvirt_network: platform.network.uses_libvirt_network(),
     };
     render("domain.xml", context)
 }

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::platform::{Accelerator, Arch, Host, Os};
+use crate::config::NetworkConfig;
+use crate::platform::{Accelerator, Arch, Host, NetworkMode, Os};
 
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
@@ -63,30 +64,44 @@ fn pool_golden() {
 #[test]
 fn domain_linux_x86_64_tcg_golden() {
     let host = Host { os: Os::Linux, arch: Arch::X86_64 };
-    let platform = host.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into());
+    let platform = host.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into(), NetworkMode::LibvirtNat);
     golden("domain-linux-x86_64-tcg.xml", &domain_xml(&sample_domain(), &platform).unwrap());
 }
 
 #[test]
 fn domain_linux_aarch64_kvm_golden() {
     let host = Host { os: Os::Linux, arch: Arch::Aarch64 };
-    let platform = host.guest_platform(Accelerator::Kvm, "/usr/bin/qemu-system-aarch64".into());
+    let platform =
+        host.guest_platform(Accelerator::Kvm, "/usr/bin/qemu-system-aarch64".into(), NetworkMode::LibvirtNat);
     golden("domain-linux-aarch64-kvm.xml", &domain_xml(&sample_domain(), &platform).unwrap());
 }
 
 #[test]
 fn domain_macos_aarch64_hvf_vmnet_golden() {
     let host = Host { os: Os::MacOs, arch: Arch::Aarch64 };
-    let platform = host.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into());
+    let platform =
+        host.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into(), NetworkMode::VmnetShared);
     let mut spec = sample_domain();
-    spec.qemu_args = crate::platform::macos::vmnet_args(&crate::config::NetworkConfig::default(), &spec.mac_address);
+    spec.qemu_args = platform.network.qemu_nic_args(&NetworkConfig::default(), &spec.mac_address);
     golden("domain-macos-aarch64-hvf.xml", &domain_xml(&spec, &platform).unwrap());
+}
+
+#[test]
+fn domain_macos_aarch64_hvf_socket_vmnet_golden() {
+    let host = Host { os: Os::MacOs, arch: Arch::Aarch64 };
+    let network = NetworkMode::SocketVmnet { socket: "/opt/homebrew/var/run/socket_vmnet".into() };
+    let platform = host.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into(), network);
+    let mut spec = sample_domain();
+    spec.qemu_args = platform.network.qemu_nic_args(&NetworkConfig::default(), &spec.mac_address);
+    let xml = domain_xml(&spec, &platform).unwrap();
+    assert!(!xml.contains("<interface"), "libvirt has no network on macOS: {xml}");
+    golden("domain-macos-aarch64-hvf-socket_vmnet.xml", &xml);
 }
 
 #[test]
 fn every_interpolated_value_is_escaped() {
     let host = Host { os: Os::Linux, arch: Arch::X86_64 };
-    let platform = host.guest_platform(Accelerator::Kvm, "/usr/bin/qemu-system-x86_64".into());
+    let platform = host.guest_platform(Accelerator::Kvm, "/usr/bin/qemu-system-x86_64".into(), NetworkMode::LibvirtNat);
     let mut spec = sample_domain();
     spec.title = "a'<b>&\"c".into();
     spec.disk_path = "/tmp/x'/><evil/>.qcow2".into();

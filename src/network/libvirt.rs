@@ -1,42 +1,30 @@
-//! The NAT network `ec2-as-service` (REQ-NET-001/002/005): created if missing, started,
+//! The libvirt NAT network `ec2-as-service` (Linux): created if missing, started,
 //! autostarted; an existing network with another definition is reported, not changed.
+//! Each instance's address is a DHCP reservation in libvirt's dnsmasq.
 
 use std::net::Ipv4Addr;
 
 use quick_xml::XmlVersion;
 use quick_xml::events::Event;
 
+use super::NetworkStatus;
 use crate::config::NetworkConfig;
 use crate::error::AppError;
 use crate::exec::virsh::{DhcpLease, Virsh};
 use crate::paths::Paths;
+use crate::platform::NetworkMode;
 use crate::render::{self, DhcpHost, NetworkSpec};
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NetworkStatus {
-    pub name: String,
-    pub defined: bool,
-    pub active: bool,
-    pub autostart: bool,
-    pub bridge: Option<String>,
-    /// Why the existing definition is not the one ec2local needs, if it is not.
-    pub conflict: Option<String>,
-}
-
 #[derive(Clone)]
-pub struct NetworkManager {
+pub struct LibvirtNetwork {
     virsh: Virsh,
     config: NetworkConfig,
     paths: Paths,
 }
 
-impl NetworkManager {
+impl LibvirtNetwork {
     pub fn new(virsh: Virsh, config: NetworkConfig, paths: Paths) -> Self {
         Self { virsh, config, paths }
-    }
-
-    pub fn config(&self) -> &NetworkConfig {
-        &self.config
     }
 
     pub fn spec(&self) -> NetworkSpec {
@@ -90,7 +78,11 @@ impl NetworkManager {
     pub async fn status(&self) -> Result<NetworkStatus, AppError> {
         let name = &self.config.name;
         let Some(info) = self.virsh.net_info(name).await? else {
-            return Ok(NetworkStatus { name: name.clone(), ..Default::default() });
+            return Ok(NetworkStatus {
+                name: name.clone(),
+                provider: NetworkMode::LibvirtNat.provider(),
+                ..Default::default()
+            });
         };
         let xml = self.virsh.net_dumpxml_inactive(name).await?;
         let conflict = match NetworkDefinition::parse(&xml) {
@@ -99,11 +91,13 @@ impl NetworkManager {
         };
         Ok(NetworkStatus {
             name: name.clone(),
+            provider: NetworkMode::LibvirtNat.provider(),
             defined: true,
             active: info.is_active(),
             autostart: info.is_autostart(),
             bridge: info.get("Bridge").map(str::to_string),
             conflict,
+            problem: None,
         })
     }
 
@@ -133,13 +127,6 @@ impl NetworkManager {
                 Ok(())
             }
         }
-    }
-
-    /// The lowest address of the DHCP range that is not in `taken` (REQ-NET-007).
-    pub fn first_free_address(&self, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
-        (u32::from(self.config.dhcp_start)..=u32::from(self.config.dhcp_end))
-            .map(Ipv4Addr::from)
-            .find(|ip| !taken.contains(ip))
     }
 
     pub async fn leases(&self) -> Result<Vec<DhcpLease>, AppError> {
@@ -267,7 +254,7 @@ mod tests {
     fn the_rendered_network_has_no_conflict_with_its_config() {
         let config = NetworkConfig::default();
         let manager =
-            NetworkManager::new(Virsh::new("test:///default", Default::default()), config.clone(), Paths::new("/x"));
+            LibvirtNetwork::new(Virsh::new("test:///default", Default::default()), config.clone(), Paths::new("/x"));
         let xml = render::network_xml(&manager.spec()).unwrap();
         let def = NetworkDefinition::parse(&xml).unwrap();
         assert_eq!(def.forward_mode.as_deref(), Some("nat"));

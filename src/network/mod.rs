@@ -1,0 +1,147 @@
+//! The network instances attach to: `ec2-as-service` on 192.168.100.0/24 with NAT and
+//! DHCP (REQ-NET-001..008). On Linux it is libvirt's NAT network; on macOS, where
+//! libvirt has no network driver, it is vmnet, provided by QEMU or socket_vmnet. The
+//! platform seam picks the mode; this module hides which backend serves it.
+
+mod libvirt;
+mod vmnet;
+
+use std::net::Ipv4Addr;
+
+pub use libvirt::NetworkDefinition;
+pub use vmnet::{Finding, FindingKind, HostSources};
+
+use crate::config::NetworkConfig;
+use crate::error::AppError;
+use crate::exec::virsh::{DhcpLease, Virsh};
+use crate::paths::Paths;
+use crate::platform::NetworkMode;
+use crate::render::DhcpHost;
+use libvirt::LibvirtNetwork;
+use vmnet::VmnetNetwork;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkStatus {
+    pub name: String,
+    /// What provides it: `libvirt-nat`, `vmnet-shared` or `socket_vmnet`.
+    pub provider: &'static str,
+    pub defined: bool,
+    pub active: bool,
+    pub autostart: bool,
+    pub bridge: Option<String>,
+    /// Why the existing network is not the one ec2local needs, if it is not.
+    pub conflict: Option<String>,
+    /// Why the network cannot be used now, with the command that fixes it.
+    pub problem: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct NetworkManager {
+    config: NetworkConfig,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Libvirt(LibvirtNetwork),
+    Vmnet(VmnetNetwork),
+}
+
+impl NetworkManager {
+    pub fn new(virsh: Virsh, config: NetworkConfig, paths: Paths, mode: NetworkMode) -> Self {
+        let backend = match mode {
+            NetworkMode::LibvirtNat => Backend::Libvirt(LibvirtNetwork::new(virsh, config.clone(), paths)),
+            vmnet_mode => Backend::Vmnet(VmnetNetwork::new(
+                config.clone(),
+                vmnet_mode,
+                crate::platform::is_system_uri(virsh.uri()),
+                HostSources::default(),
+            )),
+        };
+        Self { config, backend }
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// Makes the network usable where ec2local can (define, start, autostart the libvirt
+    /// network); reports what it cannot fix. Idempotent.
+    pub async fn ensure(&self) -> Result<NetworkStatus, AppError> {
+        match &self.backend {
+            Backend::Libvirt(network) => network.ensure().await,
+            Backend::Vmnet(network) => Ok(network.ensure().await),
+        }
+    }
+
+    pub async fn status(&self) -> Result<NetworkStatus, AppError> {
+        match &self.backend {
+            Backend::Libvirt(network) => network.status().await,
+            Backend::Vmnet(network) => Ok(network.status().await),
+        }
+    }
+
+    /// Pins the instance's address in the DHCP server where ec2local owns it (libvirt's
+    /// dnsmasq). macOS's DHCP server is not ec2local's: there the address is only
+    /// counted against the range, and the guest takes what macOS offers.
+    pub async fn reserve(&self, host: &DhcpHost) -> Result<(), AppError> {
+        match &self.backend {
+            Backend::Libvirt(network) => network.reserve(host).await,
+            Backend::Vmnet(_) => Ok(()),
+        }
+    }
+
+    /// Removes a reservation; one that is already gone is not an error.
+    pub async fn release(&self, host: &DhcpHost) -> Result<(), AppError> {
+        match &self.backend {
+            Backend::Libvirt(network) => network.release(host).await,
+            Backend::Vmnet(_) => Ok(()),
+        }
+    }
+
+    /// What keeps the network from working as configured, each with its fix (for
+    /// `ec2local doctor`). The libvirt network is created by the service itself; only an
+    /// existing, different one needs the user.
+    pub async fn findings(&self) -> Result<Vec<Finding>, AppError> {
+        match &self.backend {
+            Backend::Libvirt(network) => Ok(network
+                .status()
+                .await?
+                .conflict
+                .map(|conflict| Finding {
+                    kind: FindingKind::Conflict,
+                    what: format!("the existing libvirt network {} differs: {conflict}", self.config.name),
+                    fix: format!(
+                        "virsh net-destroy {0}; virsh net-undefine {0}   (ec2local recreates it), or serve with --network-name",
+                        self.config.name
+                    ),
+                })
+                .into_iter()
+                .collect()),
+            Backend::Vmnet(network) => Ok(network.findings().await),
+        }
+    }
+
+    /// Who provides the network.
+    pub fn provider(&self) -> &'static str {
+        match &self.backend {
+            Backend::Libvirt(_) => crate::platform::NetworkMode::LibvirtNat.provider(),
+            Backend::Vmnet(network) => network.provider(),
+        }
+    }
+
+    /// The current DHCP leases (macOS: the lease file, then the ARP table).
+    pub async fn leases(&self) -> Result<Vec<DhcpLease>, AppError> {
+        match &self.backend {
+            Backend::Libvirt(network) => network.leases().await,
+            Backend::Vmnet(network) => Ok(network.leases().await),
+        }
+    }
+
+    /// The lowest address of the DHCP range that is not in `taken` (REQ-NET-007).
+    pub fn first_free_address(&self, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        (u32::from(self.config.dhcp_start)..=u32::from(self.config.dhcp_end))
+            .map(Ipv4Addr::from)
+            .find(|ip| !taken.contains(ip))
+    }
+}
