@@ -8,7 +8,7 @@ use crate::exec::iso;
 use crate::exec::virsh::Virsh;
 use crate::network::{Finding, FindingKind, NetworkManager};
 use crate::paths::Paths;
-use crate::platform::{AcceleratorProbe, EfiFirmware, Host, HostTool, NetworkMode, Os, VmnetProbe, find_program};
+use crate::platform::{AcceleratorProbe, EfiFirmware, Host, HostTool, NetworkMode, VmnetProbe, find_program};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -200,25 +200,15 @@ pub async fn run_checks(
 }
 
 fn accelerator_check(host: Host, probe: AcceleratorProbe) -> Check {
-    let name = match host.os {
-        Os::Linux => "KVM",
-        Os::MacOs => "hvf",
-    };
-    let chosen = host.choose_accelerator(probe, None);
-    let accelerated = chosen != crate::platform::Accelerator::Tcg;
-    let detail = match (host.os, accelerated) {
-        (_, true) => format!("{chosen} available"),
-        (Os::Linux, false) if probe.dev_kvm_usable => {
-            "/dev/kvm is usable but the CPU has no vmx/svm (nested or paravirtual KVM): guests run under TCG, slowly"
-                .into()
-        }
-        (Os::Linux, false) => "/dev/kvm is missing or not writable: guests run under TCG, slowly".into(),
-        (Os::MacOs, false) => "kern.hv_support is not 1: guests run under TCG, slowly".into(),
-    };
-    let fix = (!accelerated && host.os == Os::Linux && !probe.dev_kvm_usable)
-        .then(|| "sudo modprobe kvm_intel || sudo modprobe kvm_amd; sudo usermod -aG kvm $USER".to_string());
+    let report = host.accelerator_report(probe);
     // Not required: TCG works, only slower.
-    Check { name: name.into(), ok: accelerated, detail, fix, required: false }
+    Check {
+        name: report.hardware.into(),
+        ok: report.accelerated,
+        detail: report.detail,
+        fix: report.fix,
+        required: false,
+    }
 }
 
 /// Prints the checks; returns whether every required one passed.
@@ -245,7 +235,7 @@ pub fn print_report(checks: &[Check]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::{Accelerator, Arch};
+    use crate::platform::{Accelerator, Arch, Os};
 
     const MAC_ARM: Host = Host { os: Os::MacOs, arch: Arch::Aarch64 };
     const LINUX_ARM: Host = Host { os: Os::Linux, arch: Arch::Aarch64 };

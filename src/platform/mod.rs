@@ -226,6 +226,16 @@ impl AcceleratorProbe {
     }
 }
 
+/// The accelerator as `ec2local doctor` explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceleratorReport {
+    /// `KVM` or `hvf`.
+    pub hardware: &'static str,
+    pub accelerated: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
 /// True when a `flags` line of /proc/cpuinfo has `vmx` or `svm`.
 pub fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
     cpuinfo
@@ -250,6 +260,29 @@ impl Host {
                 if probe.dev_kvm_usable && cpu_ok { Accelerator::Kvm } else { Accelerator::Tcg }
             }
         }
+    }
+
+    /// What the host's hardware acceleration is called, whether guests get it, and if
+    /// not, why and (where there is one) the fix.
+    pub fn accelerator_report(&self, probe: AcceleratorProbe) -> AcceleratorReport {
+        let chosen = self.choose_accelerator(probe, None);
+        let accelerated = chosen != Accelerator::Tcg;
+        let detail = match (self.os, accelerated) {
+            (_, true) => format!("{chosen} available"),
+            (Os::Linux, false) if probe.dev_kvm_usable => {
+                "/dev/kvm is usable but the CPU has no vmx/svm (nested or paravirtual KVM): guests run under TCG, slowly"
+                    .into()
+            }
+            (Os::Linux, false) => "/dev/kvm is missing or not writable: guests run under TCG, slowly".into(),
+            (Os::MacOs, false) => "kern.hv_support is not 1: guests run under TCG, slowly".into(),
+        };
+        let fix = (!accelerated && self.os == Os::Linux && !probe.dev_kvm_usable)
+            .then(|| "sudo modprobe kvm_intel || sudo modprobe kvm_amd; sudo usermod -aG kvm $USER".to_string());
+        let hardware = match self.os {
+            Os::Linux => "KVM",
+            Os::MacOs => "hvf",
+        };
+        AcceleratorReport { hardware, accelerated, detail, fix }
     }
 
     /// How guests are built on this host with this accelerator.
@@ -427,6 +460,18 @@ mod tests {
         assert_eq!(MAC_ARM.choose_accelerator(hv, None), Accelerator::Hvf);
         assert_eq!(MAC_ARM.choose_accelerator(AcceleratorProbe::default(), None), Accelerator::Tcg);
         assert_eq!(MAC_ARM.choose_accelerator(hv, Some(Accelerator::Tcg)), Accelerator::Tcg);
+    }
+
+    #[test]
+    fn the_accelerator_report_explains_tcg() {
+        let pvm = AcceleratorProbe { dev_kvm_usable: true, cpu_virtualization: false, hypervisor_framework: false };
+        let report = LINUX_X86.accelerator_report(pvm);
+        assert_eq!((report.hardware, report.accelerated), ("KVM", false));
+        assert!(report.detail.contains("no vmx/svm") && report.fix.is_none(), "{report:?}");
+        let missing = LINUX_X86.accelerator_report(AcceleratorProbe::default());
+        assert!(missing.fix.unwrap().contains("modprobe kvm"));
+        let mac = MAC_ARM.accelerator_report(AcceleratorProbe { hypervisor_framework: true, ..Default::default() });
+        assert_eq!((mac.hardware, mac.accelerated, mac.detail.as_str()), ("hvf", true, "hvf available"));
     }
 
     #[test]
