@@ -107,6 +107,15 @@ async fn an_instance_lives_its_whole_life() {
     let marker = ssh_until(&key, &ip, "cat /var/tmp/marker", "the user-data marker").await;
     assert_eq!(marker.trim(), "user data ran");
 
+    // The accelerator fallback: the domain has the type the service chose, and the guest
+    // sees it. Here /dev/kvm has no vmx/svm behind it, so that is TCG (plain `qemu`).
+    let (_, health) = get_json(&svc.api("/health")).await;
+    let domain_type = health["accelerator"]["domain_type"].as_str().unwrap();
+    assert!(dumped.starts_with(&format!("<domain type='{domain_type}'")), "{dumped}");
+    let seen = ssh_until(&key, &ip, "systemd-detect-virt --vm", "the guest's view of its hypervisor").await;
+    let expected = if domain_type == "qemu" { "qemu" } else { "kvm" };
+    assert_eq!(seen.trim(), expected);
+
     // Deleting the key pair changes nothing for the instance.
     let deleted = common::client().delete(svc.api("/key-pairs/life")).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
