@@ -56,8 +56,7 @@ impl App {
         let accelerator = host.choose_accelerator(accelerator_probe, config.accelerator);
         tracing::info!(%accelerator, ?accelerator_probe, uri = %config.libvirt_uri, data_dir = %paths.root().display(), "starting");
         let virsh = Virsh::new(config.libvirt_uri.clone(), config.virsh_timeout);
-        let emulator = crate::platform::find_program(host.qemu_system_binary())
-            .unwrap_or_else(|| std::path::PathBuf::from(format!("/usr/bin/{}", host.qemu_system_binary())));
+        let emulator = host.emulator();
         let vmnet = VmnetProbe::read(config.vmnet_socket.as_deref());
         let platform = host.guest_platform(accelerator, emulator, host.network_mode(&vmnet));
         tracing::info!(network = platform.network.provider(), "guest networking");

@@ -177,8 +177,7 @@ pub async fn run_checks(
 
     let probe = AcceleratorProbe::read(host).await;
     let mode = host.network_mode(&VmnetProbe::read(vmnet_socket));
-    let emulator = find_program(host.qemu_system_binary()).unwrap_or_default();
-    let platform = host.guest_platform(host.choose_accelerator(probe, None), emulator, mode.clone());
+    let platform = host.guest_platform(host.choose_accelerator(probe, None), host.emulator(), mode.clone());
     checks.extend(firmware_check(host, platform.efi.as_ref(), Path::exists));
     // The libvirt network can only be looked at when libvirt answers; vmnet always.
     if libvirt_ok || !mode.uses_libvirt_network() {

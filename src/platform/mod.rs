@@ -68,6 +68,18 @@ impl Host {
         }
     }
 
+    /// The QEMU binary for guests: found on PATH, else where the package manager puts it
+    /// (libvirt reports a clear error at define time if it is not there either).
+    pub fn emulator(&self) -> PathBuf {
+        find_program(self.qemu_system_binary()).unwrap_or_else(|| {
+            let bin = match self.os {
+                Os::Linux => PathBuf::from("/usr/bin"),
+                Os::MacOs => homebrew_prefix().join("bin"),
+            };
+            bin.join(self.qemu_system_binary())
+        })
+    }
+
     pub fn qemu_system_binary(&self) -> &'static str {
         match self.arch {
             Arch::X86_64 => "qemu-system-x86_64",
