@@ -107,6 +107,13 @@ pub fn list(conn: &Connection, include_terminated: bool) -> Result<Vec<InstanceR
     Ok(rows)
 }
 
+/// Memory (MiB) of the instances still launching: QEMU has not taken it from the host yet.
+pub fn launching_memory_mib(conn: &Connection) -> Result<u64, DbError> {
+    let total: i64 =
+        conn.query_row("SELECT COALESCE(SUM(memory_mib), 0) FROM instances WHERE state = 'pending'", [], |r| r.get(0))?;
+    Ok(total.max(0) as u64)
+}
+
 /// The addresses currently reserved.
 pub fn reserved_ips(conn: &Connection) -> Result<Vec<Ipv4Addr>, DbError> {
     let mut stmt = conn.prepare("SELECT reserved_ip FROM instances WHERE reserved_ip IS NOT NULL")?;

@@ -164,6 +164,25 @@ mod tests {
         assert_eq!(has_instances, 0);
     }
 
+    // REQ-LIM-001
+    #[test]
+    fn launching_memory_counts_only_pending_instances() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("x.db")).unwrap();
+        let conn = db.conn.lock().unwrap();
+        assert_eq!(instances::launching_memory_mib(&conn).unwrap(), 0);
+        for (n, state, memory) in [(1, "pending", 8192), (2, "pending", 1024), (3, "running", 4096), (4, "error", 2048)]
+        {
+            conn.execute(
+                "INSERT INTO instances (id, instance_type, vcpus, memory_mib, disk_gib, image_id, state, mac_address, created_at)
+                 VALUES (?1, 't2.x', 1, ?2, 8, 'ami-1', ?3, ?4, 'now')",
+                rusqlite::params![format!("i-0000000{n}"), memory, state, format!("52:54:00:00:00:0{n}")],
+            )
+            .unwrap();
+        }
+        assert_eq!(instances::launching_memory_mib(&conn).unwrap(), 9216);
+    }
+
     #[test]
     fn the_state_column_only_takes_known_states() {
         let tmp = tempfile::tempdir().unwrap();

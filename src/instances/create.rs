@@ -54,7 +54,8 @@ impl Instances {
         let image = inner.images.resolve_for_launch(&req.image).await?;
         // Refuse now, with 503, rather than accept and fail in the background.
         inner.virsh.version().await?;
-        self.check_capacity(instance_type.disk_gib).await?;
+        let available_memory_mib = self.check_capacity(instance_type.disk_gib).await?;
+        let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         if inner.iso_tool.is_none() {
             return Err(AppError::Internal("no ISO tool to build the cloud-init seed; run `ec2local doctor`".into()));
         }
@@ -82,11 +83,16 @@ impl Instances {
             launched_at: None,
             terminated_at: None,
         };
-        // One transaction picks an unused ID and a free address and records both.
+        // One transaction checks memory against the launches in flight, picks an unused
+        // ID and a free address, and records them: concurrent launches are serialised here.
         let row = inner
             .db
             .call(move |conn| {
                 let tx = conn.transaction()?;
+                let launching_mib = rows::launching_memory_mib(&tx)?;
+                if let Err(refused) = check_memory(available_memory_mib, launching_mib, min_available_memory_mib) {
+                    return Ok(Err(refused));
+                }
                 let id = loop {
                     let id = InstanceId::random();
                     if !rows::id_exists(&tx, &id.to_string())? {
@@ -126,23 +132,14 @@ impl Instances {
         Ok(created)
     }
 
-    /// REQ-LIM-001/002: enough memory and disk on the host for one more instance.
-    async fn check_capacity(&self, disk_gib: u64) -> Result<(), AppError> {
+    /// REQ-LIM-002: enough disk on the host for one more instance. Returns the memory
+    /// available now (MiB), checked against REQ-LIM-001 when the launch is recorded.
+    async fn check_capacity(&self, disk_gib: u64) -> Result<u64, AppError> {
         let limits = self.inner().config.limits;
         let root = self.inner().paths.root().to_path_buf();
         let host = tokio::task::spawn_blocking(move || crate::host::read(&root)).await.expect("host read");
         const MIB: u64 = 1024 * 1024;
         const GIB: u64 = 1024 * MIB;
-        let available_mib = host.memory_available_bytes / MIB;
-        if available_mib < limits.min_available_memory_mib {
-            return Err(AppError::Conflict {
-                code: "InsufficientMemory",
-                message: format!(
-                    "the host has {available_mib} MiB of memory available; new instances need at least {} MiB free",
-                    limits.min_available_memory_mib
-                ),
-            });
-        }
         let needed = (disk_gib + limits.disk_headroom_gib) * GIB;
         if host.disk_available_bytes <= needed {
             return Err(AppError::Conflict {
@@ -156,8 +153,28 @@ impl Instances {
                 ),
             });
         }
-        Ok(())
+        Ok(host.memory_available_bytes / MIB)
     }
+}
+
+/// REQ-LIM-001: refuses a launch when the host's available memory, less what instances
+/// still launching will take (their QEMU has not allocated it yet), is under the limit.
+pub fn check_memory(available_mib: u64, launching_mib: u64, min_available_mib: u64) -> Result<(), AppError> {
+    let uncommitted = available_mib.saturating_sub(launching_mib);
+    if uncommitted >= min_available_mib {
+        return Ok(());
+    }
+    let launching = if launching_mib > 0 {
+        format!(" ({available_mib} MiB, less {launching_mib} MiB for instances still launching)")
+    } else {
+        String::new()
+    };
+    Err(AppError::Conflict {
+        code: "InsufficientMemory",
+        message: format!(
+            "the host has {uncommitted} MiB of memory available{launching}; new instances need at least {min_available_mib} MiB free"
+        ),
+    })
 }
 
 impl Inner {
@@ -242,5 +259,26 @@ impl Inner {
         if let Err(e) = stored {
             tracing::error!(instance = %row.id, error = %e, "could not record the failed launch");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // REQ-LIM-001
+    #[test]
+    fn memory_promised_to_launching_instances_is_not_available() {
+        assert!(check_memory(4096, 0, 4096).is_ok());
+        let Err(AppError::Conflict { code, message }) = check_memory(4095, 0, 4096) else { panic!("accepted") };
+        assert_eq!(code, "InsufficientMemory");
+        assert_eq!(message, "the host has 4095 MiB of memory available; new instances need at least 4096 MiB free");
+        // 12 GiB free, but an 8 GiB instance is still booting: 4 GiB is all that is left.
+        assert!(check_memory(12288, 8192, 4096).is_ok());
+        let Err(AppError::Conflict { message, .. }) = check_memory(12288, 9216, 4096) else { panic!("accepted") };
+        assert!(
+            message.contains("3072 MiB of memory available (12288 MiB, less 9216 MiB for instances still launching)")
+        );
+        assert!(check_memory(1024, 8192, 4096).is_err(), "no underflow");
     }
 }
