@@ -58,5 +58,21 @@ fn doctor_warns_when_qemu_cannot_reach_the_data_dir() {
         .unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(report.contains("[warn] data dir for QEMU"), "{report}");
-    assert!(report.contains(&format!("fix: chmod o+x {}", private.display())), "{report}");
+    let fix = format!("fix: setfacl -m u:libvirt-qemu:x {}", private.display());
+    assert!(report.contains(&fix), "{report}");
+
+    // The fix it prints is enough: with the ACL entries (on tempfile's own directory too,
+    // in case it is private), the data dir is reachable.
+    for dir in [&private, &tmp.path().to_path_buf()] {
+        let status = Command::new("setfacl").args(["-m", "u:libvirt-qemu:x"]).arg(dir).status().unwrap();
+        assert!(status.success());
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_ec2local"))
+        .args(["doctor", "--libvirt-uri", "qemu+unix:///system?socket=/nonexistent/sock", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("[ok  ] data dir for QEMU"), "{report}");
+    assert!(report.contains("is reachable by libvirt-qemu"), "{report}");
 }

@@ -117,6 +117,22 @@ impl Host {
         }
     }
 
+    /// The user libvirt's system daemon runs QEMU as (Debian/Ubuntu `libvirt-qemu`,
+    /// Fedora `qemu`): it must reach the instance files. None on macOS, where the
+    /// session daemon runs QEMU as the user.
+    pub fn system_qemu_user(&self) -> Option<String> {
+        match self.os {
+            Os::Linux => {
+                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                ["libvirt-qemu", "qemu"]
+                    .into_iter()
+                    .find(|user| passwd.lines().any(|l| l.split(':').next() == Some(*user)))
+                    .map(str::to_string)
+            }
+            Os::MacOs => None,
+        }
+    }
+
     /// How libvirt itself is started when it is not reachable.
     pub fn libvirt_start_hint(&self) -> &'static str {
         match self.os {
