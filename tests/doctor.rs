@@ -63,9 +63,8 @@ fn doctor_warns_when_qemu_cannot_reach_the_data_dir() {
 
     // scripts/run applies that fix (scripts/grant-qemu-access): afterwards the data dir is
     // reachable, and a second run has nothing left to grant.
-    let grant = || {
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/grant-qemu-access")).arg(&data).output().unwrap()
-    };
+    let grant =
+        || Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/grant-qemu-access")).arg(&data).output().unwrap();
     let first = grant();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let said = String::from_utf8_lossy(&first.stderr);

@@ -69,6 +69,9 @@ fn domain_xml_validates_for_every_type_and_host() {
             let xml = render::domain_xml(&spec, &platform).unwrap();
             assert!(xml.contains(&format!("<memory unit='MiB'>{memory_mib}</memory>")));
             assert!(xml.contains(&format!("<vcpu placement='static'>{vcpus}</vcpu>")));
+            if host.arch == Arch::Aarch64 && accelerator == Accelerator::Tcg {
+                assert!(xml.contains("<cpu mode='maximum' check='none'/>"), "arm64 under TCG needs a 64-bit CPU");
+            }
             validate(&xml, "domain");
         }
     }

@@ -342,7 +342,13 @@ impl Host {
             efi,
             cdrom_bus,
             cdrom_target,
-            cpu_host_passthrough: accelerator != Accelerator::Tcg,
+            cpu_mode: match (accelerator, self.arch) {
+                (Accelerator::Kvm | Accelerator::Hvf, _) => Some("host-passthrough"),
+                // QEMU's default CPU for `virt` is a 32-bit cortex-a15: arm64 kernels need
+                // a 64-bit model, and `max` emulates the most TCG can.
+                (Accelerator::Tcg, Arch::Aarch64) => Some("maximum"),
+                (Accelerator::Tcg, Arch::X86_64) => None,
+            },
             network,
         }
     }
@@ -459,7 +465,8 @@ pub struct GuestPlatform {
     pub efi: Option<EfiFirmware>,
     pub cdrom_bus: &'static str,
     pub cdrom_target: &'static str,
-    pub cpu_host_passthrough: bool,
+    /// libvirt's `<cpu mode=…>`; None keeps QEMU's default model.
+    pub cpu_mode: Option<&'static str>,
     pub network: NetworkMode,
 }
 
@@ -522,12 +529,16 @@ mod tests {
         let linux_net = LINUX_X86.network_mode(&VmnetProbe::default());
         let x86 = LINUX_X86.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into(), linux_net);
         assert_eq!((x86.machine, x86.cdrom_bus, x86.domain_type), ("pc", "ide", "qemu"));
-        assert!(x86.efi.is_none() && !x86.cpu_host_passthrough);
+        assert!(x86.efi.is_none() && x86.cpu_mode.is_none());
         let mac_net = MAC_ARM.network_mode(&VmnetProbe::default());
         let mac = MAC_ARM.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into(), mac_net);
         assert_eq!((mac.machine, mac.domain_type, mac.network), ("virt", "hvf", NetworkMode::VmnetShared));
         assert!(mac.efi.unwrap().loader.ends_with("edk2-aarch64-code.fd"));
-        assert!(mac.cpu_host_passthrough);
+        assert_eq!(mac.cpu_mode, Some("host-passthrough"));
+        let mac_tcg = MAC_ARM.guest_platform(Accelerator::Tcg, "/q".into(), NetworkMode::VmnetShared);
+        assert_eq!(mac_tcg.cpu_mode, Some("maximum"), "arm64 guests need a 64-bit CPU under TCG");
+        let linux_kvm = LINUX_X86.guest_platform(Accelerator::Kvm, "/q".into(), NetworkMode::LibvirtNat);
+        assert_eq!(linux_kvm.cpu_mode, Some("host-passthrough"));
     }
 
     // REQ-NET-001

@@ -134,7 +134,7 @@ struct DomainContext<'a> {
     nvram_path: &'a str,
     cdrom_bus: &'a str,
     cdrom_target: &'a str,
-    cpu_host_passthrough: bool,
+    cpu_mode: Option<&'static str>,
     libvirt_network: bool,
 }
 
@@ -165,7 +165,7 @@ pub fn domain_xml(spec: &DomainSpec, platform: &GuestPlatform) -> Result<String,
         nvram_path: &spec.nvram_path,
         cdrom_bus: platform.cdrom_bus,
         cdrom_target: platform.cdrom_target,
-        cpu_host_passthrough: platform.cpu_host_passthrough,
+        cpu_mode: platform.cpu_mode,
         libvirt_network: platform.network.uses_libvirt_network(),
     };
     render("domain.xml", context)
