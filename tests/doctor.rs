@@ -43,6 +43,17 @@ fn doctor_passes_on_the_bench() {
     assert!(report.contains("KVM"), "{report}");
 }
 
+/// The doctor's report for `data` under a system libvirt URI (unreachable: only the local
+/// checks matter here).
+fn doctor_with_data_dir(data: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ec2local"))
+        .args(["doctor", "--libvirt-uri", "qemu+unix:///system?socket=/nonexistent/sock", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[test]
 fn doctor_warns_when_qemu_cannot_reach_the_data_dir() {
     use std::os::unix::fs::PermissionsExt;
@@ -51,12 +62,7 @@ fn doctor_warns_when_qemu_cannot_reach_the_data_dir() {
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let data = private.join(".ec2-as-service");
-    let output = Command::new(env!("CARGO_BIN_EXE_ec2local"))
-        .args(["doctor", "--libvirt-uri", "qemu+unix:///system?socket=/nonexistent/sock", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout);
+    let report = doctor_with_data_dir(&data);
     assert!(report.contains("[warn] data dir for QEMU"), "{report}");
     let fix = format!("fix: setfacl -m u:libvirt-qemu:x {}", private.display());
     assert!(report.contains(&fix), "{report}");
@@ -71,12 +77,7 @@ fn doctor_warns_when_qemu_cannot_reach_the_data_dir() {
     assert!(said.contains(&format!("setfacl -m u:libvirt-qemu:x {}", private.display())), "{said}");
     let again = grant();
     assert!(again.status.success() && again.stderr.is_empty(), "{}", String::from_utf8_lossy(&again.stderr));
-    let output = Command::new(env!("CARGO_BIN_EXE_ec2local"))
-        .args(["doctor", "--libvirt-uri", "qemu+unix:///system?socket=/nonexistent/sock", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout);
+    let report = doctor_with_data_dir(&data);
     assert!(report.contains("[ok  ] data dir for QEMU"), "{report}");
     assert!(report.contains("is reachable by libvirt-qemu"), "{report}");
 }
