@@ -57,7 +57,7 @@ impl App {
         tracing::info!(%accelerator, ?accelerator_probe, uri = %config.libvirt_uri, data_dir = %paths.root().display(), "starting");
         let virsh = Virsh::new(config.libvirt_uri.clone(), config.virsh_timeout);
         let emulator = host.emulator();
-        let vmnet = VmnetProbe::read(config.vmnet_socket.as_deref());
+        let vmnet = VmnetProbe::read(config.vmnet_socket.as_deref(), &config.libvirt_uri);
         let platform = host.guest_platform(accelerator, emulator, host.network_mode(&vmnet));
         tracing::info!(network = platform.network.provider(), "guest networking");
         let iso_tool = crate::exec::iso::choose_tool(host.iso_tools(), |p| crate::platform::find_program(p).is_some());

@@ -39,11 +39,12 @@ fn domain_xml_validates_for_every_type_and_host() {
         (Host { os: Os::MacOs, arch: Arch::Aarch64 }, Accelerator::Tcg, "/opt/homebrew/bin/qemu-system-aarch64"),
     ];
     // macOS: QEMU's vmnet-shared when QEMU runs as root, socket_vmnet otherwise.
-    let socket = VmnetProbe { socket_vmnet: Some("/opt/homebrew/var/run/socket_vmnet".into()) };
+    let root = VmnetProbe { qemu_as_root: true, ..Default::default() };
+    let socket = VmnetProbe { found: Some("/opt/homebrew/var/run/socket_vmnet".into()), ..Default::default() };
     let variants = hosts.into_iter().flat_map(|(host, accelerator, emulator)| {
         let modes = match host.os {
             Os::Linux => vec![host.network_mode(&VmnetProbe::default())],
-            Os::MacOs => vec![host.network_mode(&VmnetProbe::default()), host.network_mode(&socket)],
+            Os::MacOs => vec![host.network_mode(&root), host.network_mode(&socket)],
         };
         modes.into_iter().map(move |mode| (host, accelerator, emulator, mode))
     });

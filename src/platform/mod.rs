@@ -354,13 +354,18 @@ impl Host {
     }
 
     /// How guests are networked: libvirt's NAT network on Linux. On macOS, where
-    /// libvirt has no network driver: socket_vmnet when its socket exists (QEMU may
-    /// run unprivileged), else QEMU's own vmnet-shared, which needs root.
+    /// libvirt has no network driver: socket_vmnet at the named socket, or at one found;
+    /// else QEMU's own vmnet-shared when QEMU runs as root; else socket_vmnet at its
+    /// usual path, the only way an unprivileged QEMU gets vmnet (health then says the
+    /// daemon is missing and how to start it; it may also just be starting).
     pub fn network_mode(&self, vmnet: &VmnetProbe) -> NetworkMode {
-        match (self.os, &vmnet.socket_vmnet) {
-            (Os::Linux, _) => NetworkMode::LibvirtNat,
-            (Os::MacOs, Some(socket)) => NetworkMode::SocketVmnet { socket: socket.clone() },
-            (Os::MacOs, None) => NetworkMode::VmnetShared,
+        if self.os == Os::Linux {
+            return NetworkMode::LibvirtNat;
+        }
+        match (&vmnet.wanted, &vmnet.found, vmnet.qemu_as_root) {
+            (Some(socket), _, _) | (None, Some(socket), _) => NetworkMode::SocketVmnet { socket: socket.clone() },
+            (None, None, true) => NetworkMode::VmnetShared,
+            (None, None, false) => NetworkMode::SocketVmnet { socket: VmnetProbe::socket_candidates().remove(0) },
         }
     }
 }
@@ -428,8 +433,12 @@ impl NetworkMode {
 /// What a macOS host offers for vmnet networking, read once at start.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VmnetProbe {
-    /// socket_vmnet's socket, when one exists at the configured or a usual path.
-    pub socket_vmnet: Option<PathBuf>,
+    /// The socket the user named (`--vmnet-socket`), whether or not it exists yet.
+    pub wanted: Option<PathBuf>,
+    /// A socket_vmnet socket found at one of the usual paths.
+    pub found: Option<PathBuf>,
+    /// libvirt runs QEMU as root (system daemon), so QEMU's own vmnet can work.
+    pub qemu_as_root: bool,
 }
 
 impl VmnetProbe {
@@ -438,15 +447,15 @@ impl VmnetProbe {
         vec![homebrew_prefix().join("var/run/socket_vmnet"), PathBuf::from("/var/run/socket_vmnet")]
     }
 
-    /// Looks for the socket (`wanted` if given, else the usual places).
-    pub fn read(wanted: Option<&Path>) -> Self {
+    /// Looks for a socket at the usual places; `wanted` is taken as given.
+    pub fn read(wanted: Option<&Path>, libvirt_uri: &str) -> Self {
         use std::os::unix::fs::FileTypeExt;
         let is_socket = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
-        let socket_vmnet = match wanted {
-            Some(path) => is_socket(path).then(|| path.to_path_buf()),
-            None => Self::socket_candidates().into_iter().find(|p| is_socket(p)),
-        };
-        Self { socket_vmnet }
+        Self {
+            wanted: wanted.map(Path::to_path_buf),
+            found: Self::socket_candidates().into_iter().find(|p| is_socket(p)),
+            qemu_as_root: is_system_uri(libvirt_uri),
+        }
     }
 }
 
@@ -530,7 +539,7 @@ mod tests {
         let x86 = LINUX_X86.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into(), linux_net);
         assert_eq!((x86.machine, x86.cdrom_bus, x86.domain_type), ("pc", "ide", "qemu"));
         assert!(x86.efi.is_none() && x86.cpu_mode.is_none());
-        let mac_net = MAC_ARM.network_mode(&VmnetProbe::default());
+        let mac_net = MAC_ARM.network_mode(&VmnetProbe { qemu_as_root: true, ..Default::default() });
         let mac = MAC_ARM.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into(), mac_net);
         assert_eq!((mac.machine, mac.domain_type, mac.network), ("virt", "hvf", NetworkMode::VmnetShared));
         assert!(mac.efi.unwrap().loader.ends_with("edk2-aarch64-code.fd"));
@@ -544,29 +553,33 @@ mod tests {
     // REQ-NET-001
     #[test]
     fn network_mode_per_host_and_vmnet_probe() {
-        let socket = VmnetProbe { socket_vmnet: Some("/opt/homebrew/var/run/socket_vmnet".into()) };
-        assert_eq!(LINUX_X86.network_mode(&socket), NetworkMode::LibvirtNat, "Linux ignores socket_vmnet");
+        let homebrew = PathBuf::from("/opt/homebrew/var/run/socket_vmnet");
+        let found = VmnetProbe { found: Some(homebrew.clone()), ..Default::default() };
+        assert_eq!(LINUX_X86.network_mode(&found), NetworkMode::LibvirtNat, "Linux ignores socket_vmnet");
         assert_eq!(LINUX_ARM.network_mode(&VmnetProbe::default()), NetworkMode::LibvirtNat);
-        assert_eq!(
-            MAC_ARM.network_mode(&socket),
-            NetworkMode::SocketVmnet { socket: "/opt/homebrew/var/run/socket_vmnet".into() }
-        );
-        assert_eq!(MAC_ARM.network_mode(&VmnetProbe::default()), NetworkMode::VmnetShared);
+        assert_eq!(MAC_ARM.network_mode(&found), NetworkMode::SocketVmnet { socket: homebrew.clone() });
+        let named = VmnetProbe { wanted: Some("/tmp/vmnet.sock".into()), ..found.clone() };
+        assert_eq!(MAC_ARM.network_mode(&named), NetworkMode::SocketVmnet { socket: "/tmp/vmnet.sock".into() });
+        let root = VmnetProbe { qemu_as_root: true, ..Default::default() };
+        assert_eq!(MAC_ARM.network_mode(&root), NetworkMode::VmnetShared);
+        // Unprivileged QEMU and no daemon yet: socket_vmnet is still the only way.
+        let NetworkMode::SocketVmnet { socket } = MAC_ARM.network_mode(&VmnetProbe::default()) else {
+            panic!("an unprivileged QEMU cannot use vmnet-shared")
+        };
+        assert!(socket.ends_with("var/run/socket_vmnet"));
+
         assert!(NetworkMode::LibvirtNat.uses_libvirt_network());
         assert!(NetworkMode::LibvirtNat.qemu_nic_args(&Default::default(), "52:54:00:00:00:01").is_empty());
         let vmnet = NetworkMode::VmnetShared.qemu_nic_args(&Default::default(), "52:54:00:00:00:01");
         assert!(vmnet[1].starts_with("vmnet-shared,"), "{vmnet:?}");
-        let stream = MAC_ARM.network_mode(&socket).qemu_nic_args(&Default::default(), "52:54:00:00:00:01");
+        let stream = MAC_ARM.network_mode(&found).qemu_nic_args(&Default::default(), "52:54:00:00:00:01");
         assert!(
             stream[1].starts_with("stream,") && stream[1].ends_with("addr.path=/opt/homebrew/var/run/socket_vmnet")
         );
 
-        // The probe only takes a real socket.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("socket_vmnet");
-        assert_eq!(VmnetProbe::read(Some(&path)).socket_vmnet, None);
-        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        assert_eq!(VmnetProbe::read(Some(&path)).socket_vmnet, Some(path.clone()));
+        let probe = VmnetProbe::read(Some(Path::new("/x.sock")), "qemu:///system");
+        assert_eq!((probe.wanted.as_deref(), probe.qemu_as_root), (Some(Path::new("/x.sock")), true));
+        assert!(!VmnetProbe::read(None, "qemu:///session").qemu_as_root);
         assert!(is_system_uri("qemu:///system") && is_system_uri("qemu+ssh://h/system?x=1"));
         assert!(!is_system_uri("qemu:///session"));
     }
