@@ -12,6 +12,9 @@ pub enum AppError {
     /// libvirt cannot be reached; the request may succeed once it is back.
     #[error("{0}")]
     LibvirtUnavailable(String),
+    /// The instance network cannot be used as configured; the message says how to fix it.
+    #[error("{0}")]
+    NetworkUnavailable(String),
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
@@ -27,6 +30,7 @@ impl AppError {
     pub fn code(&self) -> &'static str {
         match self {
             AppError::LibvirtUnavailable(_) => "LibvirtUnavailable",
+            AppError::NetworkUnavailable(_) => "NetworkUnavailable",
             AppError::NotFound { code, .. } | AppError::InvalidInput { code, .. } | AppError::Conflict { code, .. } => {
                 code
             }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bench, Service, get_json, ssh, ssh_keygen, wait_for};
+use common::{Bench, Service, get_json, import_test_image, post_json, ssh, ssh_keygen, wait_for};
 use ec2local::exec::iso;
 use ec2local::exec::qemu_img::QemuImg;
 use ec2local::exec::virsh::Virsh;
@@ -15,6 +15,7 @@ use ec2local::ids::InstanceId;
 use ec2local::paths::Paths;
 use ec2local::platform::{Accelerator, AcceleratorProbe, Host, VmnetProbe, find_program};
 use ec2local::render::{self, DomainSpec, cloud_init};
+use serde_json::json;
 
 const URI: &str = "qemu:///system";
 
@@ -197,7 +198,7 @@ async fn service_sets_up_libvirt_and_a_hand_booted_guest_gets_dhcp_and_ssh() {
 #[tokio::test]
 #[ignore = "needs the test bench: run scripts/test"]
 async fn a_conflicting_existing_network_is_reported_and_left_alone() {
-    let _bench = Bench::from_env();
+    let bench = Bench::from_env();
     let virsh = Virsh::new(URI, Duration::from_secs(30));
     let name = "ec2-bench-conflict";
     let foreign = format!(
@@ -221,6 +222,11 @@ async fn a_conflicting_existing_network_is_reported_and_left_alone() {
         ],
     );
     let (status, health) = get_json(&service.api("/health")).await;
+    // A launch is refused up front, with the reason, and leaves nothing behind.
+    import_test_image(&service, &bench).await;
+    let (launch_status, launch) =
+        post_json(&service.api("/instances"), &json!({"instance_type": "t2.nano", "image_id": "debian-12-test"})).await;
+    let (_, instances) = get_json(&service.api("/instances?include_terminated=true")).await;
     let after = virsh.net_dumpxml_inactive(name).await.unwrap();
     let info = virsh.net_info(name).await.unwrap().unwrap();
     drop(service);
@@ -234,6 +240,9 @@ async fn a_conflicting_existing_network_is_reported_and_left_alone() {
     let conflict = health["network"]["conflict"].as_str().unwrap();
     assert!(conflict.contains("forward mode") && conflict.contains("10.77.0.1"), "{conflict}");
     assert!(health["message"].as_str().unwrap().contains(name), "{health}");
+    assert_eq!((launch_status, launch["code"].as_str()), (503, Some("NetworkUnavailable")), "{launch}");
+    assert!(launch["message"].as_str().unwrap().contains("forward mode"), "{launch}");
+    assert_eq!(instances, json!([]));
     assert_eq!(before, after, "the existing network was changed");
     assert!(!info.is_active(), "the conflicting network was started");
 }

@@ -48,7 +48,7 @@ pub fn status_of(err: &AppError) -> StatusCode {
         AppError::NotFound { .. } => StatusCode::NOT_FOUND,
         AppError::Conflict { .. } => StatusCode::CONFLICT,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        AppError::LibvirtUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -123,6 +123,7 @@ mod tests {
             (AppError::Conflict { code: "IncorrectInstanceState", message: "x".into() }, 409),
             (AppError::Internal("x".into()), 500),
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
+            (AppError::NetworkUnavailable("socket_vmnet is not running".into()), 503),
         ];
         for (err, status) in cases {
             assert_eq!(status_of(&err).as_u16(), status, "{err:?}");

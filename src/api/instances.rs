@@ -122,7 +122,8 @@ impl InstancesApi {
     /// Launch an instance. Answers 202 with the instance `pending`; it becomes `running`
     /// (or `error`, with `state_reason`) in the background. 400 for invalid input, 404
     /// for an unknown key pair or image, 409 `ImageUnavailable`, `InsufficientMemory`,
-    /// `InsufficientDisk` or `AddressPoolExhausted` when the host cannot take it.
+    /// `InsufficientDisk` or `AddressPoolExhausted` when the host cannot take it, 503
+    /// `LibvirtUnavailable` or `NetworkUnavailable` (with the fix) until they are back.
     #[oai(path = "/instances", method = "post")]
     async fn launch(&self, app: Data<&Arc<App>>, body: Json<LaunchInstanceRequest>) -> Result<Accepted, ApiError> {
         let b = body.0;

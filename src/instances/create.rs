@@ -54,6 +54,7 @@ impl Instances {
         let image = inner.images.resolve_for_launch(&req.image).await?;
         // Refuse now, with 503, rather than accept and fail in the background.
         inner.virsh.version().await?;
+        inner.network.check_usable().await?;
         let available_memory_mib = self.check_capacity(instance_type.disk_gib).await?;
         let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         if inner.iso_tool.is_none() {

@@ -81,6 +81,25 @@ impl NetworkManager {
         }
     }
 
+    /// Refuses when instances cannot be attached: the network conflicts with the
+    /// configuration or cannot be used. An inactive libvirt network is started first.
+    pub async fn check_usable(&self) -> Result<(), AppError> {
+        let mut status = self.status().await?;
+        if !status.active && status.conflict.is_none() && status.problem.is_none() {
+            status = self.ensure().await?;
+        }
+        let why = match (&status.conflict, &status.problem) {
+            (Some(conflict), _) => conflict.clone(),
+            (None, Some(problem)) => problem.clone(),
+            (None, None) if !status.active => "it is not active".to_string(),
+            (None, None) => return Ok(()),
+        };
+        Err(AppError::NetworkUnavailable(format!(
+            "network {} ({}) cannot take new instances: {why}",
+            status.name, status.provider
+        )))
+    }
+
     /// Pins the instance's address in the DHCP server where ec2local owns it (libvirt's
     /// dnsmasq). macOS's DHCP server is not ec2local's: there the address is only
     /// counted against the range, and the guest takes what macOS offers.
@@ -143,5 +162,42 @@ impl NetworkManager {
         (u32::from(self.config.dhcp_start)..=u32::from(self.config.dhcp_end))
             .map(Ipv4Addr::from)
             .find(|ip| !taken.contains(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmnet(uri: &str, mode: NetworkMode) -> NetworkManager {
+        let virsh = Virsh::new(uri, std::time::Duration::from_secs(5));
+        NetworkManager::new(virsh, NetworkConfig::default(), Paths::new("/x"), mode)
+    }
+
+    // REQ-NET-001
+    #[tokio::test]
+    async fn launches_are_refused_while_vmnet_cannot_work() {
+        let err = vmnet("qemu:///session", NetworkMode::VmnetShared).check_usable().await.unwrap_err();
+        assert_eq!(err.code(), "NetworkUnavailable");
+        let message = err.to_string();
+        assert!(message.starts_with("network ec2-as-service (vmnet-shared) cannot take new instances"), "{message}");
+        assert!(message.contains("sudo scripts/macos-socket-vmnet install"), "{message}");
+
+        vmnet("qemu:///system", NetworkMode::VmnetShared).check_usable().await.unwrap();
+
+        let missing = NetworkMode::SocketVmnet { socket: "/nonexistent/socket_vmnet".into() };
+        let err = vmnet("qemu:///session", missing).check_usable().await.unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/socket_vmnet is missing"), "{err}");
+    }
+
+    #[test]
+    fn addresses_are_handed_out_lowest_first() {
+        let network = vmnet("qemu:///system", NetworkMode::VmnetShared);
+        let first = network.first_free_address(&[]).unwrap();
+        assert_eq!(first, Ipv4Addr::new(192, 168, 100, 10));
+        let taken = [Ipv4Addr::new(192, 168, 100, 10), Ipv4Addr::new(192, 168, 100, 12)];
+        assert_eq!(network.first_free_address(&taken), Some(Ipv4Addr::new(192, 168, 100, 11)));
+        let all: Vec<Ipv4Addr> = (10..=254).map(|n| Ipv4Addr::new(192, 168, 100, n)).collect();
+        assert_eq!(network.first_free_address(&all), None, "REQ-NET-007: the pool is exhausted");
     }
 }
