@@ -9,7 +9,7 @@ mod vmnet;
 use std::net::Ipv4Addr;
 
 pub use libvirt::NetworkDefinition;
-pub use vmnet::{Finding, FindingKind, HostSources};
+pub use vmnet::{Finding, FindingKind};
 
 use crate::config::NetworkConfig;
 use crate::error::AppError;
@@ -18,7 +18,7 @@ use crate::paths::Paths;
 use crate::platform::NetworkMode;
 use crate::render::DhcpHost;
 use libvirt::LibvirtNetwork;
-use vmnet::VmnetNetwork;
+use vmnet::{HostSources, VmnetNetwork};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetworkStatus {
@@ -138,14 +138,6 @@ impl NetworkManager {
                 .into_iter()
                 .collect()),
             Backend::Vmnet(network) => Ok(network.findings().await),
-        }
-    }
-
-    /// Who provides the network.
-    pub fn provider(&self) -> &'static str {
-        match &self.backend {
-            Backend::Libvirt(_) => crate::platform::NetworkMode::LibvirtNat.provider(),
-            Backend::Vmnet(network) => network.provider(),
         }
     }
 

@@ -98,10 +98,6 @@ impl VmnetNetwork {
         vmnet_status(&self.config, &self.mode, self.qemu_as_root, self.facts().await)
     }
 
-    pub fn provider(&self) -> &'static str {
-        self.mode.provider()
-    }
-
     pub async fn findings(&self) -> Vec<Finding> {
         findings(&self.config, &self.mode, self.qemu_as_root, self.facts().await)
     }
