@@ -6,6 +6,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+// The tests' ssh options, so the benchmark's direct ssh is the one the tests use.
+#[path = "../tests/common/ssh_options.rs"]
+mod ssh_options;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -17,22 +21,11 @@ fn env(name: &str) -> String {
 }
 
 fn ssh_args(key: &str, ip: &str) -> Vec<String> {
-    [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-        key,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("ubuntu@{ip}")])
-    .collect()
+    ssh_options::SSH_OPTIONS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["-i".into(), key.into(), format!("ubuntu@{ip}")])
+        .collect()
 }
 
 fn ssh(key: &str, ip: &str, command: &str) -> bool {

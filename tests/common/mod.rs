@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod mirror;
+mod ssh_options;
+
+pub use ssh_options::SSH_OPTIONS;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -168,24 +171,8 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
 /// Runs a command in a guest over SSH as `user`; None while SSH is not up yet.
 pub fn ssh(key: &Path, user: &str, ip: &str, command: &str) -> Option<String> {
     let output = Command::new("ssh")
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=5",
-            // A guest that reboots under an open session must not hang the test.
-            "-o",
-            "ServerAliveInterval=3",
-            "-o",
-            "ServerAliveCountMax=3",
-            "-i",
-        ])
+        .args(SSH_OPTIONS)
+        .arg("-i")
         .arg(key)
         .arg(format!("{user}@{ip}"))
         .arg(command)
