@@ -34,6 +34,8 @@ pub struct App {
     /// Whether the network and pool were last seen in place; the background loop
     /// recreates them when this is false.
     infrastructure_ready: AtomicBool,
+    /// The user libvirt runs QEMU as, when it must be granted access to the data dir.
+    qemu_user: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,13 @@ impl App {
         tracing::info!(network = platform.network.provider(), "guest networking");
         let iso_tool = crate::exec::iso::choose_tool(host.iso_tools(), |p| crate::platform::find_program(p).is_some());
         let qemu_img = QemuImg::new(config.tool_timeout);
+        // libvirt's system daemon runs QEMU as its own user, which must reach the data dir.
+        let qemu_user = crate::platform::is_system_uri(&config.libvirt_uri).then(|| host.system_qemu_user()).flatten();
+        if let Some(user) = &qemu_user
+            && let Some(problem) = crate::qemu_access::problem(paths.root(), user)
+        {
+            tracing::error!(%problem, fix = %problem.fix(), "launches are refused until the data dir is reachable");
+        }
         let network =
             NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone(), platform.network.clone());
         let key_pairs = KeyPairs::new(db.clone(), paths.clone());
@@ -79,8 +88,10 @@ impl App {
             InstancesConfig {
                 limits: config.limits,
                 stop_timeout: config.stop_timeout,
+                terminate_grace: config.terminate_grace,
                 monitor_interval: config.monitor_interval,
                 tool_timeout: config.tool_timeout,
+                qemu_user: qemu_user.clone(),
             },
         );
         let app = Arc::new(App {
@@ -97,6 +108,7 @@ impl App {
             virsh,
             db,
             infrastructure_ready: AtomicBool::new(false),
+            qemu_user,
         });
         if let Err(err) = app.images.sync_catalog().await {
             tracing::error!(error = %err, "could not record the image catalog");
@@ -115,16 +127,23 @@ impl App {
         let (network, pool) = (network?, pool?);
         let ready = network.active && network.conflict.is_none() && pool.active && pool.conflict.is_none();
         self.infrastructure_ready.store(ready, Ordering::SeqCst);
-        if ready && !self.reconciled.load(Ordering::SeqCst) {
-            self.instances.reconcile_after_restart().await?;
+        // Work an earlier run left, or work an outage cut short, is settled once libvirt
+        // and what instances need from it are back.
+        if ready && (!self.reconciled.load(Ordering::SeqCst) || self.instances.recovery_wanted()) {
+            self.instances.recover_interrupted().await?;
             self.reconciled.store(true, Ordering::SeqCst);
         }
         Ok(())
     }
 
     pub async fn health(&self) -> HealthReport {
-        let report =
+        let mut report =
             health::check(&self.virsh, &self.network, &self.pool, self.accelerator, self.accelerator_probe).await;
+        if let Some(user) = self.qemu_user.clone() {
+            let root = self.config.paths.root().to_path_buf();
+            report.data_dir_problem =
+                tokio::task::spawn_blocking(move || crate::qemu_access::problem(&root, &user)).await.ok().flatten();
+        }
         if !report.is_healthy() {
             self.infrastructure_ready.store(false, Ordering::SeqCst);
         }
@@ -141,7 +160,7 @@ async fn supervise(app: std::sync::Weak<App>) {
         };
         tokio::time::sleep(interval).await;
         let Some(app) = app.upgrade() else { return };
-        if app.infrastructure_ready.load(Ordering::SeqCst) {
+        if app.infrastructure_ready.load(Ordering::SeqCst) && !app.instances.recovery_wanted() {
             continue;
         }
         match app.ensure_infrastructure().await {

@@ -114,6 +114,9 @@ struct ServeArgs {
     /// Seconds a guest gets to shut down or reboot before it is forced.
     #[arg(long, env = "EC2LOCAL_STOP_TIMEOUT_SECS", default_value_t = 60)]
     stop_timeout_secs: u64,
+    /// Seconds a terminated guest gets to shut down (ACPI) before it is destroyed.
+    #[arg(long, env = "EC2LOCAL_TERMINATE_GRACE_SECS", default_value_t = 10)]
+    terminate_grace_secs: u64,
     /// Seconds between refreshes of every instance's state and address.
     #[arg(long, env = "EC2LOCAL_MONITOR_INTERVAL_SECS", default_value_t = 5)]
     monitor_interval_secs: u64,
@@ -180,6 +183,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         disk_headroom_gib: args.disk_headroom_gib,
     };
     config.stop_timeout = std::time::Duration::from_secs(args.stop_timeout_secs.max(1));
+    config.terminate_grace = std::time::Duration::from_secs(args.terminate_grace_secs);
     config.monitor_interval = std::time::Duration::from_secs(args.monitor_interval_secs.max(1));
     config.terminal_keepalive = std::time::Duration::from_secs(args.terminal_keepalive_secs.max(1));
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));

@@ -108,6 +108,8 @@ pub struct Config {
     pub tool_timeout: Duration,
     /// How long a guest gets to shut down (or reboot) before it is forced.
     pub stop_timeout: Duration,
+    /// How long a terminated guest gets to shut down before it is destroyed.
+    pub terminate_grace: Duration,
     /// How often the monitor refreshes every instance's state and address.
     pub monitor_interval: Duration,
     /// WebSocket ping and SSH keep-alive interval of terminal sessions.
@@ -135,6 +137,7 @@ impl Config {
             libvirt_recheck_interval: Duration::from_secs(5),
             image_base_url: crate::images::catalog::DEFAULT_BASE_URL.to_string(),
             stop_timeout: Duration::from_secs(60),
+            terminate_grace: Duration::from_secs(10),
             terminal_keepalive: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(5),
             vmnet_socket: None,

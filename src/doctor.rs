@@ -1,6 +1,6 @@
 //! `ec2local doctor`: checks every host dependency and says how to fix what is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::config::NetworkConfig;
@@ -9,6 +9,7 @@ use crate::exec::virsh::Virsh;
 use crate::network::{Finding, FindingKind, NetworkManager};
 use crate::paths::Paths;
 use crate::platform::{AcceleratorProbe, EfiFirmware, Host, HostTool, NetworkMode, VmnetProbe, find_program};
+use crate::qemu_access;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -21,63 +22,19 @@ pub struct Check {
     pub required: bool,
 }
 
-/// Ancestors of `dir` that libvirt's QEMU user cannot traverse: no `o+x` in the mode and
-/// no ACL entry granting it search (`acl_of` gives `getfacl -cp` output). libvirt's
-/// system daemon runs QEMU as its own user, which must reach the disks under the data dir.
-pub fn untraversable_ancestors(
-    dir: &Path,
-    mode_of: impl Fn(&Path) -> Option<u32>,
-    acl_of: impl Fn(&Path) -> String,
-    qemu_user: &str,
-) -> Vec<PathBuf> {
-    dir.ancestors()
-        .skip(1)
-        .filter(|a| mode_of(a).is_some_and(|mode| mode & 0o001 == 0))
-        .filter(|a| !acl_grants_search(&acl_of(a), qemu_user))
-        .map(Path::to_path_buf)
-        .collect()
-}
-
-/// Whether `getfacl -cp` output gives `user` search (x) permission, after the mask.
-pub fn acl_grants_search(getfacl: &str, user: &str) -> bool {
-    let entry = |prefix: &str| getfacl.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string));
-    let has_x = |perms: &str| perms.chars().nth(2) == Some('x');
-    let granted = entry(&format!("user:{user}:")).is_some_and(|perms| has_x(&perms));
-    granted && entry("mask::").is_none_or(|mask| has_x(&mask))
-}
-
 fn data_dir_check(data_dir: &Path, qemu_user: &str) -> Check {
-    use std::os::unix::fs::PermissionsExt;
-    let getfacl = |p: &Path| {
-        let command = crate::exec::ToolCommand::new("getfacl", Duration::from_secs(5)).arg("-cp").arg(p);
-        crate::exec::run_blocking(&command).map(|out| out.stdout).unwrap_or_default()
-    };
-    let blocked = untraversable_ancestors(
-        data_dir,
-        |p| std::fs::metadata(p).ok().map(|m| m.permissions().mode()),
-        getfacl,
-        qemu_user,
-    );
     let name = "data dir for QEMU".to_string();
-    if blocked.is_empty() {
-        return Check {
+    match qemu_access::problem(data_dir, qemu_user) {
+        None => Check {
             name,
             ok: true,
             detail: format!("{} is reachable by {qemu_user}", data_dir.display()),
             fix: None,
             required: false,
-        };
-    }
-    let dirs: Vec<String> = blocked.iter().map(|d| d.display().to_string()).collect();
-    Check {
-        name,
-        ok: false,
-        detail: format!(
-            "QEMU (run by libvirt as {qemu_user}) cannot traverse {}: instances will fail to start",
-            dirs.join(", ")
-        ),
-        fix: Some(format!("setfacl -m u:{qemu_user}:x {}   (or choose another --data-dir)", dirs.join(" "))),
-        required: false,
+        },
+        Some(problem) => {
+            Check { name, ok: false, detail: problem.to_string(), fix: Some(problem.fix()), required: false }
+        }
     }
 }
 
@@ -318,40 +275,5 @@ mod tests {
         assert!(!checks[0].ok && !checks[0].required, "it works, on other addresses");
         let fine = network_checks(&mode, &NetworkConfig::default(), &[]);
         assert_eq!(fine[0].detail, "socket_vmnet at /opt/homebrew/var/run/socket_vmnet on 192.168.100.0/24");
-    }
-
-    #[test]
-    fn parents_without_other_execute_are_reported() {
-        let modes = |p: &Path| match p.to_str()? {
-            "/" => Some(0o755),
-            "/home" => Some(0o755),
-            "/home/alice" => Some(0o750),
-            _ => None,
-        };
-        let no_acl = |_: &Path| String::new();
-        let data = Path::new("/home/alice/.ec2-as-service");
-        let blocked = untraversable_ancestors(data, modes, no_acl, "libvirt-qemu");
-        assert_eq!(blocked, [PathBuf::from("/home/alice")]);
-        let open = |_: &Path| Some(0o711);
-        assert!(untraversable_ancestors(Path::new("/var/lib/x/data"), open, no_acl, "libvirt-qemu").is_empty());
-        // An ACL entry for QEMU's user is enough, as virt-manager sets it.
-        let acl = |p: &Path| {
-            if p == Path::new("/home/alice") {
-                "user::rwx\nuser:libvirt-qemu:--x\ngroup::r-x\nmask::r-x\nother::---\n".into()
-            } else {
-                String::new()
-            }
-        };
-        assert!(untraversable_ancestors(data, modes, acl, "libvirt-qemu").is_empty());
-        assert_eq!(untraversable_ancestors(data, modes, acl, "qemu"), [PathBuf::from("/home/alice")]);
-    }
-
-    #[test]
-    fn acl_search_permission_honours_the_mask() {
-        let acl = "user::rwx\nuser:libvirt-qemu:--x\ngroup::---\nmask::--x\nother::---\n";
-        assert!(acl_grants_search(acl, "libvirt-qemu"));
-        assert!(!acl_grants_search(&acl.replace("mask::--x", "mask::r--"), "libvirt-qemu"), "masked out");
-        assert!(!acl_grants_search(&acl.replace("user:libvirt-qemu:--x", "user:libvirt-qemu:r--"), "libvirt-qemu"));
-        assert!(!acl_grants_search("user::rwx\ngroup::---\nother::---\n", "libvirt-qemu"));
     }
 }

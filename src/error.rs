@@ -15,6 +15,9 @@ pub enum AppError {
     /// The instance network cannot be used as configured; the message says how to fix it.
     #[error("{0}")]
     NetworkUnavailable(String),
+    /// libvirt's QEMU user cannot reach the data dir; the message says the fix.
+    #[error("{0}")]
+    DataDirUnreachable(String),
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
@@ -31,6 +34,7 @@ impl AppError {
         match self {
             AppError::LibvirtUnavailable(_) => "LibvirtUnavailable",
             AppError::NetworkUnavailable(_) => "NetworkUnavailable",
+            AppError::DataDirUnreachable(_) => "DataDirUnreachable",
             AppError::NotFound { code, .. } | AppError::InvalidInput { code, .. } | AppError::Conflict { code, .. } => {
                 code
             }

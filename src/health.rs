@@ -4,6 +4,7 @@ use crate::error::AppError;
 use crate::exec::virsh::Virsh;
 use crate::network::{NetworkManager, NetworkStatus};
 use crate::platform::{Accelerator, AcceleratorProbe};
+use crate::qemu_access::AccessProblem;
 use crate::storage::{PoolStatus, StoragePool};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +23,16 @@ pub struct HealthReport {
     pub storage_pool: Option<PoolStatus>,
     pub accelerator: Accelerator,
     pub accelerator_probe: AcceleratorProbe,
+    /// Why libvirt's QEMU user cannot reach the data dir, if it cannot.
+    pub data_dir_problem: Option<AccessProblem>,
 }
 
 impl HealthReport {
-    /// Healthy: libvirt answers and the network and pool are active without conflict.
+    /// Healthy: libvirt answers, the network and pool are active without conflict, and
+    /// QEMU can reach the data dir.
     pub fn is_healthy(&self) -> bool {
-        self.libvirt.reachable
+        self.data_dir_problem.is_none()
+            && self.libvirt.reachable
             && self.network.as_ref().is_some_and(|n| n.active && n.conflict.is_none() && n.problem.is_none())
             && self.storage_pool.as_ref().is_some_and(|p| p.active && p.conflict.is_none())
     }
@@ -59,7 +64,14 @@ pub async fn check(
         }
         Err(err) => libvirt.error = Some(AppError::from(err).to_string()),
     }
-    HealthReport { libvirt, network: network_status, storage_pool: pool_status, accelerator, accelerator_probe }
+    HealthReport {
+        libvirt,
+        network: network_status,
+        storage_pool: pool_status,
+        accelerator,
+        accelerator_probe,
+        data_dir_problem: None,
+    }
 }
 
 fn keep_or_note<T>(result: Result<T, AppError>, libvirt: &mut LibvirtStatus) -> Option<T> {

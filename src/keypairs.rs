@@ -292,7 +292,11 @@ impl KeyPairs {
             });
         }
         let pem = private.to_openssh(LineEnding::LF).map_err(|e| AppError::Internal(e.to_string()))?.to_string();
-        write_private_key(&self.paths.private_key(name), &PrivateKeyPem(pem))?;
+        let (path, pem) = (self.paths.private_key(name), PrivateKeyPem(pem.to_string()));
+        // Off the runtime: the write is fsynced.
+        tokio::task::spawn_blocking(move || write_private_key(&path, &pem))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
         let owned = name.to_string();
         self.db.call(move |conn| rows::set_has_private_key(conn, &owned, true)).await?;
         self.get(name).await

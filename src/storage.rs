@@ -19,6 +19,16 @@ pub struct PoolStatus {
     pub conflict: Option<String>,
 }
 
+impl PoolStatus {
+    /// The commands that free the name for ec2local, which then defines its own pool.
+    pub fn fix_conflict(&self) -> String {
+        format!(
+            "virsh pool-destroy {0}; virsh pool-undefine {0}   (ec2local recreates it), or serve with --pool-name",
+            self.name
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct StoragePool {
     virsh: Virsh,
@@ -36,6 +46,7 @@ impl StoragePool {
     }
 
     pub async fn ensure(&self) -> Result<PoolStatus, AppError> {
+        self.take_back_stale().await?;
         if self.virsh.pool_info(&self.name).await?.is_none() {
             let xml = render::pool_xml(&PoolSpec { name: self.name.clone(), path: self.target() })?;
             let file = self.paths.pool_xml();
@@ -59,6 +70,33 @@ impl StoragePool {
         let header = "<!-- ec2local storage pool, as defined in libvirt; replay with: virsh pool-define pool.xml -->\n";
         std::fs::write(self.paths.pool_xml(), format!("{header}{xml}"))?;
         self.status().await
+    }
+
+    /// A pool of our name whose target directory no longer exists was left by an
+    /// earlier data dir: nothing can be in it, so the name is taken back (undefined, to
+    /// be defined again on ours). A pool whose target exists is never touched.
+    async fn take_back_stale(&self) -> Result<(), AppError> {
+        if self.virsh.pool_info(&self.name).await?.is_none() {
+            return Ok(());
+        }
+        let Some(target) = pool_target_path(&self.virsh.pool_dumpxml_inactive(&self.name).await?) else {
+            return Ok(());
+        };
+        let target_exists = tokio::fs::try_exists(&target).await.unwrap_or(true);
+        if target == self.target() || target_exists {
+            return Ok(());
+        }
+        if let Err(e) = self.virsh.pool_destroy(&self.name).await {
+            tracing::debug!(pool = %self.name, error = %e, "stale pool was not running");
+        }
+        self.virsh.pool_undefine(&self.name).await?;
+        tracing::warn!(
+            pool = %self.name,
+            old_target = %target,
+            new_target = %self.target(),
+            "took back the storage pool name: its target no longer exists (left by an earlier data dir)"
+        );
+        Ok(())
     }
 
     pub async fn status(&self) -> Result<PoolStatus, AppError> {

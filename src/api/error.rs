@@ -48,7 +48,9 @@ pub fn status_of(err: &AppError) -> StatusCode {
         AppError::NotFound { .. } => StatusCode::NOT_FOUND,
         AppError::Conflict { .. } => StatusCode::CONFLICT,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) | AppError::DataDirUnreachable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 
@@ -124,6 +126,7 @@ mod tests {
             (AppError::Internal("x".into()), 500),
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
             (AppError::NetworkUnavailable("socket_vmnet is not running".into()), 503),
+            (AppError::DataDirUnreachable("QEMU cannot traverse /root".into()), 503),
         ];
         for (err, status) in cases {
             assert_eq!(status_of(&err).as_u16(), status, "{err:?}");

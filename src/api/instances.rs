@@ -48,6 +48,9 @@ pub struct InstanceDto {
     pub disk_gib: i64,
     /// pending, running, stopping, stopped, error or terminated.
     pub state: String,
+    /// What ec2local is doing to it, if anything: launching, starting, stopping,
+    /// rebooting, terminating, or cleaning-up (a failed launch waiting for libvirt).
+    pub task: Option<String>,
     /// Why the instance is in its state, when that needs saying (errors, forced stops).
     pub state_reason: Option<String>,
     /// The guest's address on the ec2-as-service network while it runs.
@@ -73,6 +76,7 @@ impl From<Instance> for InstanceDto {
             memory_mib: i.memory_mib,
             disk_gib: i.disk_gib,
             state: i.state.as_str().into(),
+            task: i.task.map(|t| t.as_str().to_string()),
             state_reason: i.state_reason,
             ip_address: i.ip_address,
             mac_address: i.mac_address,

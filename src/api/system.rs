@@ -28,6 +28,18 @@ pub struct Health {
     pub storage_pool: Option<PoolHealth>,
     pub accelerator: AcceleratorHealth,
     pub terminal: TerminalHealth,
+    pub data_dir: DataDirHealth,
+}
+
+#[derive(Debug, Object)]
+pub struct DataDirHealth {
+    /// Whether libvirt's QEMU user can reach the instance files under the data dir.
+    pub reachable: bool,
+    #[oai(skip_serializing_if_is_none)]
+    pub problem: Option<String>,
+    /// The command that grants the access.
+    #[oai(skip_serializing_if_is_none)]
+    pub fix: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -150,7 +162,7 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
         let mut problems = Vec::new();
         if let Some(n) = &report.network {
             if let Some(c) = &n.conflict {
-                problems.push(format!("network {} conflicts: {c}", n.name));
+                problems.push(format!("network {} conflicts: {c}; to free the name: {}", n.name, n.fix_conflict()));
             }
             if let Some(p) = &n.problem {
                 problems.push(format!("network {}: {p}", n.name));
@@ -160,13 +172,20 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
         }
         if let Some(p) = &report.storage_pool {
             if let Some(c) = &p.conflict {
-                problems.push(format!("storage pool {} conflicts: {c}", p.name));
+                problems.push(format!(
+                    "storage pool {} conflicts: {c}; to free the name: {}",
+                    p.name,
+                    p.fix_conflict()
+                ));
             } else if !p.active {
                 problems.push(format!("storage pool {} is not active", p.name));
             }
         }
         if let Some(e) = &report.libvirt.error {
             problems.push(e.clone());
+        }
+        if let Some(p) = &report.data_dir_problem {
+            problems.push(format!("{p}; fix: {}", p.fix()));
         }
         ("degraded", Some("InfrastructureNotReady"), Some(problems.join("; ")))
     };
@@ -209,6 +228,11 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
         terminal: TerminalHealth {
             sessions: crate::terminal::active_sessions() as u64,
             tasks: crate::terminal::active_tasks() as u64,
+        },
+        data_dir: DataDirHealth {
+            reachable: report.data_dir_problem.is_none(),
+            fix: report.data_dir_problem.as_ref().map(|p| p.fix()),
+            problem: report.data_dir_problem.map(|p| p.to_string()),
         },
     };
     (healthy, health)

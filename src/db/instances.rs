@@ -21,6 +21,8 @@ pub struct InstanceRow {
     pub public_key: Option<String>,
     pub user_data: Option<String>,
     pub state: String,
+    /// What the service is doing to it (`launching`, `stopping`, …); None when idle.
+    pub task: Option<String>,
     pub state_reason: Option<String>,
     pub mac_address: String,
     pub reserved_ip: Option<String>,
@@ -32,7 +34,7 @@ pub struct InstanceRow {
 
 const COLUMNS: &str = "id, name, instance_type, vcpus, memory_mib, disk_gib, image_id, image_name, login_user, \
     key_name, public_key, user_data, state, state_reason, mac_address, reserved_ip, ip_address, created_at, \
-    launched_at, terminated_at";
+    launched_at, terminated_at, task";
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow {
@@ -56,6 +58,7 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         created_at: row.get(17)?,
         launched_at: row.get(18)?,
         terminated_at: row.get(19)?,
+        task: row.get(20)?,
     })
 }
 
@@ -63,7 +66,7 @@ pub fn insert(conn: &Connection, r: &InstanceRow) -> Result<(), DbError> {
     conn.execute(
         &format!(
             "INSERT INTO instances ({COLUMNS}) VALUES
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
         ),
         params![
             r.id,
@@ -85,7 +88,8 @@ pub fn insert(conn: &Connection, r: &InstanceRow) -> Result<(), DbError> {
             r.ip_address,
             r.created_at,
             r.launched_at,
-            r.terminated_at
+            r.terminated_at,
+            r.task
         ],
     )?;
     Ok(())
@@ -107,7 +111,7 @@ pub fn list(conn: &Connection, include_terminated: bool) -> Result<Vec<InstanceR
     Ok(rows)
 }
 
-/// Memory (MiB) of the instances still launching: QEMU has not taken it from the host yet.
+/// Memory (MiB) of the instances launching or starting: QEMU has not taken it from the host yet.
 pub fn launching_memory_mib(conn: &Connection) -> Result<u64, DbError> {
     let total: i64 =
         conn.query_row("SELECT COALESCE(SUM(memory_mib), 0) FROM instances WHERE state = 'pending'", [], |r| r.get(0))?;
@@ -121,46 +125,63 @@ pub fn reserved_ips(conn: &Connection) -> Result<Vec<Ipv4Addr>, DbError> {
     Ok(ips.iter().filter_map(|ip| ip.parse().ok()).collect())
 }
 
-/// Sets state and reason, and the timestamp that goes with the state.
-pub fn set_state(conn: &Connection, id: &str, state: &str, reason: Option<&str>) -> Result<(), DbError> {
-    conn.execute("UPDATE instances SET state = ?2, state_reason = ?3 WHERE id = ?1", params![id, state, reason])?;
-    Ok(())
+/// One lifecycle move, as computed by the state machine: applied only if the row is
+/// still in `from` (state and task), with the columns that go with the new state.
+#[derive(Debug, Clone, Default)]
+pub struct StatusWrite<'a> {
+    pub from_state: &'a str,
+    pub from_task: Option<&'a str>,
+    pub to_state: &'a str,
+    pub to_task: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    /// Set when the guest (re)starts.
+    pub launched_at: Option<&'a str>,
+    /// Set when the instance is terminated; its addresses are released with it.
+    pub terminated_at: Option<&'a str>,
+    /// The guest is not running: it has no address.
+    pub clear_ip: bool,
+    /// The DHCP reservation is gone: the address is free for new launches.
+    pub release_address: bool,
 }
 
-pub fn set_launched(conn: &Connection, id: &str, at: &str) -> Result<(), DbError> {
-    conn.execute(
-        "UPDATE instances SET state = 'running', state_reason = NULL, launched_at = ?2 WHERE id = ?1",
-        params![id, at],
+/// Applies a lifecycle move as a compare-and-set; returns whether it applied. This is
+/// how two concurrent requests cannot both pass a state check, and how a task that was
+/// overtaken (by a terminate) cannot overwrite what came after it.
+pub fn write_status(conn: &Connection, id: &str, w: &StatusWrite<'_>) -> Result<bool, DbError> {
+    let changed = conn.execute(
+        "UPDATE instances SET state = ?4, task = ?5, state_reason = ?6,
+             launched_at = COALESCE(?7, launched_at),
+             terminated_at = COALESCE(?8, terminated_at),
+             reserved_ip = CASE WHEN ?8 IS NULL AND NOT ?10 THEN reserved_ip END,
+             ip_address = CASE WHEN ?9 OR ?8 IS NOT NULL THEN NULL ELSE ip_address END
+         WHERE id = ?1 AND state = ?2 AND task IS ?3",
+        params![
+            id,
+            w.from_state,
+            w.from_task,
+            w.to_state,
+            w.to_task,
+            w.reason,
+            w.launched_at,
+            w.terminated_at,
+            w.clear_ip,
+            w.release_address
+        ],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
-pub fn set_terminated(conn: &Connection, id: &str, at: &str) -> Result<(), DbError> {
-    conn.execute(
-        "UPDATE instances SET state = 'terminated', state_reason = NULL, terminated_at = ?2, reserved_ip = NULL,
-         ip_address = NULL WHERE id = ?1",
-        params![id, at],
-    )?;
-    Ok(())
+/// Rows the service is (or was, before a restart) working on.
+pub fn list_busy(conn: &Connection) -> Result<Vec<InstanceRow>, DbError> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {COLUMNS} FROM instances WHERE task IS NOT NULL ORDER BY created_at, id"))?;
+    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
 }
 
 pub fn set_ip(conn: &Connection, id: &str, ip: Option<&str>) -> Result<(), DbError> {
     conn.execute("UPDATE instances SET ip_address = ?2 WHERE id = ?1", params![id, ip])?;
     Ok(())
-}
-
-pub fn release_ip(conn: &Connection, id: &str) -> Result<(), DbError> {
-    conn.execute("UPDATE instances SET reserved_ip = NULL, ip_address = NULL WHERE id = ?1", [id])?;
-    Ok(())
-}
-
-/// Moves an instance from `from` to `to` only if it is in `from`; returns whether it did.
-/// This is how two concurrent requests cannot both pass a state check.
-pub fn compare_and_set_state(conn: &Connection, id: &str, from: &str, to: &str) -> Result<bool, DbError> {
-    Ok(conn.execute(
-        "UPDATE instances SET state = ?3, state_reason = NULL WHERE id = ?1 AND state = ?2",
-        params![id, from, to],
-    )? == 1)
 }
 
 /// The SSH host key fingerprint recorded for an instance at its first terminal session.

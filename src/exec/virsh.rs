@@ -121,6 +121,12 @@ impl Virsh {
     pub async fn pool_start(&self, name: &str) -> Result<(), VirshError> {
         self.run(&["pool-start", name]).await.map(drop)
     }
+    pub async fn pool_destroy(&self, name: &str) -> Result<(), VirshError> {
+        self.run(&["pool-destroy", name]).await.map(drop)
+    }
+    pub async fn pool_undefine(&self, name: &str) -> Result<(), VirshError> {
+        self.run(&["pool-undefine", name]).await.map(drop)
+    }
     pub async fn pool_autostart(&self, name: &str) -> Result<(), VirshError> {
         self.run(&["pool-autostart", name]).await.map(drop)
     }
@@ -142,6 +148,14 @@ impl Virsh {
     }
     pub async fn domstate(&self, name: &str) -> Result<String, VirshError> {
         Ok(self.run(&["domstate", name]).await?.trim().to_string())
+    }
+    /// The domain's state, or None when there is no such domain.
+    pub async fn domstate_if_defined(&self, name: &str) -> Result<Option<String>, VirshError> {
+        match self.domstate(name).await {
+            Ok(state) => Ok(Some(state)),
+            Err(VirshError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
     /// Asks the guest OS to shut down (ACPI power button).
     pub async fn shutdown(&self, name: &str) -> Result<(), VirshError> {

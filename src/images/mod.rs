@@ -329,7 +329,8 @@ impl Images {
                 message: format!("image {} is used by {users} instance(s); terminate them first", image.row.name),
             });
         }
-        match std::fs::remove_file(&image.row.file_path) {
+        // Off the runtime: unlinking a multi-GB image can take a while.
+        match tokio::fs::remove_file(&image.row.file_path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),

@@ -1,157 +1,197 @@
-//! Start, stop, reboot, terminate. Each answers at once after the state check and
-//! finishes in the background under the instance's lock.
+//! Start, stop, reboot, terminate. Each is admitted at once (state check and move as
+//! one compare-and-set, after checking that libvirt answers) and finishes in the
+//! background under the instance's lock. A refusal changes nothing.
 
 use std::time::{Duration, Instant};
 
-use super::state::{Action, Plan, State, plan};
-use super::{Inner, Instance, Instances, parse_id};
-use crate::db::instances as rows;
-use crate::db::timestamp_now;
+use super::state::{Action, Event, IncorrectState, Plan, State, Status, plan};
+use super::{Inner, Instance, Instances, Ticket, parse_id, status_of};
 use crate::error::AppError;
+use crate::exec::virsh::VirshError;
 
-fn incorrect(e: super::state::IncorrectState) -> AppError {
+fn incorrect(e: IncorrectState) -> AppError {
     AppError::Conflict { code: "IncorrectInstanceState", message: e.to_string() }
 }
 
+/// How an action's work ends: the event, its reason, and whether the instance's
+/// address is free (its DHCP reservation is gone).
+pub(crate) type Ending = (Event, Option<String>, bool);
+
+/// An admitted action: the status it moved the instance to, and its ticket.
+struct Admitted {
+    id: String,
+    status: Status,
+    ticket: Ticket,
+}
+
 impl Instances {
-    /// Checks `action` against the state and, for start and stop, moves the state at
-    /// once (atomically, so two requests cannot both pass).
-    async fn admit(&self, id: &str, action: Action) -> Result<(String, Plan), AppError> {
+    /// Checks `action` against the state and what it needs (libvirt, for start the
+    /// network and the data dir), then moves the state. None: nothing to do.
+    async fn admit(&self, id: &str, action: Action) -> Result<Option<Admitted>, AppError> {
+        let inner = self.inner();
         let id = parse_id(id)?.to_string();
-        let row = self.inner().row(&id).await?;
-        let state: State = row.state.parse().unwrap_or(State::Error);
-        let decision = plan(action, state).map_err(incorrect)?;
-        let transition = match action {
-            Action::Start => Some((State::Stopped, State::Pending)),
-            Action::Stop => Some((State::Running, State::Stopping)),
-            _ => None,
-        };
-        if let Some((from, to)) = transition {
-            let key = id.clone();
-            let moved =
-                self.inner().db.call(move |c| rows::compare_and_set_state(c, &key, from.as_str(), to.as_str())).await?;
-            if !moved {
-                let now: State = self.inner().row(&id).await?.state.parse().unwrap_or(State::Error);
-                return Err(incorrect(super::state::IncorrectState { action, state: now }));
-            }
+        let from = status_of(&inner.row(&id).await?);
+        let Plan::Proceed(to) = plan(action, from).map_err(incorrect)? else { return Ok(None) };
+        // REQ-REL-003: refuse with 503 while libvirt is down, before anything changes.
+        inner.virsh.version().await?;
+        if action == Action::Start {
+            inner.network.check_usable().await?;
+            inner.check_data_dir().await?;
         }
-        Ok((id, decision))
+        let ticket = inner.ticket(&id);
+        if inner.transition(&id, from, Event::Begin(action), None).await?.is_none() {
+            let now = status_of(&inner.row(&id).await?);
+            return Err(incorrect(IncorrectState { action, from: now }));
+        }
+        Ok(Some(Admitted { id, status: to, ticket }))
     }
 
-    async fn run_in_background<F, Fut>(&self, id: String, action: Action, work: F) -> Result<Instance, AppError>
+    /// Runs the work of an admitted action under the instance's lock; the work returns
+    /// the event and reason that end it. A failure settles the instance as libvirt
+    /// shows it, with the reason.
+    async fn run_in_background<F, Fut>(&self, admitted: Admitted, action: Action, work: F) -> Result<Instance, AppError>
     where
         F: FnOnce(std::sync::Arc<Inner>, String) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<(), AppError>> + Send,
+        Fut: std::future::Future<Output = Result<Ending, AppError>> + Send,
     {
         let inner = self.inner().clone();
+        let Admitted { id, status, ticket } = admitted;
         let task_id = id.clone();
         tokio::spawn(async move {
+            let _ticket = ticket;
             let lock = inner.lock(&task_id);
             let _guard = lock.lock().await;
-            if let Err(err) = work(inner.clone(), task_id.clone()).await {
-                tracing::error!(instance = %task_id, action = action.as_str(), error = %err, "action failed");
-                let reason = format!("{} failed: {err}", action.as_str());
-                let key = task_id.clone();
-                let recorded = inner.db.call(move |c| {
-                    let state = rows::get(c, &key)?.map(|r| r.state).unwrap_or_default();
-                    // A failed stop leaves a running guest; a failed start a stopped one.
-                    let state = match state.as_str() {
-                        "stopping" => "running",
-                        "pending" => "stopped",
-                        other => other,
-                    }
-                    .to_string();
-                    rows::set_state(c, &key, &state, Some(&reason))
-                });
-                if let Err(e) = recorded.await {
-                    tracing::error!(instance = %task_id, error = %e, "could not record the failed action");
+            let outcome = work(inner.clone(), task_id.clone()).await;
+            let recorded = match outcome {
+                Ok((event, reason, release)) => {
+                    inner.transition_releasing(&task_id, status, event, reason, release).await
                 }
+                Err(err) => {
+                    tracing::error!(instance = %task_id, action = action.as_str(), error = %err, "action failed");
+                    if matches!(err, AppError::LibvirtUnavailable(_)) {
+                        inner.want_recovery();
+                    }
+                    let settled = inner.state_after_failure(&task_id, action).await;
+                    let reason = format!("{} failed: {err}", action.as_str());
+                    inner.transition(&task_id, status, Event::Settled(settled), Some(reason)).await
+                }
+            };
+            if let Err(e) = recorded {
+                tracing::error!(instance = %task_id, error = %e, "could not record the end of the action");
             }
         });
         Ok(Instance::from_row(self.inner().row(&id).await?))
     }
 
-    /// REQ-INST-009: stopped → pending → running.
+    async fn current(&self, id: &str) -> Result<Instance, AppError> {
+        let id = parse_id(id)?.to_string();
+        Ok(Instance::from_row(self.inner().row(&id).await?))
+    }
+
+    /// REQ-INST-009: stopped → pending (starting) → running.
     pub async fn start(&self, id: &str) -> Result<Instance, AppError> {
-        let (id, _) = self.admit(id, Action::Start).await?;
-        self.run_in_background(id, Action::Start, |inner, id| async move {
+        let Some(admitted) = self.admit(id, Action::Start).await? else { return self.current(id).await };
+        self.run_in_background(admitted, Action::Start, |inner, id| async move {
+            crate::failpoint::pause("start.before-virsh").await;
             inner.virsh.start(&id).await?;
-            let at = timestamp_now();
-            inner.db.call(move |c| rows::set_launched(c, &id, &at)).await?;
-            Ok(())
+            Ok((Event::Finished, None, false))
         })
         .await
     }
 
     /// REQ-INST-010: stopping, a graceful shutdown of the guest OS, stopped.
     pub async fn stop(&self, id: &str) -> Result<Instance, AppError> {
-        let (id, _) = self.admit(id, Action::Stop).await?;
-        self.run_in_background(id, Action::Stop, |inner, id| async move {
-            let forced = inner.shut_down(&id).await?;
+        let Some(admitted) = self.admit(id, Action::Stop).await? else { return self.current(id).await };
+        self.run_in_background(admitted, Action::Stop, |inner, id| async move {
+            crate::failpoint::pause("stop.before-shutdown").await;
+            let forced = inner.shut_down(&id, inner.config.stop_timeout).await?;
             let reason = forced.then(|| {
                 format!(
                     "the guest did not shut down within {}s and was forced off",
                     inner.config.stop_timeout.as_secs()
                 )
             });
-            let key = id.clone();
-            inner
-                .db
-                .call(move |c| {
-                    rows::set_state(c, &key, State::Stopped.as_str(), reason.as_deref())?;
-                    rows::set_ip(c, &key, None)
-                })
-                .await?;
             tracing::info!(instance = %id, forced, "stopped");
-            Ok(())
+            Ok((Event::Finished, reason, false))
         })
         .await
     }
 
     /// REQ-INST-011: the same domain, disk, MAC and address after a restart of the guest.
     pub async fn reboot(&self, id: &str) -> Result<Instance, AppError> {
-        let (id, _) = self.admit(id, Action::Reboot).await?;
-        self.run_in_background(id, Action::Reboot, |inner, id| async move {
+        let Some(admitted) = self.admit(id, Action::Reboot).await? else { return self.current(id).await };
+        self.run_in_background(admitted, Action::Reboot, |inner, id| async move {
+            crate::failpoint::pause("reboot.before-virsh").await;
             let forced = inner.restart_guest(&id).await?;
             let reason = forced.then(|| "the guest did not reboot on request and was reset".to_string());
-            inner.set_state(&id, State::Running, reason).await
+            Ok((Event::Finished, reason, false))
         })
         .await
     }
 
-    /// REQ-INST-012: stop, delete disk and seed and domain, release the address, mark
-    /// terminated. Terminating a terminated instance changes nothing.
+    /// REQ-INST-012: shut the guest down (ACPI, then destroy after the grace period),
+    /// delete disk, seed and domain, release the address, mark terminated. Terminating
+    /// a terminated instance changes nothing.
     pub async fn terminate(&self, id: &str) -> Result<Instance, AppError> {
-        let (id, decision) = self.admit(id, Action::Terminate).await?;
-        if decision == Plan::AlreadyDone {
-            return Ok(Instance::from_row(self.inner().row(&id).await?));
-        }
-        self.run_in_background(id, Action::Terminate, |inner, id| async move {
-            let row = inner.row(&id).await?;
-            inner.remove_resources(&row).await?;
-            let at = timestamp_now();
-            let key = id.clone();
-            inner.db.call(move |c| rows::set_terminated(c, &key, &at)).await?;
-            tracing::info!(instance = %id, "terminated");
-            Ok(())
+        let Some(admitted) = self.admit(id, Action::Terminate).await? else { return self.current(id).await };
+        self.run_in_background(admitted, Action::Terminate, |inner, id| async move {
+            crate::failpoint::pause("terminate.before-shutdown").await;
+            inner.finish_terminate(&id).await
         })
         .await
     }
 }
 
 impl Inner {
+    /// The rest of a terminate, also run by the recovery pass after a restart.
+    pub(crate) async fn finish_terminate(&self, id: &str) -> Result<Ending, AppError> {
+        let row = self.row(id).await?;
+        if self.virsh.domstate_if_defined(id).await?.is_some_and(|s| s != "shut off") {
+            let forced = self.shut_down(id, self.config.terminate_grace).await?;
+            tracing::info!(instance = %id, forced, "guest shut down for terminate");
+        }
+        match self.remove_resources(&row).await {
+            Ok(()) => {
+                tracing::info!(instance = %id, "terminated");
+                Ok((Event::Finished, None, true))
+            }
+            Err(left) => {
+                let reason = format!("terminate failed: {left}; terminate again");
+                Ok((Event::Settled(State::Error), Some(reason), left.reservation_released))
+            }
+        }
+    }
+
+    /// Where an instance is after its action failed: as libvirt shows it, or, when
+    /// libvirt cannot tell, where it was before the action.
+    async fn state_after_failure(&self, id: &str, action: Action) -> State {
+        match self.virsh.domstate_if_defined(id).await {
+            Ok(Some(s)) if s == "running" || s == "paused" || s == "in shutdown" => State::Running,
+            Ok(Some(_)) => State::Stopped,
+            Ok(None) => State::Error,
+            Err(_) => match action {
+                Action::Start => State::Stopped,
+                Action::Stop | Action::Reboot => State::Running,
+                Action::Terminate => State::Error,
+            },
+        }
+    }
+
     /// ACPI shutdown, re-sent until libvirt reports the domain off (a request sent while
-    /// the guest still boots is lost), forced off at the stop timeout. Returns whether
-    /// it had to be forced.
-    async fn shut_down(&self, id: &str) -> Result<bool, AppError> {
-        let deadline = Instant::now() + self.config.stop_timeout;
+    /// the guest still boots is lost), destroyed after `grace`. Returns whether it had
+    /// to be forced. A failure to force it off is an error, never "forced off".
+    pub(crate) async fn shut_down(&self, id: &str, grace: Duration) -> Result<bool, AppError> {
+        let deadline = Instant::now() + grace;
         let mut next_request = Instant::now();
         loop {
-            if self.virsh.domstate(id).await? == "shut off" {
-                return Ok(false);
+            match self.virsh.domstate(id).await {
+                Ok(s) if s == "shut off" => return Ok(false),
+                Ok(_) => {}
+                Err(VirshError::NotFound(_)) => return Ok(false),
+                Err(e) => return Err(e.into()),
             }
             if Instant::now() >= deadline {
-                let _ = self.virsh.destroy(id).await;
+                self.destroy_domain(id).await?;
                 return Ok(true);
             }
             if Instant::now() >= next_request {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::state::State;
-use super::{Inner, Instance, Instances, LaunchRequest, types};
+use super::state::{Event, Status};
+use super::{Inner, Instance, Instances, LaunchRequest, blocking, types};
 use crate::db::instances::{self as rows, InstanceRow};
 use crate::db::timestamp_now;
 use crate::error::AppError;
@@ -15,6 +15,8 @@ use crate::render::{self, DomainSpec, cloud_init};
 
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 pub const MAX_NAME_CHARS: usize = 255;
+/// How long a failed launch keeps trying to record its failure (the disk may be full).
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(600);
 
 fn bad(code: &'static str, message: impl Into<String>) -> AppError {
     AppError::InvalidInput { code, message: message.into() }
@@ -55,6 +57,7 @@ impl Instances {
         // Refuse now, with 503, rather than accept and fail in the background.
         inner.virsh.version().await?;
         inner.network.check_usable().await?;
+        inner.check_data_dir().await?;
         let available_memory_mib = self.check_capacity(instance_type.disk_gib).await?;
         let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         if inner.iso_tool.is_none() {
@@ -62,6 +65,7 @@ impl Instances {
         }
 
         let network = inner.network.clone();
+        let owner = inner.clone();
         let mut row = InstanceRow {
             id: String::new(),
             name,
@@ -75,7 +79,8 @@ impl Instances {
             key_name: req.key_name.clone(),
             public_key,
             user_data: req.user_data.clone(),
-            state: State::Pending.as_str().into(),
+            state: Status::LAUNCHING.state.as_str().into(),
+            task: Status::LAUNCHING.task.map(|t| t.as_str().to_string()),
             state_reason: None,
             mac_address: String::new(),
             reserved_ip: None,
@@ -114,20 +119,38 @@ impl Instances {
                 row.id = id.to_string();
                 row.mac_address = id.mac_address();
                 row.reserved_ip = Some(ip.to_string());
+                // Owned before the row exists: the recovery pass never sees this launch
+                // without its owner, and the build holds the lock from its first step.
+                let ticket = owner.ticket(&row.id);
+                let guard = owner.lock(&row.id).try_lock_owned().expect("a new instance's lock is free");
                 rows::insert(&tx, &row)?;
                 tx.commit()?;
-                Ok(Ok(row))
+                Ok(Ok((row, ticket, guard)))
             })
             .await??;
+        let (row, ticket, guard) = row;
         tracing::info!(instance = %row.id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
         let inner = inner.clone();
         let created = Instance::from_row(row.clone());
         tokio::spawn(async move {
-            let lock = inner.lock(&row.id);
-            let _guard = lock.lock().await;
-            if let Err(err) = inner.provision(&row, &image).await {
-                tracing::error!(instance = %row.id, error = %err, "launch failed; undoing");
-                inner.fail_launch(&row, &err.to_string()).await;
+            let (_ticket, _guard) = (ticket, guard);
+            match inner.provision(&row, &image).await {
+                Ok(()) => {
+                    let finished = inner.transition(&row.id, Status::LAUNCHING, Event::Finished, None).await;
+                    match finished {
+                        Ok(Some(_)) => tracing::info!(instance = %row.id, "running"),
+                        // Terminated while it was being built: the terminate runs next.
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(instance = %row.id, error = %e, "could not record the launch"),
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(instance = %row.id, error = %err, "launch failed; undoing");
+                    if matches!(err, AppError::LibvirtUnavailable(_)) {
+                        inner.want_recovery();
+                    }
+                    inner.fail_launch(&row, &err.to_string()).await;
+                }
             }
         });
         Ok(created)
@@ -181,9 +204,11 @@ pub fn check_memory(available_mib: u64, launching_mib: u64, min_available_mib: u
 impl Inner {
     /// Builds the disk, seed and domain, reserves the address, defines and starts.
     async fn provision(&self, row: &InstanceRow, image: &Image) -> Result<(), AppError> {
-        let id: InstanceId =
-            row.id.parse().map_err(|e: crate::ids::InvalidInstanceId| AppError::Internal(e.to_string()))?;
-        self.paths.ensure_instance_dir(&id)?;
+        let id = Self::instance_id(row)?;
+        let paths = self.paths.clone();
+        let dir_id = id;
+        blocking(move || paths.ensure_instance_dir(&dir_id)).await?;
+        crate::failpoint::pause("launch.before-overlay").await;
         let disk = self.paths.instance_disk(&id);
         self.qemu_img
             .create_overlay(
@@ -195,19 +220,25 @@ impl Inner {
             .await?;
 
         let seed_dir = self.paths.instance_dir(&id).join("seed");
-        std::fs::create_dir_all(&seed_dir)?;
         let seed = cloud_init::SeedSpec {
             instance_id: row.id.clone(),
             hostname: row.id.clone(),
             ssh_public_keys: row.public_key.iter().cloned().collect(),
             user_data: row.user_data.clone(),
         };
-        for (file, content) in cloud_init::seed_files(&seed) {
-            std::fs::write(seed_dir.join(file), content)?;
-        }
+        let files = cloud_init::seed_files(&seed);
+        let target = seed_dir.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&target)?;
+            for (file, content) in files {
+                std::fs::write(target.join(file), content)?;
+            }
+            Ok(())
+        })
+        .await?;
         let tool = self.iso_tool.expect("checked at launch");
         iso::build_cidata(tool, &seed_dir, &self.paths.instance_cidata(&id), self.config.tool_timeout).await?;
-        std::fs::remove_dir_all(&seed_dir)?;
+        blocking(move || std::fs::remove_dir_all(&seed_dir)).await?;
 
         let spec = DomainSpec {
             name: row.id.clone(),
@@ -224,41 +255,59 @@ impl Inner {
             qemu_args: self.platform.network.qemu_nic_args(self.network.config(), &row.mac_address),
         };
         let xml_file = self.paths.instance_domain_xml(&id);
-        std::fs::write(&xml_file, render::domain_xml(&spec, &self.platform)?)?;
+        let xml = render::domain_xml(&spec, &self.platform)?;
+        let target = xml_file.clone();
+        blocking(move || std::fs::write(&target, xml)).await?;
         if let Some(host) = Self::dhcp_host(row) {
             self.network.reserve(&host).await?;
         }
+        crate::failpoint::pause("launch.before-define").await;
         self.virsh.define(&xml_file).await?;
+        crate::failpoint::pause("launch.before-start").await;
         self.virsh.start(&row.id).await?;
-        let (key, at) = (row.id.clone(), timestamp_now());
-        self.db.call(move |c| rows::set_launched(c, &key, &at)).await?;
-        tracing::info!(instance = %row.id, "running");
         Ok(())
     }
 
     /// REQ-INST-007: the half-made instance is removed and the row says why it failed.
+    /// When the cleanup cannot finish (libvirt is down), the row says what is left and
+    /// waits in `error` (cleaning-up) for the recovery pass to finish it.
     pub(crate) async fn fail_launch(&self, row: &InstanceRow, reason: &str) {
-        // Give a hung libvirt a moment rather than leave a domain behind.
-        for attempt in 0..3 {
-            match self.remove_resources(row).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(instance = %row.id, attempt, error = %e, "cleaning up a failed launch");
+        let mut outcome = self.remove_resources(row).await;
+        // Give a libvirt that hiccupped a moment before leaving the cleanup for later.
+        for attempt in 1..3 {
+            let Err(left) = &outcome else { break };
+            if matches!(left.cause, AppError::LibvirtUnavailable(_)) {
+                break;
+            }
+            tracing::warn!(instance = %row.id, attempt, error = %left, "cleaning up a failed launch");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            outcome = self.remove_resources(row).await;
+        }
+        let (event, reason, release) = match outcome {
+            Ok(()) => (Event::Settled(super::state::State::Error), format!("launch failed: {reason}"), true),
+            Err(left) => {
+                tracing::error!(instance = %row.id, error = %left, "a failed launch could not be cleaned up yet");
+                let reason =
+                    format!("launch failed: {reason}; {left}; removed when libvirt answers again, or terminate it");
+                (Event::CleanupPending, reason, left.reservation_released)
+            }
+        };
+        // The database may be what failed (a full disk): keep trying while this task
+        // still owns the instance, so the row ends with the real reason.
+        let deadline = std::time::Instant::now() + RECORD_RETRY_FOR;
+        loop {
+            match self.transition_releasing(&row.id, Status::LAUNCHING, event, Some(reason.clone()), release).await {
+                Ok(_) => return,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(instance = %row.id, error = %e, "could not record the failed launch yet; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
+                Err(e) => {
+                    tracing::error!(instance = %row.id, error = %e, "could not record the failed launch");
+                    self.want_recovery();
+                    return;
+                }
             }
-        }
-        let key = row.id.clone();
-        let reason = format!("launch failed: {reason}");
-        let stored = self
-            .db
-            .call(move |c| {
-                rows::release_ip(c, &key)?;
-                rows::set_state(c, &key, State::Error.as_str(), Some(&reason))
-            })
-            .await;
-        if let Err(e) = stored {
-            tracing::error!(instance = %row.id, error = %e, "could not record the failed launch");
         }
     }
 }

@@ -1,23 +1,28 @@
 //! Instances (REQ-INST-*): the service façade. Creation runs in the background after
-//! the request is accepted; actions on one instance are serialised by a per-instance
-//! lock; a monitor keeps state and IP current (`monitor`).
+//! the request is accepted; work on one instance is serialised by a per-instance lock;
+//! every state change goes through the lifecycle (`state`) as a compare-and-set; the
+//! monitor keeps state and IP current, and the recovery pass settles work that a
+//! restart or a libvirt outage cut short (`recovery`).
 
 pub mod create;
 pub mod monitor;
+pub mod recovery;
 pub mod state;
 pub mod types;
 
-mod actions;
+pub(crate) mod actions;
+mod cleanup;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use state::State;
+use state::{Event, State, Status, Task};
 
 use crate::config::Limits;
 use crate::db::Db;
-use crate::db::instances::{self as rows, InstanceRow};
+use crate::db::instances::{self as rows, InstanceRow, StatusWrite};
 use crate::error::AppError;
 use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
@@ -39,6 +44,8 @@ pub struct Instance {
     pub memory_mib: i64,
     pub disk_gib: i64,
     pub state: State,
+    /// What the service is doing to it, if anything (`launching`, `stopping`, …).
+    pub task: Option<Task>,
     pub state_reason: Option<String>,
     pub ip_address: Option<String>,
     pub mac_address: String,
@@ -51,10 +58,20 @@ pub struct Instance {
     pub terminated_at: Option<String>,
 }
 
+/// The lifecycle status stored in a row. A row the state machine cannot read (edited by
+/// hand) shows as an idle error rather than failing the whole list.
+pub fn status_of(row: &InstanceRow) -> Status {
+    let state = row.state.parse().unwrap_or(State::Error);
+    let task = row.task.as_deref().and_then(|t| t.parse().ok());
+    Status { state, task }
+}
+
 impl Instance {
     pub fn from_row(row: InstanceRow) -> Instance {
+        let status = status_of(&row);
         Instance {
-            state: row.state.parse().unwrap_or(State::Error),
+            state: status.state,
+            task: status.task,
             id: row.id,
             name: row.name,
             instance_type: row.instance_type,
@@ -90,8 +107,13 @@ pub struct InstancesConfig {
     pub limits: Limits,
     /// How long a guest gets to shut down before it is forced off.
     pub stop_timeout: Duration,
+    /// How long a terminated guest gets to shut down before it is destroyed.
+    pub terminate_grace: Duration,
     pub monitor_interval: Duration,
     pub tool_timeout: Duration,
+    /// The user libvirt runs QEMU as, when it is not the service's own (system daemon):
+    /// it must reach the data dir before a launch or start is accepted.
+    pub qemu_user: Option<String>,
 }
 
 #[derive(Clone)]
@@ -111,6 +133,30 @@ pub(crate) struct Inner {
     pub iso_tool: Option<IsoTool>,
     pub config: InstancesConfig,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Work this process has accepted and not finished, per instance. A row with a task
+    /// but no ticket here was left by an earlier run, and is the recovery pass's.
+    tickets: Arc<Mutex<HashMap<String, usize>>>,
+    /// Set when work failed because libvirt was unreachable or left a cleanup behind:
+    /// the supervisor runs the recovery pass once libvirt answers again.
+    recovery_wanted: AtomicBool,
+}
+
+/// Proof that this process owns work on an instance; released on drop.
+pub(crate) struct Ticket {
+    tickets: Arc<Mutex<HashMap<String, usize>>>,
+    id: String,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = tickets.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                tickets.remove(&self.id);
+            }
+        }
+    }
 }
 
 pub(crate) fn not_found(id: &str) -> AppError {
@@ -151,6 +197,8 @@ impl Instances {
                 iso_tool,
                 config,
                 locks: Mutex::new(HashMap::new()),
+                tickets: Arc::default(),
+                recovery_wanted: AtomicBool::new(false),
             }),
         }
     }
@@ -168,24 +216,18 @@ impl Instances {
     pub async fn get(&self, id: &str) -> Result<Instance, AppError> {
         let id = parse_id(id)?.to_string();
         let row = self.inner.row(&id).await?;
-        let state: State = row.state.parse().unwrap_or(State::Error);
-        if matches!(state, State::Running | State::Stopped) {
-            // Skip the refresh while an action holds the instance: it owns the state.
-            if let Ok(_guard) = self.inner.lock(&id).try_lock() {
-                let domain = match self.inner.virsh.domstate(&id).await {
-                    Ok(s) => Some(s),
-                    Err(crate::exec::virsh::VirshError::NotFound(_)) => None,
-                    Err(e) => return Err(e.into()),
-                };
-                let lease = if domain.as_deref() == Some("running") {
-                    self.inner.network.leases().await?.into_iter().find(|l| l.mac == row.mac_address).map(|l| l.ip)
-                } else {
-                    None
-                };
-                if let Some(change) = monitor::reconcile(&row, domain.as_deref(), lease.as_deref()) {
-                    self.inner.apply(&row.id, change).await?;
-                    return Ok(Instance::from_row(self.inner.row(&id).await?));
-                }
+        let status = status_of(&row);
+        // Work in flight owns the state; settled instances are compared with libvirt.
+        if status.task.is_none() && matches!(status.state, State::Running | State::Stopped) {
+            let domain = self.inner.virsh.domstate_if_defined(&id).await?;
+            let lease = if domain.as_deref() == Some("running") {
+                self.inner.network.leases().await?.into_iter().find(|l| l.mac == row.mac_address).map(|l| l.ip)
+            } else {
+                None
+            };
+            if let Some(change) = monitor::reconcile(&row, domain.as_deref(), lease.as_deref()) {
+                self.inner.apply(&row, change).await?;
+                return Ok(Instance::from_row(self.inner.row(&id).await?));
             }
         }
         Ok(Instance::from_row(row))
@@ -196,19 +238,39 @@ impl Instances {
         let instance_id = parse_id(id)?;
         self.inner.row(&instance_id.to_string()).await?;
         let path = self.inner.paths.instance_console_log(&instance_id);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let tail = &bytes[bytes.len().saturating_sub(64 * 1024)..];
-        Ok(String::from_utf8_lossy(tail).into_owned())
+        let tail = tokio::task::spawn_blocking(move || read_tail(&path, CONSOLE_TAIL_BYTES))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
+        Ok(String::from_utf8_lossy(&tail).into_owned())
     }
+
+    /// Whether the supervisor should run the recovery pass (see `Inner::recovery_wanted`).
+    pub fn recovery_wanted(&self) -> bool {
+        self.inner.recovery_wanted.load(Ordering::SeqCst)
+    }
+}
+
+/// How much of the console `console_output` returns, like EC2's GetConsoleOutput.
+const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `max` bytes of a file, reading only those; empty when there is no file.
+fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut tail = Vec::with_capacity(len.min(max) as usize);
+    file.take(max).read_to_end(&mut tail)?;
+    Ok(tail)
 }
 
 impl Inner {
     pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap().entry(id.to_string()).or_default().clone()
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().clone()
     }
 
     pub(crate) async fn row(&self, id: &str) -> Result<InstanceRow, AppError> {
@@ -216,19 +278,93 @@ impl Inner {
         self.db.call(move |c| rows::get(c, &key)).await?.ok_or_else(|| not_found(id))
     }
 
-    pub(crate) async fn set_state(&self, id: &str, state: State, reason: Option<String>) -> Result<(), AppError> {
-        let key = id.to_string();
-        self.db.call(move |c| rows::set_state(c, &key, state.as_str(), reason.as_deref())).await?;
-        tracing::info!(instance = %id, %state, "state changed");
-        Ok(())
+    /// Registers work on `id` by this process (see `tickets`).
+    pub(crate) fn ticket(&self, id: &str) -> Ticket {
+        *self.tickets.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default() += 1;
+        Ticket { tickets: self.tickets.clone(), id: id.to_string() }
     }
 
-    pub(crate) async fn apply(&self, id: &str, change: monitor::Change) -> Result<(), AppError> {
+    /// A ticket only if no work of this process holds the instance.
+    pub(crate) fn ticket_if_free(&self, id: &str) -> Option<Ticket> {
+        let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        if tickets.contains_key(id) {
+            return None;
+        }
+        tickets.insert(id.to_string(), 1);
+        Some(Ticket { tickets: self.tickets.clone(), id: id.to_string() })
+    }
+
+    pub(crate) fn has_ticket(&self, id: &str) -> bool {
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+
+    pub(crate) fn want_recovery(&self) {
+        self.recovery_wanted.store(true, Ordering::SeqCst);
+    }
+
+    /// Moves an instance by `event` from `from`: the one way every state is written.
+    /// Returns the new status, or None when the row is no longer in `from` (a terminate
+    /// overtook the work, or another request won the race): nothing was written then.
+    pub(crate) async fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        event: Event,
+        reason: Option<String>,
+    ) -> Result<Option<Status>, AppError> {
+        self.transition_releasing(id, from, event, reason, false).await
+    }
+
+    /// `transition`, and the row's address is freed with it when `release_address`
+    /// (its DHCP reservation is gone), in the same write.
+    pub(crate) async fn transition_releasing(
+        &self,
+        id: &str,
+        from: Status,
+        event: Event,
+        reason: Option<String>,
+        release_address: bool,
+    ) -> Result<Option<Status>, AppError> {
+        let to = from.after(event).map_err(|e| AppError::Internal(e.to_string()))?;
+        let now = crate::db::timestamp_now();
+        let started = to == Status::idle(State::Running) && matches!(from.task, Some(Task::Launching | Task::Starting));
+        let key = id.to_string();
+        let logged_reason = reason.clone().unwrap_or_default();
+        let applied = self
+            .db
+            .call(move |c| {
+                rows::write_status(
+                    c,
+                    &key,
+                    &StatusWrite {
+                        from_state: from.state.as_str(),
+                        from_task: from.task.map(Task::as_str),
+                        to_state: to.state.as_str(),
+                        to_task: to.task.map(Task::as_str),
+                        reason: reason.as_deref(),
+                        launched_at: started.then_some(now.as_str()),
+                        terminated_at: (to.state == State::Terminated).then_some(now.as_str()),
+                        clear_ip: matches!(to.state, State::Stopped | State::Error | State::Terminated),
+                        release_address,
+                    },
+                )
+            })
+            .await?;
+        if applied {
+            tracing::info!(instance = %id, %from, %to, reason = %logged_reason, "state changed");
+            Ok(Some(to))
+        } else {
+            tracing::info!(instance = %id, %from, ?event, "state change not applied: the instance moved on");
+            Ok(None)
+        }
+    }
+
+    pub(crate) async fn apply(&self, row: &InstanceRow, change: monitor::Change) -> Result<(), AppError> {
         if let Some((state, reason)) = change.state {
-            self.set_state(id, state, reason).await?;
+            self.transition(&row.id, status_of(row), Event::Observed(state), reason).await?;
         }
         if let Some(ip) = change.ip {
-            let key = id.to_string();
+            let key = row.id.clone();
             self.db.call(move |c| rows::set_ip(c, &key, ip.as_deref())).await?;
         }
         Ok(())
@@ -242,28 +378,42 @@ impl Inner {
         })
     }
 
-    /// Removes everything an instance has outside the database: its domain (stopped
-    /// first), its DHCP reservation and its directory. Each step tolerates what is
-    /// already gone, so it serves both terminate and the undo of a failed create.
-    pub(crate) async fn remove_resources(&self, row: &InstanceRow) -> Result<(), AppError> {
-        use crate::exec::virsh::VirshError;
-        let ignore_missing = |r: Result<(), VirshError>| match r {
-            Ok(()) | Err(VirshError::NotFound(_)) => Ok(()),
-            Err(VirshError::Failed(e)) if e.stderr().is_some_and(|s| s.contains("not running")) => Ok(()),
-            Err(e) => Err(e),
-        };
-        ignore_missing(self.virsh.destroy(&row.id).await)?;
-        ignore_missing(self.virsh.undefine(&row.id).await)?;
-        if let Some(host) = Self::dhcp_host(row) {
-            self.network.release(&host).await?;
+    pub(crate) fn instance_id(row: &InstanceRow) -> Result<InstanceId, AppError> {
+        row.id.parse().map_err(|e: crate::ids::InvalidInstanceId| AppError::Internal(e.to_string()))
+    }
+
+    /// Refuses, before anything changes, when QEMU could not reach the instance files.
+    pub(crate) async fn check_data_dir(&self) -> Result<(), AppError> {
+        let Some(qemu_user) = self.config.qemu_user.clone() else { return Ok(()) };
+        let root = self.paths.root().to_path_buf();
+        let problem = tokio::task::spawn_blocking(move || crate::qemu_access::problem(&root, &qemu_user))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        match problem {
+            None => Ok(()),
+            Some(p) => Err(AppError::DataDirUnreachable(format!("{p}; fix: {}", p.fix()))),
         }
-        let id: InstanceId =
-            row.id.parse().map_err(|e: crate::ids::InvalidInstanceId| AppError::Internal(e.to_string()))?;
-        match std::fs::remove_dir_all(self.paths.instance_dir(&id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(())
+    }
+}
+
+/// Runs blocking file work (writes, fsync, removing multi-GB trees) off the runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, AppError> {
+    Ok(tokio::task::spawn_blocking(work).await.map_err(|e| AppError::Internal(e.to_string()))??)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_tail_reads_only_the_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("console.log");
+        assert!(read_tail(&path, 10).unwrap().is_empty(), "no file yet");
+        std::fs::write(&path, b"0123456789abcdef").unwrap();
+        assert_eq!(read_tail(&path, 6).unwrap(), b"abcdef");
+        assert_eq!(read_tail(&path, 100).unwrap(), b"0123456789abcdef");
     }
 }

@@ -1,12 +1,12 @@
 //! Keeps every instance's state and IP current (REQ-INST-013, REQ-NET-004) with two
-//! virsh calls per tick whatever the number of instances, and reconciles the database
-//! with libvirt when the service starts (REQ-REL-001).
+//! virsh calls per tick whatever the number of instances. Work in flight owns its
+//! instance: the monitor looks only at idle ones, and its changes are lifecycle events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::state::State;
-use super::{Inner, Instances};
+use super::{Inner, Instances, status_of};
 use crate::db::instances::{self as rows, InstanceRow};
 
 /// What to change on an instance after looking at libvirt.
@@ -18,15 +18,23 @@ pub struct Change {
 }
 
 /// Compares a row with what libvirt says (`domain`: its state, None when there is no
-/// such domain; `lease_ip`: the DHCP lease of its MAC). Only settled states are
-/// reconciled: pending and stopping belong to the action that holds them.
+/// such domain; `lease_ip`: the DHCP lease of its MAC). Only idle, settled instances
+/// are reconciled: an instance with a task belongs to the work that holds it.
 pub fn reconcile(row: &InstanceRow, domain: Option<&str>, lease_ip: Option<&str>) -> Option<Change> {
-    let state: State = row.state.parse().ok()?;
+    let status = status_of(row);
+    if status.task.is_some() {
+        return None;
+    }
+    let state = status.state;
     let mut change = Change::default();
     let running = matches!(domain, Some("running" | "paused" | "idle" | "in shutdown" | "blocked"));
     match (state, domain) {
         (State::Running | State::Stopped, None) => {
-            change.state = Some((State::Error, Some(format!("the libvirt domain {} no longer exists", row.id))));
+            let reason = format!(
+                "the libvirt domain {} no longer exists; its disk is kept until the instance is terminated",
+                row.id
+            );
+            change.state = Some((State::Error, Some(reason)));
         }
         (State::Running, Some(_)) if !running => {
             let reason = match domain {
@@ -58,46 +66,13 @@ impl Instances {
                 tokio::time::sleep(interval).await;
                 let Some(inner) = inner.upgrade() else { return };
                 if let Err(e) = inner.monitor_tick().await {
+                    if matches!(e, crate::error::AppError::LibvirtUnavailable(_)) {
+                        inner.want_recovery();
+                    }
                     tracing::debug!(error = %e, "monitor tick skipped");
                 }
             }
         });
-    }
-
-    /// Settles instances a previous run of the service left mid-action.
-    pub async fn reconcile_after_restart(&self) -> Result<(), crate::error::AppError> {
-        let inner = self.inner();
-        let pending: Vec<InstanceRow> = inner
-            .db
-            .call(|c| rows::list(c, false))
-            .await?
-            .into_iter()
-            .filter(|r| r.state == State::Pending.as_str() || r.state == State::Stopping.as_str())
-            .collect();
-        for row in pending {
-            let domain = match inner.virsh.domstate(&row.id).await {
-                Ok(s) => Some(s),
-                Err(crate::exec::virsh::VirshError::NotFound(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
-            match (row.state.as_str(), domain.as_deref()) {
-                (_, Some("running")) => {
-                    let reason = Some("the service restarted during the last action".to_string());
-                    if row.launched_at.is_none() {
-                        let (key, at) = (row.id.clone(), crate::db::timestamp_now());
-                        inner.db.call(move |c| rows::set_launched(c, &key, &at)).await?;
-                    }
-                    inner.set_state(&row.id, State::Running, reason).await?;
-                }
-                ("stopping", Some(_)) => {
-                    inner.set_state(&row.id, State::Stopped, None).await?;
-                }
-                _ => {
-                    inner.fail_launch(&row, "the service restarted while the instance was being created").await;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -111,8 +86,9 @@ impl Inner {
         let domains: HashMap<String, String> = domains?.into_iter().collect();
         let leases: HashMap<String, String> = leases?.into_iter().map(|l| (l.mac, l.ip)).collect();
         for row in instances {
-            let lock = self.lock(&row.id);
-            let Ok(_guard) = lock.try_lock() else { continue };
+            if self.has_ticket(&row.id) {
+                continue;
+            }
             let Some(change) = reconcile(
                 &row,
                 domains.get(&row.id).map(String::as_str),
@@ -123,7 +99,7 @@ impl Inner {
             if let Some((state, reason)) = &change.state {
                 tracing::warn!(instance = %row.id, from = %row.state, to = %state, reason = reason.as_deref().unwrap_or(""), "state changed behind ec2local's back");
             }
-            self.apply(&row.id, change).await?;
+            self.apply(&row, change).await?;
         }
         Ok(())
     }
@@ -155,6 +131,7 @@ mod tests {
             created_at: "t".into(),
             launched_at: None,
             terminated_at: None,
+            task: None,
         }
     }
 
@@ -185,10 +162,16 @@ mod tests {
     }
 
     #[test]
-    fn transitional_and_final_states_are_left_to_their_owners() {
+    fn work_in_flight_and_final_states_are_left_to_their_owners() {
         for state in ["pending", "stopping", "error", "terminated"] {
             assert_eq!(reconcile(&row(state, None), Some("shut off"), None), None, "{state}");
             assert_eq!(reconcile(&row(state, None), None, None), None, "{state}");
+        }
+        for task in ["rebooting", "terminating"] {
+            let mut busy = row("running", None);
+            busy.task = Some(task.into());
+            assert_eq!(reconcile(&busy, Some("shut off"), None), None, "{task}");
+            assert_eq!(reconcile(&busy, None, None), None, "{task}");
         }
     }
 }

@@ -101,32 +101,35 @@ impl LibvirtNetwork {
         })
     }
 
+    /// Whether the persistent definition has a DHCP host entry for `mac`.
+    async fn has_reservation(&self, mac: &str) -> Result<bool, AppError> {
+        let xml = self.virsh.net_dumpxml_inactive(&self.config.name).await?;
+        let definition = NetworkDefinition::parse(&xml)
+            .map_err(|e| AppError::Internal(format!("network {}: unreadable definition: {e}", self.config.name)))?;
+        Ok(definition.hosts.iter().any(|h| h.eq_ignore_ascii_case(mac)))
+    }
+
     /// Reserves `ip` for `mac` in the running and the persistent definition: modify the
-    /// entry if one exists for the MAC, else add it.
+    /// entry the MAC already has, else add one. Any failure is the caller's.
     pub async fn reserve(&self, host: &DhcpHost) -> Result<(), AppError> {
         let xml = render::dhcp_host_xml(host)?;
         let live = self.virsh.net_info(&self.config.name).await?.is_some_and(|i| i.is_active());
-        let name = &self.config.name;
-        if self.virsh.net_update_dhcp_host(name, "modify", &xml, live).await.is_err() {
-            self.virsh.net_update_dhcp_host(name, "add-last", &xml, live).await?;
-        }
+        let command = if self.has_reservation(&host.mac).await? { "modify" } else { "add-last" };
+        self.virsh.net_update_dhcp_host(&self.config.name, command, &xml, live).await?;
         self.save_definition().await
     }
 
-    /// Removes a reservation; one that is already gone is not an error.
+    /// Removes a reservation; one that is already gone is not an error, any other
+    /// failure is.
     pub async fn release(&self, host: &DhcpHost) -> Result<(), AppError> {
+        if !self.has_reservation(&host.mac).await? {
+            tracing::debug!(mac = %host.mac, "no DHCP reservation to remove");
+            return Ok(());
+        }
         let xml = render::dhcp_host_xml(host)?;
         let live = self.virsh.net_info(&self.config.name).await?.is_some_and(|i| i.is_active());
-        match self.virsh.net_update_dhcp_host(&self.config.name, "delete", &xml, live).await {
-            Ok(()) => self.save_definition().await,
-            Err(crate::exec::virsh::VirshError::Unreachable { uri, reason }) => {
-                Err(crate::exec::virsh::VirshError::Unreachable { uri, reason }.into())
-            }
-            Err(other) => {
-                tracing::debug!(error = %other, mac = %host.mac, "no DHCP reservation to remove");
-                Ok(())
-            }
-        }
+        self.virsh.net_update_dhcp_host(&self.config.name, "delete", &xml, live).await?;
+        self.save_definition().await
     }
 
     pub async fn leases(&self) -> Result<Vec<DhcpLease>, AppError> {
@@ -143,6 +146,8 @@ pub struct NetworkDefinition {
     pub prefix: Option<String>,
     pub dhcp_start: Option<String>,
     pub dhcp_end: Option<String>,
+    /// The MACs of the DHCP reservations (`<host mac=…>`).
+    pub hosts: Vec<String>,
 }
 
 impl NetworkDefinition {
@@ -184,6 +189,7 @@ impl NetworkDefinition {
                     def.dhcp_start = attr("start");
                     def.dhcp_end = attr("end");
                 }
+                (Some("dhcp"), "host") => def.hosts.extend(attr("mac")),
                 _ => {}
             }
             if !is_empty {
@@ -259,7 +265,9 @@ mod tests {
         let def = NetworkDefinition::parse(&xml).unwrap();
         assert_eq!(def.forward_mode.as_deref(), Some("nat"));
         assert_eq!(def.conflict_with(&config), None);
-        assert_eq!(NetworkDefinition::parse(DUMPED).unwrap().conflict_with(&config), None);
+        let dumped = NetworkDefinition::parse(DUMPED).unwrap();
+        assert_eq!(dumped.conflict_with(&config), None);
+        assert_eq!(dumped.hosts, ["52:54:1a:2b:3c:4d"], "the reservations are read");
     }
 
     #[test]

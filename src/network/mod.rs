@@ -35,6 +35,16 @@ pub struct NetworkStatus {
     pub problem: Option<String>,
 }
 
+impl NetworkStatus {
+    /// The commands that free the name for ec2local, which then defines its own network.
+    pub fn fix_conflict(&self) -> String {
+        format!(
+            "virsh net-destroy {0}; virsh net-undefine {0}   (ec2local recreates it), or serve with --network-name",
+            self.name
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct NetworkManager {
     config: NetworkConfig,
@@ -123,20 +133,19 @@ impl NetworkManager {
     /// existing, different one needs the user.
     pub async fn findings(&self) -> Result<Vec<Finding>, AppError> {
         match &self.backend {
-            Backend::Libvirt(network) => Ok(network
-                .status()
-                .await?
-                .conflict
-                .map(|conflict| Finding {
-                    kind: FindingKind::Conflict,
-                    what: format!("the existing libvirt network {} differs: {conflict}", self.config.name),
-                    fix: format!(
-                        "virsh net-destroy {0}; virsh net-undefine {0}   (ec2local recreates it), or serve with --network-name",
-                        self.config.name
-                    ),
-                })
-                .into_iter()
-                .collect()),
+            Backend::Libvirt(network) => {
+                let status = network.status().await?;
+                Ok(status
+                    .conflict
+                    .as_ref()
+                    .map(|conflict| Finding {
+                        kind: FindingKind::Conflict,
+                        what: format!("the existing libvirt network {} differs: {conflict}", self.config.name),
+                        fix: status.fix_conflict(),
+                    })
+                    .into_iter()
+                    .collect())
+            }
             Backend::Vmnet(network) => Ok(network.findings().await),
         }
     }

@@ -1,0 +1,255 @@
+//! Settling work that a restart of the service (or a libvirt outage) cut short.
+//!
+//! A row with a task and no owner in this process was being worked on by an earlier
+//! run. What happens to it is one table (`decide`), one row per task and domain state,
+//! after Nova's `_init_instance`: a launch that never ran is finished if its domain is
+//! complete and undone otherwise; nothing that has ever run is undone; a terminate is
+//! finished; a start, stop or reboot ends where libvirt shows the guest, with a reason.
+
+use std::sync::atomic::Ordering;
+
+use super::state::{Event, State, Status, Task};
+use super::{Inner, Instances, status_of};
+use crate::db::instances::{self as rows, InstanceRow};
+use crate::error::AppError;
+
+/// What libvirt shows of an instance's domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    Missing,
+    /// Running, paused, shutting down: QEMU is up.
+    Up,
+    /// Defined, not running (shut off, crashed).
+    Off,
+}
+
+impl Domain {
+    pub fn from_domstate(state: Option<&str>) -> Domain {
+        match state {
+            None => Domain::Missing,
+            Some("running" | "paused" | "idle" | "in shutdown" | "blocked" | "pmsuspended") => Domain::Up,
+            Some(_) => Domain::Off,
+        }
+    }
+}
+
+/// What the recovery does with a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Nothing was cut short.
+    Leave,
+    /// The task's own end, as if it had finished.
+    Finish(Option<&'static str>),
+    /// End the task in this state, with the reason.
+    Settle(State, &'static str),
+    /// The launch got as far as a complete domain: start it.
+    ResumeLaunch,
+    /// The launch never ran and its domain is incomplete: remove what it made.
+    UndoLaunch,
+    FinishTerminate,
+    RetryCleanup,
+}
+
+const GONE: &str =
+    "the libvirt domain disappeared while the service was down; the disk is kept until the instance is terminated";
+
+/// The recovery table: `status` as stored, the domain as libvirt shows it, and whether
+/// the instance has ever run (it has a launch time).
+pub fn decide(status: Status, domain: Domain, ever_ran: bool) -> Recovery {
+    use Domain::*;
+    let Some(task) = status.task else { return Recovery::Leave };
+    match (task, domain) {
+        (Task::Terminating, _) => Recovery::FinishTerminate,
+        (Task::CleaningUp, _) => Recovery::RetryCleanup,
+        (Task::Launching, Up) => Recovery::Finish(Some("the service restarted during the launch; the instance runs")),
+        (Task::Launching, Off) if !ever_ran => Recovery::ResumeLaunch,
+        (Task::Launching, Missing) if !ever_ran => Recovery::UndoLaunch,
+        (Task::Launching, Off) => Recovery::Settle(State::Stopped, "the service restarted during the launch"),
+        (Task::Starting, Up) => Recovery::Finish(Some("the service restarted during the start; the instance runs")),
+        (Task::Starting, Off) => {
+            Recovery::Settle(State::Stopped, "the service restarted before the instance started; start it again")
+        }
+        (Task::Stopping, Up) => {
+            Recovery::Settle(State::Running, "the service restarted before the instance stopped; stop it again")
+        }
+        (Task::Stopping, Off) => Recovery::Finish(Some("the service restarted during the stop; the instance is off")),
+        (Task::Rebooting, Up) => Recovery::Finish(Some("the service restarted during the reboot")),
+        (Task::Rebooting, Off) => {
+            Recovery::Settle(State::Stopped, "the service restarted during the reboot and the guest is off; start it")
+        }
+        (_, Missing) => Recovery::Settle(State::Error, GONE),
+    }
+}
+
+impl Instances {
+    /// Settles every row with a task that no work of this process owns. Safe to run at
+    /// any time: work in flight holds a ticket and is skipped.
+    pub async fn recover_interrupted(&self) -> Result<(), AppError> {
+        let inner = self.inner();
+        inner.recovery_wanted.store(false, Ordering::SeqCst);
+        let busy = inner.db.call(|c| rows::list_busy(c)).await?;
+        for row in busy {
+            let Some(ticket) = inner.ticket_if_free(&row.id) else { continue };
+            let lock = inner.lock(&row.id);
+            let _guard = lock.lock().await;
+            // Read again under the lock: the row may have moved since the list.
+            let row = inner.row(&row.id).await?;
+            let result = inner.recover(&row).await;
+            drop(ticket);
+            if let Err(e) = result {
+                if matches!(e, AppError::LibvirtUnavailable(_)) {
+                    inner.want_recovery();
+                    return Err(e);
+                }
+                tracing::error!(instance = %row.id, error = %e, "could not settle interrupted work");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn recover(&self, row: &InstanceRow) -> Result<(), AppError> {
+        let status = status_of(row);
+        let domain = Domain::from_domstate(self.virsh.domstate_if_defined(&row.id).await?.as_deref());
+        let decision = decide(status, domain, row.launched_at.is_some());
+        if decision != Recovery::Leave {
+            tracing::warn!(instance = %row.id, %status, ?domain, ?decision, "settling work cut short by a restart or an outage");
+        }
+        let reason = |r: &str| Some(r.to_string());
+        match decision {
+            Recovery::Leave => {}
+            Recovery::Finish(why) => {
+                self.transition(&row.id, status, Event::Finished, why.map(str::to_string)).await?;
+            }
+            Recovery::Settle(state, why) => {
+                self.transition(&row.id, status, Event::Settled(state), reason(why)).await?;
+            }
+            Recovery::ResumeLaunch => match self.virsh.start(&row.id).await {
+                Ok(()) => {
+                    let why = "the service restarted during the launch; the launch was finished";
+                    self.transition(&row.id, status, Event::Finished, reason(why)).await?;
+                }
+                Err(e) if matches!(e, crate::exec::virsh::VirshError::Unreachable { .. }) => return Err(e.into()),
+                Err(e) => self.fail_launch(row, &format!("resuming it after a restart: {e}")).await,
+            },
+            Recovery::UndoLaunch => {
+                self.fail_launch(row, "the service restarted before the instance was built").await;
+            }
+            Recovery::FinishTerminate => {
+                let (event, why, release) = self.finish_terminate(&row.id).await?;
+                self.transition_releasing(&row.id, status, event, why, release).await?;
+            }
+            Recovery::RetryCleanup => match self.remove_resources(row).await {
+                Ok(()) => {
+                    // Keep why the launch failed; drop what the cleanup had left.
+                    let why = row.state_reason.as_deref().map(|r| r.split("; left behind:").next().unwrap_or(r));
+                    self.transition_releasing(&row.id, status, Event::Finished, why.map(str::to_string), true).await?;
+                    tracing::info!(instance = %row.id, "cleaned up what a failed launch had left");
+                }
+                Err(left) => {
+                    tracing::warn!(instance = %row.id, error = %left, "cleanup still cannot finish");
+                    if matches!(left.cause, AppError::LibvirtUnavailable(_)) {
+                        return Err(left.cause);
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::{ALL_STATES, ALL_TASKS};
+    use super::*;
+
+    // REQ-REL-001, REQ-INST-007, REQ-INST-012: every task × every domain state.
+    #[test]
+    fn the_recovery_table() {
+        use Domain::*;
+        use Recovery::*;
+        use Task::*;
+        let pending = |t| Status::busy(State::Pending, t);
+        let cases: &[(Status, Domain, bool, Recovery)] = &[
+            (pending(Launching), Up, false, Finish(Some("the service restarted during the launch; the instance runs"))),
+            (pending(Launching), Off, false, ResumeLaunch),
+            (pending(Launching), Missing, false, UndoLaunch),
+            (
+                pending(Starting),
+                Off,
+                true,
+                Settle(State::Stopped, "the service restarted before the instance started; start it again"),
+            ),
+            (pending(Starting), Missing, true, Settle(State::Error, GONE)),
+            (
+                Status::busy(State::Stopping, Stopping),
+                Up,
+                true,
+                Settle(State::Running, "the service restarted before the instance stopped; stop it again"),
+            ),
+            (Status::busy(State::Stopping, Stopping), Missing, true, Settle(State::Error, GONE)),
+            (
+                Status::busy(State::Running, Rebooting),
+                Up,
+                true,
+                Finish(Some("the service restarted during the reboot")),
+            ),
+            (Status::busy(State::Running, Rebooting), Missing, true, Settle(State::Error, GONE)),
+            (Status::busy(State::Running, Terminating), Missing, true, FinishTerminate),
+            (Status::busy(State::Error, CleaningUp), Missing, false, RetryCleanup),
+        ];
+        for (status, domain, ever_ran, expected) in cases {
+            assert_eq!(&decide(*status, *domain, *ever_ran), expected, "{status} with the domain {domain:?}");
+        }
+        assert!(matches!(decide(pending(Starting), Up, true), Finish(_)));
+        assert!(matches!(decide(Status::busy(State::Stopping, Stopping), Off, true), Finish(_)));
+        assert!(matches!(decide(Status::busy(State::Running, Rebooting), Off, true), Settle(State::Stopped, _)));
+    }
+
+    // REQ-STOR-004: only a launch that never ran is ever undone; every decision is a
+    // move the lifecycle allows.
+    #[test]
+    fn nothing_that_ran_is_undone_and_every_decision_is_a_legal_move() {
+        for state in ALL_STATES {
+            for task in ALL_TASKS {
+                for domain in [Domain::Missing, Domain::Up, Domain::Off] {
+                    for ever_ran in [false, true] {
+                        let status = Status::busy(state, task);
+                        let decision = decide(status, domain, ever_ran);
+                        if ever_ran || task != Task::Launching {
+                            assert_ne!(decision, Recovery::UndoLaunch, "{status} {domain:?}");
+                        }
+                        let event = match decision {
+                            Recovery::Finish(_)
+                            | Recovery::ResumeLaunch
+                            | Recovery::FinishTerminate
+                            | Recovery::RetryCleanup => Some(Event::Finished),
+                            Recovery::Settle(to, _) => Some(Event::Settled(to)),
+                            Recovery::UndoLaunch => Some(Event::Settled(State::Error)),
+                            Recovery::Leave => None,
+                        };
+                        // Only the task/state pairs the lifecycle can produce matter.
+                        let reachable = matches!(
+                            (state, task),
+                            (State::Pending, Task::Launching | Task::Starting)
+                                | (State::Stopping, Task::Stopping)
+                                | (State::Running, Task::Rebooting)
+                                | (State::Error, Task::CleaningUp)
+                                | (_, Task::Terminating)
+                        ) && state != State::Terminated;
+                        if let (Some(event), true) = (event, reachable) {
+                            assert!(
+                                status.after(event).is_ok(),
+                                "{status} {domain:?}: {decision:?} is not a legal move"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for state in ALL_STATES {
+            assert_eq!(decide(Status::idle(state), Domain::Missing, true), Recovery::Leave);
+        }
+    }
+}
