@@ -14,11 +14,29 @@ pub struct HostResources {
     pub cpu_count: usize,
 }
 
-/// Reads memory and the disk that holds `data_dir` (the mount with the longest
-/// matching mount point).
+/// Reads memory, and the file system that holds `data_dir` as the kernel reports it
+/// for that very path (statvfs): sysinfo's disk list leaves out tmpfs and other
+/// virtual file systems, which would make a full data dir look like the root disk.
 pub fn read(data_dir: &Path) -> HostResources {
     let system =
         System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram())).ok();
+    let (disk_total_bytes, disk_available_bytes) = match rustix::fs::statvfs(data_dir) {
+        Ok(fs) => (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize),
+        Err(_) => mount_of(data_dir),
+    };
+    HostResources {
+        memory_total_bytes: system.as_ref().map_or(0, |s| s.total_memory()),
+        memory_used_bytes: system.as_ref().map_or(0, |s| s.used_memory()),
+        memory_available_bytes: system.as_ref().map_or(0, |s| s.available_memory()),
+        disk_total_bytes,
+        disk_available_bytes,
+        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// (total, available) of the listed disk with the longest mount point above `data_dir`,
+/// when the path itself cannot be asked (it does not exist yet).
+fn mount_of(data_dir: &Path) -> (u64, u64) {
     let data_dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
     let disks = Disks::new_with_refreshed_list().ok();
     let disk = disks
@@ -26,14 +44,7 @@ pub fn read(data_dir: &Path) -> HostResources {
         .flat_map(|d| d.iter())
         .filter(|d| data_dir.starts_with(d.mount_point()))
         .max_by_key(|d| d.mount_point().as_os_str().len());
-    HostResources {
-        memory_total_bytes: system.as_ref().map_or(0, |s| s.total_memory()),
-        memory_used_bytes: system.as_ref().map_or(0, |s| s.used_memory()),
-        memory_available_bytes: system.as_ref().map_or(0, |s| s.available_memory()),
-        disk_total_bytes: disk.map_or(0, |d| d.total_space()),
-        disk_available_bytes: disk.map_or(0, |d| d.available_space()),
-        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    }
+    (disk.map_or(0, |d| d.total_space()), disk.map_or(0, |d| d.available_space()))
 }
 
 #[cfg(test)]

@@ -201,6 +201,11 @@ async fn an_instance_lives_its_whole_life() {
     let gone = wait_instance(&svc, &id, "terminated", Duration::from_secs(120), |i| i["state"] == "terminated").await;
     assert!(gone["terminated_at"].is_string());
     assert_eq!(gone["ip_address"], Value::Null);
+    // REQ-INST-012: the guest was shut down (ACPI), not pulled out: libvirt's log of the
+    // domain says how its QEMU ended the last time.
+    let qemu_log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{id}.log")).unwrap();
+    let ending = qemu_log.lines().rev().find(|l| l.contains("shutting down, reason=")).unwrap_or("");
+    assert!(ending.contains("reason=shutdown"), "terminate did not shut the guest down: {ending:?}");
     assert!(virsh().domstate(&id).await.is_err(), "the domain still exists");
     assert!(!dir.exists(), "the instance directory is still there");
     let net = virsh().net_dumpxml_inactive("ec2-as-service").await.unwrap();

@@ -28,7 +28,8 @@ impl Service {
         if let Some(parent) = data_dir.parent() {
             std::fs::create_dir_all(parent).expect("data dir parent");
         }
-        let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
+        // Appended: a test that restarts the service keeps every run's log.
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).expect("stderr log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ec2local"));
         cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -66,6 +67,12 @@ impl Service {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL, as a crash or a power cut would end it; waits until it is gone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the service");
+        self.child.wait().expect("reap the service");
     }
 
     /// Whether the process is still the same one (not restarted, not dead).
@@ -235,18 +242,117 @@ pub async fn wait_instance(
 
 /// Imports the bench's test image into a service through the API; returns its id.
 pub async fn import_test_image(service: &Service, bench: &Bench) -> String {
-    let (status, body) = post_json(
-        &service.api("/images"),
-        &serde_json::json!({
+    // The copy of the image takes its time while guests boot on the same two cores.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap();
+    let response = client
+        .post(service.api("/images"))
+        .json(&serde_json::json!({
             "name": "debian-12-test",
             "file_path": bench.image,
             "os": "debian",
             "os_version": "12",
             "default_user": "ubuntu",
             "description": "Debian 12 cloud image built by scripts/build-test-image"
-        }),
-    )
-    .await;
+        }))
+        .send()
+        .await
+        .expect("POST /api/images");
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("JSON body");
     assert_eq!(status, 201, "{body}");
     body["id"].as_str().unwrap().to_string()
+}
+
+/// The service's failpoints (`src/failpoint.rs`): arm one, wait until the service is
+/// paused there, do the damage, release it.
+pub struct Failpoints {
+    pub dir: PathBuf,
+}
+
+impl Failpoints {
+    pub fn new(dir: &Path) -> Failpoints {
+        std::fs::create_dir_all(dir).unwrap();
+        Failpoints { dir: dir.to_path_buf() }
+    }
+
+    /// The environment that points a service at these failpoints.
+    pub fn env(&self) -> (&'static str, String) {
+        ("EC2LOCAL_FAILPOINT_DIR", self.dir.display().to_string())
+    }
+
+    pub fn arm(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{name}.reached")));
+        std::fs::write(self.dir.join(name), b"").unwrap();
+    }
+
+    /// Waits until `count` callers are paused at `name`.
+    pub async fn reached(&self, name: &str, count: usize) {
+        let marker = self.dir.join(format!("{name}.reached"));
+        wait_for(&format!("{count} at failpoint {name}"), Duration::from_secs(120), Duration::from_millis(100), || {
+            let n = std::fs::read_to_string(&marker).map(|s| s.lines().count()).unwrap_or(0);
+            async move { (n >= count).then_some(()) }
+        })
+        .await
+    }
+
+    pub fn release(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.join(name));
+    }
+}
+
+/// DELETE (terminate); returns the status.
+pub async fn delete(url: &str) -> u16 {
+    client().delete(url).send().await.unwrap_or_else(|e| panic!("DELETE {url}: {e}")).status().as_u16()
+}
+
+/// The invariant of the fault-injection tests, over every instance of `service`:
+/// settled (no task), a running or stopped row has its domain and disk, an error or
+/// terminated row has no domain, directory or DHCP reservation left, every instance
+/// directory belongs to a live row, and every domain using the data dir has a row.
+pub async fn assert_nothing_orphaned(service: &Service, network: &str) -> Vec<serde_json::Value> {
+    let virsh = ec2local::exec::virsh::Virsh::new("qemu:///system", Duration::from_secs(60));
+    let (status, rows) = get_json(&service.api("/instances?include_terminated=true")).await;
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows.as_array().unwrap().clone();
+    let net = virsh.net_dumpxml_inactive(network).await.unwrap();
+    let instances = service.data_dir.join("instances");
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let mac = row["mac_address"].as_str().unwrap();
+        let dir = instances.join(id);
+        assert!(row["task"].is_null(), "{id} is still busy: {row}");
+        let domain = virsh.domstate_if_defined(id).await.unwrap();
+        match row["state"].as_str().unwrap() {
+            "running" | "stopped" => {
+                assert!(domain.is_some(), "{id} is {} without a domain", row["state"]);
+                assert!(dir.join("disk.qcow2").is_file(), "{id} lost its disk");
+            }
+            "error" | "terminated" => {
+                if row["state"] == "error" {
+                    assert!(row["state_reason"].is_string(), "{id} is in error without a reason");
+                }
+                assert_eq!(domain, None, "{id} is {} but its domain is left", row["state"]);
+                assert!(!dir.exists(), "{id} is {} but {} is left", row["state"], dir.display());
+                assert!(!net.contains(mac), "{id} is {} but its DHCP reservation is left", row["state"]);
+            }
+            other => panic!("{id} is {other}, not a settled state: {row}"),
+        }
+    }
+    let live =
+        |id: &str| rows.iter().any(|r| r["id"] == id && matches!(r["state"].as_str(), Some("running" | "stopped")));
+    if let Ok(entries) = std::fs::read_dir(&instances) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(live(&name), "orphan directory {}", entry.path().display());
+        }
+    }
+    let names = virsh.run(&["list", "--all", "--name"]).await.unwrap();
+    for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
+        let xml = virsh.run(&["dumpxml", name]).await.unwrap_or_default();
+        if xml.contains(&*instances.to_string_lossy()) {
+            assert!(rows.iter().any(|r| r["id"] == name), "orphan domain {name}");
+        }
+    }
+    rows
 }
