@@ -18,7 +18,6 @@ use ec2local::exec::virsh::Virsh;
 use serde_json::json;
 
 const URI: &str = "qemu:///system";
-const NETWORK: &str = "ec2-as-service";
 const SETTLE: Duration = Duration::from_secs(120);
 
 fn virsh() -> Virsh {
@@ -55,10 +54,14 @@ async fn a_full_disk_during_a_launch_fails_it_cleanly_and_the_service_keeps_answ
     let _ = std::fs::remove_dir_all(&data);
     let failpoints = Failpoints::new(&bench.data_dir.parent().unwrap().join("diskfull-failpoints"));
     let (fp_key, fp_dir) = failpoints.env();
-    let svc = Service::start(
-        &data,
-        &[("EC2LOCAL_LIBVIRT_URI", URI), ("EC2LOCAL_POOL_NAME", "ec2-bench-diskfull"), (fp_key, &fp_dir)],
-    );
+    let mut env = vec![
+        ("EC2LOCAL_LIBVIRT_URI".to_string(), URI.to_string()),
+        ("EC2LOCAL_POOL_NAME".to_string(), "ec2-bench-diskfull".to_string()),
+        (fp_key.to_string(), fp_dir),
+    ];
+    env.extend(common::own_network("df", 84));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let svc = Service::start(&data, &env);
     import_test_image(&svc, &bench).await;
 
     // Accepted while the disk has room; the disk fills before the overlay is written.
@@ -95,7 +98,7 @@ async fn a_full_disk_during_a_launch_fails_it_cleanly_and_the_service_keeps_answ
     let failed = wait_instance(&svc, &id, "error", SETTLE, |i| i["state"] == "error" && i["task"].is_null()).await;
     let reason = failed["state_reason"].as_str().unwrap();
     assert!(reason.starts_with("launch failed") && reason.contains("No space left on device"), "{reason}");
-    let rows = assert_nothing_orphaned(&svc, NETWORK).await;
+    let rows = assert_nothing_orphaned(&svc, "ec2-bench-df").await;
     assert_eq!(rows.len(), 1);
     let db =
         rusqlite::Connection::open_with_flags(data.join("ec2local.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -111,7 +114,7 @@ async fn a_full_disk_during_a_launch_fails_it_cleanly_and_the_service_keeps_answ
     let again = again["id"].as_str().unwrap().to_string();
     assert_eq!(delete(&svc.api(&format!("/instances/{again}"))).await, 202);
     wait_instance(&svc, &again, "terminated", SETTLE, |i| i["state"] == "terminated" && i["task"].is_null()).await;
-    assert_nothing_orphaned(&svc, NETWORK).await;
+    assert_nothing_orphaned(&svc, "ec2-bench-df").await;
     drop(svc);
     let _ = std::fs::remove_dir_all(&data);
 }
@@ -125,10 +128,13 @@ async fn a_data_dir_qemu_cannot_reach_is_reported_and_launches_are_refused_until
     let closed = tmp.path().join("closed");
     std::fs::create_dir_all(&closed).unwrap();
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let svc = Service::start(
-        &closed.join("data"),
-        &[("EC2LOCAL_LIBVIRT_URI", URI), ("EC2LOCAL_POOL_NAME", "ec2-bench-closed")],
-    );
+    let mut env = vec![
+        ("EC2LOCAL_LIBVIRT_URI".to_string(), URI.to_string()),
+        ("EC2LOCAL_POOL_NAME".to_string(), "ec2-bench-closed".to_string()),
+    ];
+    env.extend(common::own_network("dd", 85));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let svc = Service::start(&closed.join("data"), &env);
     import_test_image(&svc, &bench).await;
 
     let (status, health) = get_json(&svc.api("/health")).await;

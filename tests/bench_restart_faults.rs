@@ -16,28 +16,30 @@ use common::{
 use serde_json::{Value, json};
 
 const URI: &str = "qemu:///system";
-const NETWORK: &str = "ec2-as-service";
 const SETTLE: Duration = Duration::from_secs(120);
 
 struct Harness {
+    network: String,
     data: PathBuf,
     env: Vec<(String, String)>,
     failpoints: Failpoints,
 }
 
 impl Harness {
-    fn new(tmp: &Path, pool: &str) -> Harness {
+    fn new(tmp: &Path, name: &str, octet: u8) -> Harness {
         let failpoints = Failpoints::new(&tmp.join("failpoints"));
-        let env = vec![
+        let pool = format!("ec2-bench-{name}");
+        let mut env = vec![
             ("EC2LOCAL_LIBVIRT_URI".to_string(), URI.to_string()),
-            ("EC2LOCAL_POOL_NAME".to_string(), pool.to_string()),
+            ("EC2LOCAL_POOL_NAME".to_string(), pool),
             ("EC2LOCAL_MONITOR_INTERVAL_SECS".to_string(), "2".to_string()),
             // The guest is still booting under TCG and ignores ACPI: keep forced stops short.
             ("EC2LOCAL_STOP_TIMEOUT_SECS".to_string(), "5".to_string()),
             ("EC2LOCAL_TERMINATE_GRACE_SECS".to_string(), "2".to_string()),
             (failpoints.env().0.to_string(), failpoints.env().1),
         ];
-        Harness { data: tmp.join("data"), env, failpoints }
+        env.extend(common::own_network(name, octet));
+        Harness { network: format!("ec2-bench-{name}"), data: tmp.join("data"), env, failpoints }
     }
 
     fn start(&self) -> Service {
@@ -74,7 +76,7 @@ async fn action(service: &Service, id: &str, verb: &str) {
 async fn a_restart_during_any_action_loses_no_disk_and_the_next_action_works() {
     let bench = Bench::from_env();
     let tmp = tempfile::tempdir_in(bench.data_dir.parent().unwrap()).unwrap();
-    let h = Harness::new(tmp.path(), "ec2-bench-restart-actions");
+    let h = Harness::new(tmp.path(), "ra", 81);
     let mut svc = h.start();
     import_test_image(&svc, &bench).await;
     let (status, launched) =
@@ -114,7 +116,7 @@ async fn a_restart_during_any_action_loses_no_disk_and_the_next_action_works() {
     assert!(disk.is_file(), "the disk was lost after a restart during reboot");
     action(&svc, &id, "reboot").await;
     settled(&svc, &id, "running").await;
-    assert_nothing_orphaned(&svc, NETWORK).await;
+    assert_nothing_orphaned(&svc, &h.network).await;
 
     // Killed during a terminate: the restart finishes what the user asked for.
     h.failpoints.arm("terminate.before-shutdown");
@@ -123,7 +125,7 @@ async fn a_restart_during_any_action_loses_no_disk_and_the_next_action_works() {
     let gone = settled(&svc, &id, "terminated").await;
     assert!(gone["terminated_at"].is_string());
     assert_eq!(delete(&svc.api(&format!("/instances/{id}"))).await, 202, "a second terminate is a no-op");
-    assert_nothing_orphaned(&svc, NETWORK).await;
+    assert_nothing_orphaned(&svc, &h.network).await;
 }
 
 async fn launch_three(svc: &Service) -> Vec<String> {
@@ -153,7 +155,7 @@ async fn all_settled(svc: &Service, ids: &[String]) -> Vec<Value> {
 async fn a_restart_during_concurrent_launches_leaves_every_domain_with_a_row_and_nothing_orphaned() {
     let bench = Bench::from_env();
     let tmp = tempfile::tempdir_in(bench.data_dir.parent().unwrap()).unwrap();
-    let h = Harness::new(tmp.path(), "ec2-bench-restart-launches");
+    let h = Harness::new(tmp.path(), "rl", 82);
     let mut svc = h.start();
     import_test_image(&svc, &bench).await;
 
@@ -165,7 +167,7 @@ async fn a_restart_during_concurrent_launches_leaves_every_domain_with_a_row_and
         assert_eq!(row["state"], "error", "{row}");
         assert!(row["state_reason"].as_str().unwrap().contains("restarted before the instance was built"), "{row}");
     }
-    assert_nothing_orphaned(&svc, NETWORK).await;
+    assert_nothing_orphaned(&svc, &h.network).await;
 
     // Killed with three domains defined but not started: the launches are finished.
     h.failpoints.arm("launch.before-start");
@@ -175,7 +177,7 @@ async fn a_restart_during_concurrent_launches_leaves_every_domain_with_a_row_and
         assert_eq!(row["state"], "running", "{row}");
         assert!(row["launched_at"].is_string(), "{row}");
     }
-    assert_nothing_orphaned(&svc, NETWORK).await;
+    assert_nothing_orphaned(&svc, &h.network).await;
 
     // Killed at whatever step three launches have reached right after they were accepted.
     let ids_any = launch_three(&svc).await;
@@ -184,7 +186,7 @@ async fn a_restart_during_concurrent_launches_leaves_every_domain_with_a_row_and
     for row in all_settled(&svc, &ids_any).await {
         assert!(matches!(row["state"].as_str(), Some("running" | "error")), "{row}");
     }
-    assert_nothing_orphaned(&svc, NETWORK).await;
+    assert_nothing_orphaned(&svc, &h.network).await;
 
     // The addresses of undone launches are free again: a terminate of everything
     // leaves nothing, and the database agrees with libvirt.
@@ -195,5 +197,5 @@ async fn a_restart_during_concurrent_launches_leaves_every_domain_with_a_row_and
     for row in list.as_array().unwrap() {
         settled(&svc, row["id"].as_str().unwrap(), "terminated").await;
     }
-    assert_nothing_orphaned(&svc, NETWORK).await;
+    assert_nothing_orphaned(&svc, &h.network).await;
 }

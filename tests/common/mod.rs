@@ -264,6 +264,18 @@ pub async fn import_test_image(service: &Service, bench: &Bench) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
+/// Environment for a service with a NAT network of its own (`ec2-bench-NAME` on
+/// 10.OCTET.0.0/24): services with separate databases must not hand out the same
+/// addresses on one network, and tests run side by side.
+pub fn own_network(name: &str, octet: u8) -> Vec<(String, String)> {
+    vec![
+        ("EC2LOCAL_NETWORK_NAME".into(), format!("ec2-bench-{name}")),
+        ("EC2LOCAL_NETWORK_BRIDGE".into(), format!("ec2br-{name}")),
+        ("EC2LOCAL_NETWORK_GATEWAY".into(), format!("10.{octet}.0.1/24")),
+        ("EC2LOCAL_DHCP_RANGE".into(), format!("10.{octet}.0.10-10.{octet}.0.254")),
+    ]
+}
+
 /// The service's failpoints (`src/failpoint.rs`): arm one, wait until the service is
 /// paused there, do the damage, release it.
 pub struct Failpoints {

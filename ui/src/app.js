@@ -144,7 +144,7 @@ async function instancesPage() {
   }
 
   function instanceRow(i) {
-    const allowed = allowedActions(i.state);
+    const allowed = allowedActions(i.state, i.task);
     const action = (label, verb, opts = {}) => el("button", {
       type: "button", class: opts.danger ? "danger" : "", disabled: !allowed[verb], "data-action": verb,
       onclick: async (event) => {
@@ -158,7 +158,7 @@ async function instancesPage() {
       el("td", {}, el("a", { href: `#/instances/${i.id}` }, i.name || "(no name)")),
       el("td", { class: "mono" }, i.id),
       el("td", {}, i.instance_type),
-      el("td", {}, el("span", { class: `state state-${i.state}`, "data-state": i.state }, i.state), i.state_reason ? el("span", { class: "reason" }, i.state_reason) : null),
+      el("td", {}, el("span", { class: `state state-${i.state}`, "data-state": i.state }, i.task ? `${i.state} (${i.task})` : i.state), i.state_reason ? el("span", { class: "reason" }, i.state_reason) : null),
       el("td", { class: "mono" }, i.ip_address || "–"),
       el("td", {}, i.key_name || "–"),
       el("td", {}, i.image_name),

@@ -19,14 +19,18 @@ export function describeType(t) {
   return `${t.name} — ${t.vcpus} vCPU, ${memory} RAM, ${t.disk_gib} GiB disk`;
 }
 
-/** Which actions a state allows, as the API does (409 otherwise). */
-export function allowedActions(state) {
+/**
+ * Which actions a state allows, as the API does (409 otherwise). While ec2local works on
+ * the instance (`task`), only terminate is taken, and not twice.
+ */
+export function allowedActions(state, task = null) {
+  const idle = !task;
   return {
-    start: state === "stopped",
-    stop: state === "running",
-    reboot: state === "running",
-    terminate: state !== "terminated",
-    connect: state === "running",
+    start: idle && state === "stopped",
+    stop: idle && state === "running",
+    reboot: idle && state === "running",
+    terminate: state !== "terminated" && task !== "terminating",
+    connect: state === "running" && task !== "terminating",
   };
 }
 

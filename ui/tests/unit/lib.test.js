@@ -20,6 +20,10 @@ test("actions follow the API's state rules", () => {
   assert.deepEqual(allowedActions("stopped"), { start: true, stop: false, reboot: false, terminate: true, connect: false });
   assert.deepEqual(allowedActions("pending"), { start: false, stop: false, reboot: false, terminate: true, connect: false });
   assert.equal(allowedActions("terminated").terminate, false);
+  // Work in flight: only terminate, and not twice.
+  assert.deepEqual(allowedActions("running", "rebooting"), { start: false, stop: false, reboot: false, terminate: true, connect: true });
+  assert.deepEqual(allowedActions("error", "cleaning-up"), { start: false, stop: false, reboot: false, terminate: true, connect: false });
+  assert.equal(allowedActions("running", "terminating").terminate, false);
 });
 
 test("launch blockers mirror the service's limits (REQ-LIM-001, REQ-LIM-002)", () => {
