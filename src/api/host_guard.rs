@@ -1,6 +1,8 @@
-//! DNS-rebinding guard: a request whose Host header is not the bound address or
-//! `localhost` is refused, so a web page on another site cannot reach the API by
-//! pointing its own domain name at 127.0.0.1.
+//! Guards against other web sites. DNS rebinding: a request whose Host header is not
+//! the bound address or `localhost` is refused, so a page on another site cannot reach
+//! the API by pointing its own domain name at 127.0.0.1. Cross-site requests: a page
+//! on another site can still make the browser send a form to localhost; a request that
+//! changes something is refused when the browser says it comes from elsewhere.
 
 use std::net::SocketAddr;
 
@@ -27,6 +29,27 @@ pub fn host_is_allowed(allowed: &[String], host_header: Option<&str>) -> bool {
     }
 }
 
+/// Browsers may only act from the service's own pages; clients that send no Origin
+/// (command-line tools, SDKs) may too.
+pub fn origin_is_allowed(origin: Option<&str>, port: u16) -> bool {
+    match origin {
+        None => true,
+        Some(origin) => ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .any(|host| origin.eq_ignore_ascii_case(&format!("http://{host}:{port}"))),
+    }
+}
+
+/// Whether a request may change something: reads (GET, HEAD, OPTIONS) always may;
+/// anything else is refused when its `Origin` is another site's, or when the browser
+/// marks it `Sec-Fetch-Site: cross-site`. Requests without those headers pass.
+pub fn cross_site_refused(method: &str, origin: Option<&str>, fetch_site: Option<&str>, port: u16) -> bool {
+    if matches!(method, "GET" | "HEAD" | "OPTIONS") {
+        return false;
+    }
+    !origin_is_allowed(origin, port) || fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +71,38 @@ mod tests {
         let allowed = allowed_hosts("10.1.2.3:9000".parse().unwrap());
         assert!(host_is_allowed(&allowed, Some("10.1.2.3:9000")));
         assert!(!host_is_allowed(&allowed, Some("10.1.2.4:9000")));
+    }
+
+    #[test]
+    fn changes_from_other_sites_are_refused_and_tools_pass() {
+        let own = Some("http://localhost:8000");
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            assert!(cross_site_refused(method, Some("http://evil.example"), None, 8000), "{method}");
+            assert!(cross_site_refused(method, Some("null"), None, 8000), "{method} from a sandboxed frame");
+            assert!(cross_site_refused(method, Some("http://localhost:8001"), None, 8000), "{method} other port");
+            assert!(cross_site_refused(method, None, Some("cross-site"), 8000), "{method} marked cross-site");
+            assert!(!cross_site_refused(method, own, Some("same-origin"), 8000), "{method} from our page");
+            assert!(!cross_site_refused(method, None, None, 8000), "{method} from curl");
+            assert!(!cross_site_refused(method, None, Some("none"), 8000), "{method} typed by the user");
+        }
+        for method in ["GET", "HEAD", "OPTIONS"] {
+            assert!(!cross_site_refused(method, Some("http://evil.example"), Some("cross-site"), 8000));
+        }
+    }
+
+    #[test]
+    fn only_the_services_own_origin_is_its_own() {
+        assert!(origin_is_allowed(None, 8000));
+        assert!(origin_is_allowed(Some("http://localhost:8000"), 8000));
+        assert!(origin_is_allowed(Some("http://127.0.0.1:8000"), 8000));
+        for bad in [
+            "http://localhost:8001",
+            "https://localhost:8000",
+            "http://evil.example",
+            "null",
+            "http://localhost:8000.evil",
+        ] {
+            assert!(!origin_is_allowed(Some(bad), 8000), "{bad}");
+        }
     }
 }

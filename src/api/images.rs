@@ -1,5 +1,6 @@
 //! /api/images: the catalog and imported images, pulls, imports, deletion.
 
+use super::strict::{Text, field};
 use std::sync::Arc;
 
 use poem::web::Data;
@@ -95,16 +96,16 @@ impl From<Image> for ImageDto {
 #[derive(Debug, Object)]
 pub struct ImportImageRequest {
     /// 1-64 of A-Z a-z 0-9 . _ -
-    pub name: String,
+    pub name: Text<field::Name>,
     /// A qcow2 or raw cloud image on this machine; it is copied into images/.
-    pub file_path: String,
-    pub description: Option<String>,
-    pub os: Option<String>,
-    pub os_version: Option<String>,
+    pub file_path: Text<field::FilePath>,
+    pub description: Option<Text<field::Description>>,
+    pub os: Option<Text<field::Os>>,
+    pub os_version: Option<Text<field::OsVersion>>,
     /// x86_64 or aarch64; the host's by default.
-    pub architecture: Option<String>,
+    pub architecture: Option<Text<field::Architecture>>,
     /// The image's cloud-init default user; `ubuntu` by default.
-    pub default_user: Option<String>,
+    pub default_user: Option<Text<field::DefaultUser>>,
 }
 
 #[derive(ApiResponse)]
@@ -154,13 +155,13 @@ impl ImagesApi {
         let image = app
             .images
             .import(ImportRequest {
-                name: b.name,
-                file_path: b.file_path.into(),
-                description: b.description,
-                os: b.os,
-                os_version: b.os_version,
-                architecture: b.architecture,
-                default_user: b.default_user,
+                name: b.name.0,
+                file_path: b.file_path.0.into(),
+                description: b.description.map(Text::into_string),
+                os: b.os.map(Text::into_string),
+                os_version: b.os_version.map(Text::into_string),
+                architecture: b.architecture.map(Text::into_string),
+                default_user: b.default_user.map(Text::into_string),
             })
             .await?;
         Ok(ImageCreated::Created(Json(image.into())))

@@ -1,5 +1,6 @@
 //! /api/instances and /api/instance-types.
 
+use super::strict::{Text, field};
 use std::sync::Arc;
 
 use poem::web::Data;
@@ -25,16 +26,16 @@ pub struct InstanceTypeDto {
 #[derive(Debug, Object)]
 pub struct LaunchInstanceRequest {
     /// t2.nano, t2.micro, t2.small, t2.medium or t2.large.
-    pub instance_type: String,
+    pub instance_type: Text<field::InstanceType>,
     /// The image's id (`ami-…`) or name.
-    pub image_id: String,
+    pub image_id: Text<field::ImageId>,
     /// Up to 255 characters, no control characters.
-    pub name: Option<String>,
+    pub name: Option<Text<field::Name>>,
     /// A key pair whose public key is installed for the image's default user.
-    pub key_name: Option<String>,
+    pub key_name: Option<Text<field::KeyName>>,
     /// cloud-init user data (`#cloud-config`, a `#!` script, ...), up to 16 KiB, passed
     /// to the guest unchanged.
-    pub user_data: Option<String>,
+    pub user_data: Option<Text<field::UserData>>,
 }
 
 #[derive(Debug, Object)]
@@ -134,11 +135,11 @@ impl InstancesApi {
         let instance = app
             .instances
             .launch(LaunchRequest {
-                instance_type: b.instance_type,
-                image: b.image_id,
-                name: b.name,
-                key_name: b.key_name,
-                user_data: b.user_data,
+                instance_type: b.instance_type.0,
+                image: b.image_id.0,
+                name: b.name.map(Text::into_string),
+                key_name: b.key_name.map(Text::into_string),
+                user_data: b.user_data.map(Text::into_string),
             })
             .await?;
         Ok(Accepted::Accepted(Json(instance.into())))

@@ -1,5 +1,6 @@
 //! /api/key-pairs: import, create, list, get, delete, attach a private key.
 
+use super::strict::{Text, field};
 use std::sync::Arc;
 
 use poem::web::Data;
@@ -17,16 +18,16 @@ pub struct KeyPairsApi;
 #[derive(Debug, Object)]
 pub struct KeyPairRequest {
     /// 1 to 255 printable ASCII characters, unique.
-    pub name: String,
+    pub name: Text<field::Name>,
     /// An OpenSSH public key line (`TYPE BASE64 [COMMENT]`) to import. Leave it out to
     /// have ec2local create a new ed25519 pair and return its private key once.
-    pub public_key: Option<String>,
+    pub public_key: Option<Text<field::PublicKey>>,
 }
 
 #[derive(Debug, Object)]
 pub struct PrivateKeyRequest {
     /// The OpenSSH private key (`-----BEGIN OPENSSH PRIVATE KEY-----`), without passphrase.
-    pub private_key: String,
+    pub private_key: Text<field::PrivateKey>,
 }
 
 #[derive(Debug, Object)]
@@ -85,9 +86,9 @@ impl KeyPairsApi {
     async fn create(&self, app: Data<&Arc<App>>, body: Json<KeyPairRequest>) -> Result<CreatedKeyPair, ApiError> {
         let body = body.0;
         let dto = match body.public_key {
-            Some(public_key) => app.key_pairs.import(&body.name, &public_key).await?.into(),
+            Some(public_key) => app.key_pairs.import(&body.name.0, &public_key.0).await?.into(),
             None => {
-                let (pair, private) = app.key_pairs.create(&body.name).await?;
+                let (pair, private) = app.key_pairs.create(&body.name.0).await?;
                 KeyPairDto { private_key: Some(private.0), ..pair.into() }
             }
         };
@@ -122,6 +123,6 @@ impl KeyPairsApi {
         name: Path<String>,
         body: Json<PrivateKeyRequest>,
     ) -> Result<Json<KeyPairDto>, ApiError> {
-        Ok(Json(app.key_pairs.attach_private_key(&name.0, &body.0.private_key).await?.into()))
+        Ok(Json(app.key_pairs.attach_private_key(&name.0, &body.0.private_key.0).await?.into()))
     }
 }

@@ -6,6 +6,7 @@ pub mod host_guard;
 pub mod images;
 pub mod instances;
 pub mod key_pairs;
+pub mod strict;
 pub mod system;
 pub mod terminal;
 pub mod ui;
@@ -68,35 +69,102 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
         .catch_all_error(error::json_error_response)
         .data(app)
         .data(terminal::BoundAddress(bind))
-        .around(move |ep, req| {
+        .around(move |ep, mut req| {
             let allowed = allowed.clone();
             async move {
-                let host = req.headers().get(poem::http::header::HOST).and_then(|h| h.to_str().ok());
-                if !host_guard::host_is_allowed(&allowed, host) {
+                let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok()).map(str::to_string);
+                let host = header("host");
+                if !host_guard::host_is_allowed(&allowed, host.as_deref()) {
                     let refused = error::ApiError::new(
                         poem::http::StatusCode::FORBIDDEN,
                         "ForbiddenHost",
                         format!(
                             "Host {:?} is not this service's address; use http://localhost:{}",
-                            host.unwrap_or(""),
+                            host.unwrap_or_default(),
                             bind.port()
                         ),
                     );
                     return Ok(poem::Error::from(refused).into_response());
                 }
-                let length = req.headers().get(poem::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-                if length.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_BODY_BYTES) {
-                    let too_large = error::ApiError::new(
-                        poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-                        "PayloadTooLarge",
-                        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+                let origin = header("origin");
+                let fetch_site = header("sec-fetch-site");
+                if host_guard::cross_site_refused(
+                    req.method().as_str(),
+                    origin.as_deref(),
+                    fetch_site.as_deref(),
+                    bind.port(),
+                ) {
+                    let refused = error::ApiError::new(
+                        poem::http::StatusCode::FORBIDDEN,
+                        "ForbiddenOrigin",
+                        format!(
+                            "requests that change something are taken only from this service's own pages \
+                             (http://localhost:{}), not from {}",
+                            bind.port(),
+                            origin.as_deref().or(fetch_site.as_deref()).unwrap_or("another site")
+                        ),
                     );
-                    return Ok(poem::Error::from(too_large).into_response());
+                    return Ok(with_security_headers(poem::Error::from(refused).into_response(), false));
                 }
-                Ok(ep.call(req).await?.into_response())
+                if let Some(too_large) = limit_body(&mut req).await {
+                    return Ok(with_security_headers(too_large, false));
+                }
+                let is_ui = req.uri().path() == "/" || req.uri().path().starts_with("/assets/");
+                Ok(with_security_headers(ep.call(req).await?.into_response(), is_ui))
             }
         })
 }
+
+fn payload_too_large() -> poem::Response {
+    let too_large = error::ApiError::new(
+        poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+    );
+    poem::Error::from(too_large).into_response()
+}
+
+/// Holds every request body to `MAX_BODY_BYTES`, whether it says its length or comes
+/// chunked: the body is read (up to the limit) before any handler sees it, so a
+/// handler that takes no body still answers, and a large one never reaches memory.
+async fn limit_body(req: &mut poem::Request) -> Option<poem::Response> {
+    let length = req.headers().get(poem::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if length.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Some(payload_too_large());
+    }
+    // WebSocket upgrades carry no body; reading one would wait on the connection.
+    if req.headers().contains_key(poem::http::header::UPGRADE) {
+        return None;
+    }
+    match req.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
+        Ok(bytes) => {
+            req.set_body(bytes);
+            None
+        }
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => Some(payload_too_large()),
+        Err(e) => Some(poem::Error::from(e).into_response()),
+    }
+}
+
+/// What a browser may do with our responses. Every response: no framing by other
+/// sites (clickjacking), no content sniffing. The UI's pages also get a policy that
+/// loads nothing from elsewhere (xterm.js sets inline styles, hence `'unsafe-inline'`
+/// for styles only). Swagger UI at /docs keeps its own inline script, so it gets no CSP.
+fn with_security_headers(mut response: poem::Response, is_ui: bool) -> poem::Response {
+    let headers = response.headers_mut();
+    headers.insert("x-frame-options", poem::http::HeaderValue::from_static("DENY"));
+    headers.insert("x-content-type-options", poem::http::HeaderValue::from_static("nosniff"));
+    if is_ui {
+        headers.insert("content-security-policy", poem::http::HeaderValue::from_static(UI_CONTENT_SECURITY_POLICY));
+    } else {
+        headers.insert("content-security-policy", poem::http::HeaderValue::from_static("frame-ancestors 'none'"));
+    }
+    response
+}
+
+pub const UI_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

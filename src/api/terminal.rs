@@ -41,17 +41,6 @@ enum Control {
     Auth { private_key: String },
 }
 
-/// Browsers may only open a terminal from the service's own pages; clients that send
-/// no Origin (command-line tools) may too.
-pub fn origin_is_allowed(origin: Option<&str>, port: u16) -> bool {
-    match origin {
-        None => true,
-        Some(origin) => ["localhost", "127.0.0.1", "[::1]"]
-            .iter()
-            .any(|host| origin.eq_ignore_ascii_case(&format!("http://{host}:{port}"))),
-    }
-}
-
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     Json(ErrorBody { code: code.into(), message: message.into() }).with_status(status).into_response()
 }
@@ -66,7 +55,7 @@ pub async fn open_terminal(
     Data(bound): Data<&BoundAddress>,
 ) -> Response {
     let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
-    if !origin_is_allowed(origin, bound.0.port()) {
+    if !super::host_guard::origin_is_allowed(origin, bound.0.port()) {
         return json_error(
             StatusCode::FORBIDDEN,
             "ForbiddenOrigin",
@@ -219,27 +208,6 @@ async fn wait_for_key(stream: &mut futures_util::stream::SplitStream<WebSocketSt
                 Some(Ok(_)) => {}
                 _ => return None,
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_services_own_origin_may_open_a_terminal() {
-        assert!(origin_is_allowed(None, 8000));
-        assert!(origin_is_allowed(Some("http://localhost:8000"), 8000));
-        assert!(origin_is_allowed(Some("http://127.0.0.1:8000"), 8000));
-        for bad in [
-            "http://localhost:8001",
-            "https://localhost:8000",
-            "http://evil.example",
-            "null",
-            "http://localhost:8000.evil",
-        ] {
-            assert!(!origin_is_allowed(Some(bad), 8000), "{bad}");
         }
     }
 }

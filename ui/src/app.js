@@ -24,6 +24,17 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** What the user is asked before an action: every action changes a running guest. */
+function confirmation(verb, i) {
+  const what = `${i.id}${i.name ? ` (${i.name})` : ""}`;
+  switch (verb) {
+    case "terminate": return `Terminate ${what}? Its disk is deleted.`;
+    case "stop": return `Stop ${what}? Its guest OS is shut down.`;
+    case "reboot": return `Reboot ${what}? Its guest OS restarts.`;
+    default: return `Start ${what}?`;
+  }
+}
+
 function toast(message, kind = "ok") {
   const node = el("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" }, message);
   document.getElementById("toasts").append(node);
@@ -148,7 +159,7 @@ async function instancesPage() {
     const action = (label, verb, opts = {}) => el("button", {
       type: "button", class: opts.danger ? "danger" : "", disabled: !allowed[verb], "data-action": verb,
       onclick: async (event) => {
-        if (verb === "terminate" && !confirm(`Terminate ${i.id}${i.name ? ` (${i.name})` : ""}? Its disk is deleted.`)) return;
+        if (!confirm(confirmation(verb, i))) return;
         const request = verb === "terminate" ? api("DELETE", `/instances/${i.id}`) : api("POST", `/instances/${i.id}/${verb}`);
         await act(event.currentTarget, () => request, `${label}: ${i.id}`);
         refreshInstances();

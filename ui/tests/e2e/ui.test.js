@@ -147,7 +147,10 @@ test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout
 
   // Stop, then terminate (with its confirmation).
   await page.click("a[data-nav=instances]");
+  // Stop asks first, like terminate (a page must not stop a guest with one stray click).
+  const asked = new Promise((resolve) => page.once("dialog", (dialog) => { resolve(dialog.message()); dialog.accept(); }));
   await row.locator("button[data-action=stop]").click();
+  assert.match(await asked, /^Stop i-[0-9a-f]{8}.*shut down/);
   await page.locator(".toast.ok", { hasText: `Stop: ${id}` }).waitFor();
   await row.locator("[data-state=stopped]").waitFor({ timeout: 3 * 60 * 1000 });
   await shot("instances-stopped");

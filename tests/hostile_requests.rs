@@ -1,0 +1,146 @@
+//! Hostile requests at the HTTP layer (no libvirt needed): other sites' pages, framing,
+//! bodies larger than the limit however they are sent, bodies where none is taken.
+//! Each refusal changes nothing. See the bad-input table in RELIABILITY.md.
+
+mod common;
+
+use common::{Service, client, get_json};
+use serde_json::json;
+
+const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+
+fn start() -> (tempfile::TempDir, Service) {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = Service::start(&tmp.path().join("data"), &[("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT)]);
+    (tmp, service)
+}
+
+const PUBLIC_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl hostile@test";
+
+async fn key_pair_names(service: &Service) -> Vec<String> {
+    let (status, list) = get_json(&service.api("/key-pairs")).await;
+    assert_eq!(status, 200);
+    list.as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn changes_from_other_sites_are_refused_and_change_nothing() {
+    let (_tmp, service) = start();
+    let url = service.api("/key-pairs");
+    let body = json!({"name": "k1", "public_key": PUBLIC_KEY});
+    // A form posted by another site's page, and a fetch marked cross-site by the browser.
+    for (header, value) in [("origin", "http://evil.example"), ("origin", "null"), ("sec-fetch-site", "cross-site")] {
+        let response = client().post(&url).header(header, value).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{header}: {value}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "ForbiddenOrigin", "{error}");
+    }
+    assert!(key_pair_names(&service).await.is_empty(), "a refused request stored a key pair");
+    // A body-less form post to an action is refused the same way.
+    let stop = client()
+        .post(service.api("/instances/i-0000abcd/stop"))
+        .header("origin", "https://attacker.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), 403);
+
+    // The service's own page, and tools that send no Origin, go through.
+    let own = format!("http://localhost:{}", service.port);
+    let response = client().post(&url).header("origin", own.as_str()).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let deleted = client().delete(service.api("/key-pairs/k1")).header("origin", "http://evil.example").send().await;
+    assert_eq!(deleted.unwrap().status(), 403);
+    assert_eq!(key_pair_names(&service).await, ["k1"], "a refused delete changed something");
+    let deleted = client().delete(service.api("/key-pairs/k1")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    // Reading stays open: a cross-site GET cannot read the answer anyway (no CORS).
+    let read = client().get(service.api("/key-pairs")).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(read.status(), 200);
+}
+
+#[tokio::test]
+async fn responses_cannot_be_framed_or_sniffed_and_the_ui_loads_nothing_from_elsewhere() {
+    let (_tmp, service) = start();
+    let page = client().get(format!("{}/", service.url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers();
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    for directive in ["default-src 'self'", "frame-ancestors 'none'", "script-src 'self'", "object-src 'none'"] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert!(!csp.contains("http"), "the UI's policy names another origin: {csp}");
+    for path in ["/api/health", "/docs", "/assets/app.js"] {
+        let response = client().get(format!("{}{path}", service.url)).send().await.unwrap();
+        assert_eq!(response.headers()["x-frame-options"], "DENY", "{path}");
+        let csp = response.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+    }
+}
+
+#[tokio::test]
+async fn chunked_bodies_over_the_limit_are_refused_and_bodies_where_none_is_taken_get_an_answer() {
+    let (_tmp, service) = start();
+    // 2 MiB sent chunked: no Content-Length to check up front.
+    let chunks = (0..32).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024]));
+    let response = client()
+        .post(service.api("/key-pairs"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "PayloadTooLarge");
+    assert!(key_pair_names(&service).await.is_empty());
+
+    // A small chunked body within the limit still works.
+    let json = serde_json::to_vec(&json!({"name": "chunked", "public_key": PUBLIC_KEY})).unwrap();
+    let response = client()
+        .post(service.api("/key-pairs"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(json)])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    // 512 KiB to an action that takes no body: an answer, not a reset connection.
+    let response = client()
+        .post(service.api("/instances/i-0000abcd/stop"))
+        .body(vec![b'x'; 512 * 1024])
+        .send()
+        .await
+        .expect("an answer, not a reset connection");
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "InvalidInstanceID.NotFound");
+}
+
+#[tokio::test]
+async fn a_number_or_boolean_where_a_string_belongs_is_refused_with_the_field_named() {
+    let (_tmp, service) = start();
+    let cases = [
+        ("/instances", json!({"instance_type": "t2.nano", "image_id": "ami-1", "name": true}), "name"),
+        ("/instances", json!({"instance_type": "t2.nano", "image_id": "ami-1", "user_data": 5}), "user_data"),
+        ("/instances", json!({"instance_type": "t2.nano", "image_id": "ami-1", "key_name": 7}), "key_name"),
+        ("/instances", json!({"instance_type": "t2.nano", "image_id": 7}), "image_id"),
+        ("/key-pairs", json!({"name": 7, "public_key": PUBLIC_KEY}), "name"),
+        ("/key-pairs", json!({"name": "k", "public_key": false}), "public_key"),
+        ("/images", json!({"name": 1, "file_path": "/nonexistent.qcow2"}), "name"),
+    ];
+    for (path, body, field) in cases {
+        let response = client().post(service.api(path)).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path} {body}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(field) && message.contains("expected a string"), "{path} {body}: {message}");
+    }
+    assert!(key_pair_names(&service).await.is_empty());
+    let (_, instances) = get_json(&service.api("/instances?include_terminated=true")).await;
+    assert_eq!(instances, json!([]));
+}
