@@ -2,15 +2,9 @@
 
 mod common;
 
-use common::{Service, client, get_json};
+use common::{NO_LIBVIRT, client, get_json};
 
-const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
-
-fn start() -> (tempfile::TempDir, Service) {
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(&tmp.path().join("data"), &[("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT)]);
-    (tmp, service)
-}
+use common::start_without_libvirt as start;
 
 // REQ-USE-002
 #[tokio::test]

@@ -7,13 +7,7 @@ mod common;
 use common::{Service, client, get_json};
 use serde_json::json;
 
-const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
-
-fn start() -> (tempfile::TempDir, Service) {
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(&tmp.path().join("data"), &[("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT)]);
-    (tmp, service)
-}
+use common::start_without_libvirt as start;
 
 const PUBLIC_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl hostile@test";

@@ -12,7 +12,7 @@ use common::{Service, client, get_json, wait_for};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+use common::NO_LIBVIRT;
 const JAMMY: &str = "jammy-server-cloudimg-amd64.img";
 const FOCAL: &str = "focal-server-cloudimg-amd64.img";
 

@@ -8,13 +8,7 @@ use std::path::Path;
 use common::{Service, client, get_json, keygen};
 use serde_json::{Value, json};
 
-const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
-
-fn start() -> (tempfile::TempDir, Service) {
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(&tmp.path().join("data"), &[("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT)]);
-    (tmp, service)
-}
+use common::start_without_libvirt as start;
 
 async fn post(service: &Service, body: Value) -> (u16, Value) {
     let response = client().post(service.api("/key-pairs")).json(&body).send().await.unwrap();

@@ -104,6 +104,17 @@ impl Drop for Service {
     }
 }
 
+/// A libvirt URI that cannot answer: for the tests of the HTTP surface without libvirt.
+pub const NO_LIBVIRT: &str = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+
+/// A service with a data dir of its own and no libvirt; the directory lives as long as
+/// the returned guard.
+pub fn start_without_libvirt() -> (tempfile::TempDir, Service) {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = Service::start(&tmp.path().join("data"), &[("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT)]);
+    (tmp, service)
+}
+
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
