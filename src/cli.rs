@@ -256,7 +256,8 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, base_url: &st
                 let image = images
                     .import(crate::images::ImportRequest {
                         name,
-                        file_path: file,
+                        // A path typed on the command line is relative to where it was typed.
+                        file_path: std::path::absolute(&file).unwrap_or(file),
                         description,
                         os,
                         os_version,

@@ -266,3 +266,57 @@ async fn delete_is_refused_while_an_instance_uses_the_image() {
     let (status, _) = get_json(&service.api(&format!("/images/{id}"))).await;
     assert_eq!(status, 404);
 }
+
+// REQ-IMG-005: an import reads nothing the caller did not name as a standalone image.
+#[tokio::test]
+async fn imports_that_would_read_other_files_are_refused_and_register_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = start(&tmp.path().join("data"), "http://127.0.0.1:9");
+    let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    // A secret the import must never flatten into an image.
+    let secret = path("id_rsa");
+    std::fs::write(&secret, "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n-----END OPENSSH PRIVATE KEY-----\n")
+        .unwrap();
+    let on_secret = path("on-secret.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &secret, &on_secret, "64M"]);
+    let on_json = path("on-json.qcow2");
+    let json_backing =
+        format!("json:{{\"driver\":\"raw\",\"file\":{{\"driver\":\"file\",\"filename\":\"{secret}\"}}}}");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &json_backing, &on_json, "64M"]);
+    let with_data_file = path("data-file.qcow2");
+    let data_file = path("data-file.raw");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={data_file},data_file_raw=on"),
+        &with_data_file,
+        "1M",
+    ]);
+    let good = path("good.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &good, "64M"]);
+    let link = path("link.qcow2");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+
+    for (name, file_path, why) in [
+        ("backing-secret", on_secret.as_str(), "backing file"),
+        ("backing-json", on_json.as_str(), "backing file"),
+        ("data-file", with_data_file.as_str(), "external file"),
+        ("symlink", link.as_str(), "symbolic link"),
+        ("relative", "good.qcow2", "not an absolute path"),
+        ("protocol", "json:{\"driver\":\"file\",\"filename\":\"/etc/passwd\"}", "not an absolute path"),
+        ("nbd", "nbd://127.0.0.1:10809/x", "not an absolute path"),
+        ("device", "/dev/zero", "not a regular file"),
+    ] {
+        let (status, body) = import(&service, json!({"name": name, "file_path": file_path})).await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(why), "{name}: {body}");
+    }
+    let (_, list) = get_json(&service.api("/images")).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "a refused import was registered: {list}");
+    assert_eq!(std::fs::read_dir(service.data_dir.join("images")).unwrap().count(), 0, "a refused import left a file");
+    let (status, body) = import(&service, json!({"name": "good", "file_path": good})).await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -32,6 +32,17 @@ pub struct ImageInfo {
     pub backing_filename: Option<String>,
     #[serde(rename = "full-backing-filename", default)]
     pub full_backing_filename: Option<String>,
+    /// qcow2's own details, among them an external `data-file`.
+    #[serde(rename = "format-specific", default)]
+    pub format_specific: Option<serde_json::Value>,
+}
+
+impl ImageInfo {
+    /// The external data file a qcow2 keeps its clusters in, if any: reading the image
+    /// reads that file.
+    pub fn external_data_file(&self) -> Option<&str> {
+        self.format_specific.as_ref()?.get("data")?.get("data-file")?.as_str()
+    }
 }
 
 impl QemuImg {
@@ -65,17 +76,29 @@ impl QemuImg {
         Ok(())
     }
 
-    /// Copies an image into a standalone qcow2 (flattening any backing chain).
-    pub async fn convert_to_qcow2(&self, source: &Path, dest: &Path) -> Result<(), QemuImgError> {
-        let cmd =
-            ToolCommand::new("qemu-img", self.timeout).args(["convert", "-q", "-O", "qcow2"]).arg(source).arg(dest);
+    /// Copies an image of the given `format` (pinned: never probed again) into a
+    /// standalone qcow2.
+    pub async fn convert_to_qcow2(&self, source: &Path, format: &str, dest: &Path) -> Result<(), QemuImgError> {
+        let cmd = ToolCommand::new("qemu-img", self.timeout)
+            .args(["convert", "-q", "-f", format, "-O", "qcow2"])
+            .arg(source)
+            .arg(dest);
         super::run(cmd).await?;
         Ok(())
     }
 
     pub async fn info(&self, path: &Path) -> Result<ImageInfo, QemuImgError> {
+        self.info_as(path, None).await
+    }
+
+    /// `info`, with the format pinned (`-f`) once it is known.
+    pub async fn info_as(&self, path: &Path, format: Option<&str>) -> Result<ImageInfo, QemuImgError> {
         // -U: inspect even while a running guest holds the image's lock.
-        let cmd = ToolCommand::new("qemu-img", self.timeout).args(["info", "-U", "--output=json"]).arg(path);
+        let mut cmd = ToolCommand::new("qemu-img", self.timeout).args(["info", "-U", "--output=json"]);
+        if let Some(format) = format {
+            cmd = cmd.args(["-f", format]);
+        }
+        let cmd = cmd.arg(path);
         let out = super::run(cmd).await?;
         parse_info(&out.stdout).map_err(|detail| QemuImgError::Parse { path: path.to_path_buf(), detail })
     }

@@ -233,8 +233,19 @@ impl Images {
     pub async fn import(&self, request: ImportRequest) -> Result<Image, AppError> {
         validate_image_name(&request.name)?;
         let source = request.file_path.clone();
-        if !source.is_file() {
-            return Err(invalid(format!("{} is not a file", source.display())));
+        // An absolute path to a regular file, never a protocol (`json:`, `nbd:`), a
+        // device or a symbolic link that could be pointed elsewhere.
+        if !source.is_absolute() {
+            return Err(invalid(format!("{} is not an absolute path", source.display())));
+        }
+        let kind = std::fs::symlink_metadata(&source).map(|m| m.file_type());
+        if !kind.as_ref().is_ok_and(|k| k.is_file()) {
+            let what = match kind {
+                Ok(k) if k.is_symlink() => "a symbolic link; give the file it points to",
+                Ok(_) => "not a regular file",
+                Err(_) => "not a file",
+            };
+            return Err(invalid(format!("{} is {what}", source.display())));
         }
         let info = self
             .qemu_img
@@ -248,10 +259,33 @@ impl Images {
                 info.format
             )));
         }
-        if let Some(backing) = info.full_backing_filename.as_ref().or(info.backing_filename.as_ref())
-            && !Path::new(backing).is_file()
+        // Importing reads every file the image refers to, with the service's rights: an
+        // overlay on someone's ~/.ssh/id_rsa would be flattened into a registered image.
+        if let Some(backing) = info.full_backing_filename.as_ref().or(info.backing_filename.as_ref()) {
+            return Err(invalid(format!(
+                "{} is an overlay on the backing file {backing}; import a standalone image \
+                 (`qemu-img convert -O qcow2 {} standalone.qcow2`)",
+                source.display(),
+                source.display()
+            )));
+        }
+        if let Some(data_file) = info.external_data_file() {
+            return Err(invalid(format!(
+                "{} keeps its data in the external file {data_file}; import a standalone image",
+                source.display()
+            )));
+        }
+        // From here on the format is pinned: a second look must agree with the first.
+        let pinned = self
+            .qemu_img
+            .info_as(&source, Some(&info.format))
+            .await
+            .map_err(|e| invalid(format!("{} changed while it was being imported: {e}", source.display())))?;
+        if pinned.full_backing_filename.is_some()
+            || pinned.backing_filename.is_some()
+            || pinned.external_data_file().is_some()
         {
-            return Err(invalid(format!("{} is an overlay whose backing file {backing} is missing", source.display())));
+            return Err(invalid(format!("{} changed while it was being imported", source.display())));
         }
         if info.format == "raw" && !has_boot_signature(&source)? {
             return Err(invalid(format!("{} is not a bootable disk image (no partition table)", source.display())));
@@ -280,7 +314,7 @@ impl Images {
         // raw image becomes a qcow2 that overlays can be made on.
         let partial = self.paths.images().join(format!(".{}.importing", request.name));
         let copied = async {
-            self.qemu_img.convert_to_qcow2(&source, &partial).await?;
+            self.qemu_img.convert_to_qcow2(&source, &info.format, &partial).await?;
             let (sha256, size) = pull::sha256_file(&partial).await?;
             tokio::fs::rename(&partial, &dest).await?;
             Ok::<_, AppError>((sha256, size))
