@@ -123,6 +123,9 @@ struct ServeArgs {
     /// Seconds between keep-alive pings of terminal sessions.
     #[arg(long, env = "EC2LOCAL_TERMINAL_KEEPALIVE_SECS", default_value_t = 30)]
     terminal_keepalive_secs: u64,
+    /// Web terminal sessions open at once; one more is refused with a message.
+    #[arg(long, env = "EC2LOCAL_TERMINAL_MAX_SESSIONS", default_value_t = 16)]
+    terminal_max_sessions: usize,
     /// Seconds between libvirt re-checks while it is unreachable.
     #[arg(long, env = "EC2LOCAL_LIBVIRT_RECHECK_SECS", default_value_t = 5)]
     libvirt_recheck_secs: u64,
@@ -186,6 +189,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.terminate_grace = std::time::Duration::from_secs(args.terminate_grace_secs);
     config.monitor_interval = std::time::Duration::from_secs(args.monitor_interval_secs.max(1));
     config.terminal_keepalive = std::time::Duration::from_secs(args.terminal_keepalive_secs.max(1));
+    config.terminal_max_sessions = args.terminal_max_sessions;
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));
     config.vmnet_socket = args.vmnet_socket;
     match crate::api::serve(config).await {

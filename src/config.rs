@@ -114,6 +114,8 @@ pub struct Config {
     pub monitor_interval: Duration,
     /// WebSocket ping and SSH keep-alive interval of terminal sessions.
     pub terminal_keepalive: Duration,
+    /// How many web terminal sessions may be open at once.
+    pub terminal_max_sessions: usize,
     /// Where catalog images are downloaded from (a mirror of cloud-images.ubuntu.com).
     pub image_base_url: String,
     /// How often the service re-checks libvirt to recreate what it needs after an outage.
@@ -139,6 +141,7 @@ impl Config {
             stop_timeout: Duration::from_secs(60),
             terminate_grace: Duration::from_secs(10),
             terminal_keepalive: Duration::from_secs(30),
+            terminal_max_sessions: 16,
             monitor_interval: Duration::from_secs(5),
             vmnet_socket: None,
         }

@@ -29,7 +29,12 @@ pub mod close_code {
     pub const HOST_KEY_CHANGED: u16 = 4495;
     pub const SSH_UNREACHABLE: u16 = 4502;
     pub const TIMEOUT: u16 = 4408;
+    pub const TOO_MANY: u16 = 4429;
 }
+
+/// The largest WebSocket message (and frame) a terminal takes: keystrokes, a paste, a
+/// private key. tungstenite's default would let one message take 64 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Sessions and tasks alive now, for the health report and the leak tests.
 static SESSIONS: AtomicUsize = AtomicUsize::new(0);
@@ -46,9 +51,10 @@ pub fn active_tasks() -> usize {
 pub struct Counted(&'static AtomicUsize);
 
 impl Counted {
-    pub fn session() -> Self {
-        SESSIONS.fetch_add(1, Ordering::SeqCst);
-        Counted(&SESSIONS)
+    /// A session, if fewer than `max` are open (checked and counted in one step).
+    pub fn session_within(max: usize) -> Option<Self> {
+        SESSIONS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Counted(&SESSIONS))
     }
     pub fn task() -> Self {
         TASKS.fetch_add(1, Ordering::SeqCst);

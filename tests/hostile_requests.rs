@@ -138,3 +138,31 @@ async fn a_number_or_boolean_where_a_string_belongs_is_refused_with_the_field_na
     let (_, instances) = get_json(&service.api("/instances?include_terminated=true")).await;
     assert_eq!(instances, json!([]));
 }
+
+#[tokio::test]
+async fn terminal_sessions_beyond_the_cap_are_refused_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        &tmp.path().join("data"),
+        &[("EC2LOCAL_LIBVIRT_URI", common::NO_LIBVIRT), ("EC2LOCAL_TERMINAL_MAX_SESSIONS", "0")],
+    );
+    // Without a WebSocket upgrade: 429 with the reason.
+    let response = client().get(service.api("/instances/i-0000abcd/terminal")).send().await.unwrap();
+    assert_eq!(response.status(), 429);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "TooManyTerminals");
+    assert!(body["message"].as_str().unwrap().contains("--terminal-max-sessions"), "{body}");
+
+    // A WebSocket client is told why, then closed with 4429.
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://127.0.0.1:{}/api/instances/i-0000abcd/terminal", service.port);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("no error message") };
+    let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((message["type"].as_str(), message["code"].as_str()), (Some("error"), Some("TooManyTerminals")));
+    let Some(Ok(Message::Close(Some(frame)))) = socket.next().await else { panic!("no close frame") };
+    assert_eq!(u16::from(frame.code), 4429);
+    let (_, health) = get_json(&service.api("/health")).await;
+    assert_eq!(health["terminal"]["sessions"], 0, "a refused session is still counted");
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use poem::http::StatusCode;
-use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketStream};
+use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig, WebSocketStream};
 use poem::web::{Data, Json, Path, Query};
 use poem::{IntoResponse, Request, Response, handler};
 use serde::Deserialize;
@@ -62,11 +62,24 @@ pub async fn open_terminal(
             &format!("terminals open only from this service's own pages, not from {}", origin.unwrap_or("")),
         );
     }
-    let target = ssh_terminal::target(&app.instances, &app.key_pairs, &id).await;
+    let max_sessions = app.config.terminal_max_sessions;
+    let session = Counted::session_within(max_sessions);
+    let target = match session {
+        None => Err(TerminalError {
+            code: close_code::TOO_MANY,
+            name: "TooManyTerminals",
+            message: format!(
+                "{max_sessions} terminal sessions are open, the most this service takes (--terminal-max-sessions); \
+                 close one first"
+            ),
+        }),
+        Some(_) => ssh_terminal::target(&app.instances, &app.key_pairs, &id).await,
+    };
     let Some(ws) = ws else {
         return match target {
             Err(e) => {
                 let status = match e.code {
+                    close_code::TOO_MANY => StatusCode::TOO_MANY_REQUESTS,
                     close_code::NOT_FOUND => StatusCode::NOT_FOUND,
                     close_code::NOT_READY => StatusCode::CONFLICT,
                     _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -82,14 +95,18 @@ pub async fn open_terminal(
         rows: query.rows.unwrap_or(24).clamp(5, 1000),
         keepalive: app.config.terminal_keepalive,
     };
-    ws.on_upgrade(move |socket| async move {
-        let _session = Counted::session();
-        match target {
-            Err(e) => refuse(socket, &e).await,
-            Ok(target) => run(socket, app, target, options).await,
-        }
-    })
-    .into_response()
+    let limits = WebSocketConfig::default()
+        .max_message_size(Some(crate::terminal::MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(crate::terminal::MAX_MESSAGE_BYTES));
+    ws.config(limits)
+        .on_upgrade(move |socket| async move {
+            let _session = session;
+            match target {
+                Err(e) => refuse(socket, &e).await,
+                Ok(target) => run(socket, app, target, options).await,
+            }
+        })
+        .into_response()
 }
 
 async fn refuse(socket: WebSocketStream, e: &TerminalError) {
