@@ -198,6 +198,25 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     })
     .await;
 
+    // A message far larger than a terminal needs (the cap is 64 KiB) ends the session
+    // rather than being buffered.
+    let mut greedy = open(&svc, &id, "").await;
+    read_until(&mut greedy, "$ ", Duration::from_secs(30)).await;
+    let _ = greedy.send(Message::Binary(vec![b'x'; 1024 * 1024].into())).await;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), greedy.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break Some(frame.map(|f| u16::from(f.code))),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => break Some(None),
+            Err(_) => break None,
+        }
+    };
+    assert!(ended.is_some(), "a 1 MiB message did not end the session");
+    wait_for("the oversized session to be released", Duration::from_secs(10), Duration::from_millis(200), || async {
+        (health_terminal(&svc).await == baseline).then_some(())
+    })
+    .await;
+
     // A client that stops answering pings is disconnected.
     let mut silent = open(&svc, &id, "").await;
     tokio::time::sleep(Duration::from_secs(16)).await;
