@@ -1,6 +1,6 @@
 //! Logging: tracing to stderr, and to `logs/app.log` (REQ-LOG-001) which is rotated
 //! when it passes 10 MB (REQ-LOG-002), started afresh each day (REQ-LOG-003), and whose
-//! rotated files are removed after 7 days (REQ-LOG-004).
+//! rotated files are removed 7 days after their last line (REQ-LOG-004).
 //!
 //! file-rotate does the size rotation, the timestamped names and the pruning by age;
 //! this module adds the daily roll-over, which file-rotate cannot combine with a size
@@ -50,6 +50,8 @@ impl Clock for SystemClock {
 /// `app.log` with size and daily rotation and age-based retention.
 pub struct RotatingLog<C: Clock = SystemClock> {
     inner: FileRotate<AppendTimestamp>,
+    path: std::path::PathBuf,
+    max_age: chrono::Duration,
     day: NaiveDate,
     clock: C,
 }
@@ -76,8 +78,10 @@ impl<C: Clock> RotatingLog<C> {
             Compression::None,
             Some(options),
         );
-        let mut log = Self { inner, day, clock };
+        let max_age = chrono::Duration::days(policy.max_age_days);
+        let mut log = Self { inner, path: path.to_path_buf(), max_age, day, clock };
         log.roll_over_if_new_day()?;
+        log.remove_expired();
         Ok(log)
     }
 
@@ -86,8 +90,29 @@ impl<C: Clock> RotatingLog<C> {
         if today != self.day {
             self.day = today;
             self.inner.rotate()?;
+            self.remove_expired();
         }
         Ok(())
+    }
+
+    /// Removes rotated files whose last line is older than the retention (REQ-LOG-004).
+    /// Age is the file's modification time, the time of its last line, not the time it
+    /// was rotated: a file rotated today after a week of downtime holds week-old lines.
+    /// Runs at start and at each daily roll-over, so days the service was down count.
+    fn remove_expired(&mut self) {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else { return };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let oldest_kept = self.clock.now() - self.max_age;
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let modified = entry.metadata().and_then(|m| m.modified()).map(DateTime::<Local>::from);
+            if modified.is_ok_and(|t| t < oldest_kept) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Rotated files, oldest first.
@@ -237,6 +262,38 @@ mod tests {
             assert!(files.contains(name), "{name} was removed: {files:?}");
         }
         assert_eq!(files.len(), 3, "{files:?}");
+    }
+
+    // REQ-LOG-004
+    #[test]
+    fn age_is_counted_from_the_last_line_at_start_and_at_each_roll_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("app.log");
+        let set_mtime = |name: &str, days_ago: i64| {
+            let file = std::fs::File::options().write(true).open(tmp.path().join(name)).unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(days_ago as u64 * 86_400);
+            file.set_modified(when).unwrap();
+        };
+        // Rotated yesterday by its name, but its last line is ten days old (the service
+        // was down in between): removed at start, before anything is written.
+        let yesterday = (Local::now() - chrono::Duration::days(1)).format(ROTATED_SUFFIX_FORMAT).to_string();
+        let stale = format!("app.log.{yesterday}");
+        std::fs::write(tmp.path().join(&stale), "ten days old\n").unwrap();
+        set_mtime(&stale, 10);
+        let fresh = format!("app.log.{}", Local::now().format(ROTATED_SUFFIX_FORMAT));
+        std::fs::write(tmp.path().join(&fresh), "recent\n").unwrap();
+        set_mtime(&fresh, 2);
+        let clock = FakeClock::at(Local::now());
+        let mut log = RotatingLog::open(&path, LogPolicy::default(), clock.clone()).unwrap();
+        assert_eq!(rotated(tmp.path()), std::slice::from_ref(&fresh), "the stale file outlived the start");
+        // Six days later, at the daily roll-over, the fresh one (now 8 days old) goes too.
+        log.write_all(b"today\n").unwrap();
+        clock.advance_days(6);
+        log.write_all(b"six days later\n").unwrap();
+        log.flush().unwrap();
+        let files = rotated(tmp.path());
+        assert!(!files.contains(&fresh), "{fresh} outlived its retention: {files:?}");
+        assert_eq!(files.len(), 1, "only the file rotated now is kept: {files:?}");
     }
 
     // REQ-LOG-001
