@@ -160,7 +160,13 @@ async fn supervise(app: std::sync::Weak<App>) {
         };
         tokio::time::sleep(interval).await;
         let Some(app) = app.upgrade() else { return };
-        if app.infrastructure_ready.load(Ordering::SeqCst) && !app.instances.recovery_wanted() {
+        if app.infrastructure_ready.load(Ordering::SeqCst) {
+            // Work that ended without recording its end, or that libvirt cut short.
+            if app.instances.recovery_wanted()
+                && let Err(err) = app.instances.recover_interrupted().await
+            {
+                tracing::debug!(error = %err, "interrupted work not settled yet");
+            }
             continue;
         }
         match app.ensure_infrastructure().await {

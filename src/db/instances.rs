@@ -179,8 +179,12 @@ pub fn list_busy(conn: &Connection) -> Result<Vec<InstanceRow>, DbError> {
     Ok(rows)
 }
 
-pub fn set_ip(conn: &Connection, id: &str, ip: Option<&str>) -> Result<(), DbError> {
-    conn.execute("UPDATE instances SET ip_address = ?2 WHERE id = ?1", params![id, ip])?;
+/// Records the address the guest has, if the row is still idle in `state`.
+pub fn set_ip_if_idle(conn: &Connection, id: &str, state: &str, ip: Option<&str>) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE instances SET ip_address = ?3 WHERE id = ?1 AND state = ?2 AND task IS NULL",
+        params![id, state, ip],
+    )?;
     Ok(())
 }
 

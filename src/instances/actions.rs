@@ -40,6 +40,7 @@ impl Instances {
         }
         let ticket = inner.ticket(&id);
         if inner.transition(&id, from, Event::Begin(action), None).await?.is_none() {
+            ticket.done();
             let now = status_of(&inner.row(&id).await?);
             return Err(incorrect(IncorrectState { action, from: now }));
         }
@@ -58,7 +59,6 @@ impl Instances {
         let Admitted { id, status, ticket } = admitted;
         let task_id = id.clone();
         tokio::spawn(async move {
-            let _ticket = ticket;
             let lock = inner.lock(&task_id);
             let _guard = lock.lock().await;
             let outcome = work(inner.clone(), task_id.clone()).await;
@@ -76,8 +76,10 @@ impl Instances {
                     inner.transition(&task_id, status, Event::Settled(settled), Some(reason)).await
                 }
             };
-            if let Err(e) = recorded {
-                tracing::error!(instance = %task_id, error = %e, "could not record the end of the action");
+            match recorded {
+                Ok(_) => ticket.done(),
+                // The ticket, dropped undone, asks for a recovery pass to settle the row.
+                Err(e) => tracing::error!(instance = %task_id, error = %e, "could not record the end of the action"),
             }
         });
         Ok(Instance::from_row(self.inner().row(&id).await?))

@@ -133,7 +133,7 @@ impl Instances {
         let inner = inner.clone();
         let created = Instance::from_row(row.clone());
         tokio::spawn(async move {
-            let (_ticket, _guard) = (ticket, guard);
+            let _guard = guard;
             match inner.provision(&row, &image).await {
                 Ok(()) => {
                     let finished = inner.transition(&row.id, Status::LAUNCHING, Event::Finished, None).await;
@@ -141,8 +141,13 @@ impl Instances {
                         Ok(Some(_)) => tracing::info!(instance = %row.id, "running"),
                         // Terminated while it was being built: the terminate runs next.
                         Ok(None) => {}
-                        Err(e) => tracing::error!(instance = %row.id, error = %e, "could not record the launch"),
+                        // The ticket, dropped undone, asks for a recovery pass.
+                        Err(e) => {
+                            tracing::error!(instance = %row.id, error = %e, "could not record the launch");
+                            return;
+                        }
                     }
+                    ticket.done();
                 }
                 Err(err) => {
                     tracing::error!(instance = %row.id, error = %err, "launch failed; undoing");
@@ -150,6 +155,7 @@ impl Instances {
                         inner.want_recovery();
                     }
                     inner.fail_launch(&row, &err.to_string()).await;
+                    ticket.done();
                 }
             }
         });

@@ -138,17 +138,32 @@ pub(crate) struct Inner {
     tickets: Arc<Mutex<HashMap<String, usize>>>,
     /// Set when work failed because libvirt was unreachable or left a cleanup behind:
     /// the supervisor runs the recovery pass once libvirt answers again.
-    recovery_wanted: AtomicBool,
+    recovery_wanted: Arc<AtomicBool>,
 }
 
-/// Proof that this process owns work on an instance; released on drop.
+/// Proof that this process owns work on an instance; released on drop. A ticket
+/// dropped before its work said `done` (the request was dropped after the state was
+/// written, or the end of the work could not be written) asks for a recovery pass, so
+/// the row never keeps a task that nobody owns.
 pub(crate) struct Ticket {
     tickets: Arc<Mutex<HashMap<String, usize>>>,
+    recovery_wanted: Arc<AtomicBool>,
     id: String,
+    done: bool,
+}
+
+impl Ticket {
+    /// The work ended and its end is recorded.
+    pub(crate) fn done(mut self) {
+        self.done = true;
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if !self.done {
+            self.recovery_wanted.store(true, Ordering::SeqCst);
+        }
         let mut tickets = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = tickets.get_mut(&self.id) {
             *count -= 1;
@@ -198,7 +213,7 @@ impl Instances {
                 config,
                 locks: Mutex::new(HashMap::new()),
                 tickets: Arc::default(),
-                recovery_wanted: AtomicBool::new(false),
+                recovery_wanted: Arc::default(),
             }),
         }
     }
@@ -281,7 +296,16 @@ impl Inner {
     /// Registers work on `id` by this process (see `tickets`).
     pub(crate) fn ticket(&self, id: &str) -> Ticket {
         *self.tickets.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default() += 1;
-        Ticket { tickets: self.tickets.clone(), id: id.to_string() }
+        self.new_ticket(id)
+    }
+
+    fn new_ticket(&self, id: &str) -> Ticket {
+        Ticket {
+            tickets: self.tickets.clone(),
+            recovery_wanted: self.recovery_wanted.clone(),
+            id: id.to_string(),
+            done: false,
+        }
     }
 
     /// A ticket only if no work of this process holds the instance.
@@ -291,7 +315,8 @@ impl Inner {
             return None;
         }
         tickets.insert(id.to_string(), 1);
-        Some(Ticket { tickets: self.tickets.clone(), id: id.to_string() })
+        drop(tickets);
+        Some(self.new_ticket(id))
     }
 
     pub(crate) fn has_ticket(&self, id: &str) -> bool {
@@ -364,8 +389,10 @@ impl Inner {
             self.transition(&row.id, status_of(row), Event::Observed(state), reason).await?;
         }
         if let Some(ip) = change.ip {
-            let key = row.id.clone();
-            self.db.call(move |c| rows::set_ip(c, &key, ip.as_deref())).await?;
+            // Only while the row is as the monitor saw it: a terminate that finished in
+            // between must not get an address back.
+            let (key, seen) = (row.id.clone(), row.state.clone());
+            self.db.call(move |c| rows::set_ip_if_idle(c, &key, &seen, ip.as_deref())).await?;
         }
         Ok(())
     }
@@ -406,6 +433,24 @@ pub(crate) async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ticket_dropped_before_its_work_is_done_asks_for_recovery() {
+        let tickets: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let wanted: Arc<AtomicBool> = Arc::default();
+        let ticket = |id: &str| {
+            *tickets.lock().unwrap().entry(id.to_string()).or_default() += 1;
+            Ticket { tickets: tickets.clone(), recovery_wanted: wanted.clone(), id: id.into(), done: false }
+        };
+        let (a, b) = (ticket("i-0000000a"), ticket("i-0000000a"));
+        assert_eq!(tickets.lock().unwrap()["i-0000000a"], 2, "work queued on one instance is counted");
+        a.done();
+        assert!(!wanted.load(Ordering::SeqCst), "finished work asks for nothing");
+        assert!(tickets.lock().unwrap().contains_key("i-0000000a"), "the queued work still owns it");
+        drop(b);
+        assert!(wanted.load(Ordering::SeqCst), "work that never recorded its end asks for a recovery pass");
+        assert!(tickets.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn the_console_tail_reads_only_the_end() {

@@ -94,14 +94,11 @@ impl Instances {
             let _guard = lock.lock().await;
             // Read again under the lock: the row may have moved since the list.
             let row = inner.row(&row.id).await?;
-            let result = inner.recover(&row).await;
-            drop(ticket);
-            if let Err(e) = result {
-                if matches!(e, AppError::LibvirtUnavailable(_)) {
-                    inner.want_recovery();
-                    return Err(e);
-                }
-                tracing::error!(instance = %row.id, error = %e, "could not settle interrupted work");
+            match inner.recover(&row).await {
+                Ok(()) => ticket.done(),
+                // The ticket, dropped undone, asks for another pass later.
+                Err(e) if matches!(e, AppError::LibvirtUnavailable(_)) => return Err(e),
+                Err(e) => tracing::error!(instance = %row.id, error = %e, "could not settle interrupted work"),
             }
         }
         Ok(())
@@ -131,15 +128,25 @@ impl Inner {
                     self.transition(&row.id, status, Event::Finished, reason(why)).await?;
                 }
                 Err(e) if matches!(e, crate::exec::virsh::VirshError::Unreachable { .. }) => return Err(e.into()),
-                Err(e) => self.fail_launch(row, &format!("resuming it after a restart: {e}")).await,
+                // The guest may have run before the restart: keep its disk; terminate removes it.
+                Err(e) => {
+                    let why = format!("the launch could not be finished after a restart: {e}; terminate it");
+                    self.transition(&row.id, status, Event::Settled(State::Error), Some(why)).await?;
+                }
             },
             Recovery::UndoLaunch => {
                 self.fail_launch(row, "the service restarted before the instance was built").await;
             }
-            Recovery::FinishTerminate => {
-                let (event, why, release) = self.finish_terminate(&row.id).await?;
-                self.transition_releasing(&row.id, status, event, why, release).await?;
-            }
+            Recovery::FinishTerminate => match self.finish_terminate(&row.id).await {
+                Ok((event, why, release)) => {
+                    self.transition_releasing(&row.id, status, event, why, release).await?;
+                }
+                Err(e) if matches!(e, AppError::LibvirtUnavailable(_)) => return Err(e),
+                Err(e) => {
+                    let why = format!("terminate failed: {e}; terminate again");
+                    self.transition(&row.id, status, Event::Settled(State::Error), Some(why)).await?;
+                }
+            },
             Recovery::RetryCleanup => match self.remove_resources(row).await {
                 Ok(()) => {
                     // Keep why the launch failed; drop what the cleanup had left.
