@@ -151,11 +151,7 @@ impl Virsh {
     }
     /// The domain's state, or None when there is no such domain.
     pub async fn domstate_if_defined(&self, name: &str) -> Result<Option<String>, VirshError> {
-        match self.domstate(name).await {
-            Ok(state) => Ok(Some(state)),
-            Err(VirshError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.optional(self.run(&["domstate", name]).await).map(|out| out.map(|s| s.trim().to_string()))
     }
     /// Asks the guest OS to shut down (ACPI power button).
     pub async fn shutdown(&self, name: &str) -> Result<(), VirshError> {

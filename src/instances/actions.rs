@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use super::recovery::Domain;
 use super::state::{Action, Event, IncorrectState, Plan, State, Status, plan};
 use super::{Inner, Instance, Instances, Ticket, parse_id, status_of};
 use crate::error::AppError;
-use crate::exec::virsh::VirshError;
 
 fn incorrect(e: IncorrectState) -> AppError {
     AppError::Conflict { code: "IncorrectInstanceState", message: e.to_string() }
@@ -148,7 +148,7 @@ impl Inner {
     /// The rest of a terminate, also run by the recovery pass after a restart.
     pub(crate) async fn finish_terminate(&self, id: &str) -> Result<Ending, AppError> {
         let row = self.row(id).await?;
-        if self.virsh.domstate_if_defined(id).await?.is_some_and(|s| s != "shut off") {
+        if Domain::from_domstate(self.virsh.domstate_if_defined(id).await?.as_deref()) == Domain::Up {
             let forced = self.shut_down(id, self.config.terminate_grace).await?;
             tracing::info!(instance = %id, forced, "guest shut down for terminate");
         }
@@ -167,10 +167,10 @@ impl Inner {
     /// Where an instance is after its action failed: as libvirt shows it, or, when
     /// libvirt cannot tell, where it was before the action.
     async fn state_after_failure(&self, id: &str, action: Action) -> State {
-        match self.virsh.domstate_if_defined(id).await {
-            Ok(Some(s)) if s == "running" || s == "paused" || s == "in shutdown" => State::Running,
-            Ok(Some(_)) => State::Stopped,
-            Ok(None) => State::Error,
+        match self.virsh.domstate_if_defined(id).await.map(|s| Domain::from_domstate(s.as_deref())) {
+            Ok(Domain::Up) => State::Running,
+            Ok(Domain::Off) => State::Stopped,
+            Ok(Domain::Missing) => State::Error,
             Err(_) => match action {
                 Action::Start => State::Stopped,
                 Action::Stop | Action::Reboot => State::Running,
@@ -186,11 +186,9 @@ impl Inner {
         let deadline = Instant::now() + grace;
         let mut next_request = Instant::now();
         loop {
-            match self.virsh.domstate(id).await {
-                Ok(s) if s == "shut off" => return Ok(false),
-                Ok(_) => {}
-                Err(VirshError::NotFound(_)) => return Ok(false),
-                Err(e) => return Err(e.into()),
+            // Off (shut off, crashed) or gone: nothing left to shut down.
+            if Domain::from_domstate(self.virsh.domstate_if_defined(id).await?.as_deref()) != Domain::Up {
+                return Ok(false);
             }
             if Instant::now() >= deadline {
                 self.destroy_domain(id).await?;

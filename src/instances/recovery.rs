@@ -13,7 +13,8 @@ use super::{Inner, Instances, status_of};
 use crate::db::instances::{self as rows, InstanceRow};
 use crate::error::AppError;
 
-/// What libvirt shows of an instance's domain.
+/// What libvirt shows of an instance's domain: the one reading of `virsh domstate` that
+/// recovery and the actions' failure paths share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Domain {
     Missing,
