@@ -51,48 +51,78 @@ impl Clock for SystemClock {
 pub struct RotatingLog<C: Clock = SystemClock> {
     inner: FileRotate<AppendTimestamp>,
     path: std::path::PathBuf,
+    policy: LogPolicy,
     max_age: chrono::Duration,
     day: NaiveDate,
     clock: C,
 }
 
+/// The size-rotating writer. Its rotations happen as a line is written, so their
+/// time of rotation is the time of the file's last line.
+fn size_rotating(path: &Path, policy: LogPolicy) -> FileRotate<AppendTimestamp> {
+    let mut options = OpenOptions::new();
+    options.read(true).create(true).append(true).mode(0o600);
+    FileRotate::new(
+        path,
+        AppendTimestamp::with_format(
+            ROTATED_SUFFIX_FORMAT,
+            FileLimit::Age(chrono::Duration::days(policy.max_age_days)),
+            DateFrom::Now,
+        ),
+        ContentLimit::BytesSurpassed(policy.max_bytes),
+        Compression::None,
+        Some(options),
+    )
+}
+
+fn modified(path: &Path) -> io::Result<DateTime<Local>> {
+    std::fs::metadata(path).and_then(|m| m.modified()).map(DateTime::<Local>::from)
+}
+
 impl<C: Clock> RotatingLog<C> {
     pub fn open(path: &Path, policy: LogPolicy, clock: C) -> io::Result<Self> {
-        let mut options = OpenOptions::new();
-        options.read(true).create(true).append(true).mode(0o600);
         // The day of the current file: a file last written yesterday is rolled over at
         // the first write today, even across a restart.
         let today = clock.now().date_naive();
-        let day = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .map(|t| DateTime::<Local>::from(t).date_naive())
-            .unwrap_or(today);
-        let inner = FileRotate::new(
-            path,
-            AppendTimestamp::with_format(
-                ROTATED_SUFFIX_FORMAT,
-                FileLimit::Age(chrono::Duration::days(policy.max_age_days)),
-                DateFrom::Now,
-            ),
-            ContentLimit::BytesSurpassed(policy.max_bytes),
-            Compression::None,
-            Some(options),
-        );
+        let day = modified(path).map(|t| t.date_naive()).unwrap_or(today);
         let max_age = chrono::Duration::days(policy.max_age_days);
-        let mut log = Self { inner, path: path.to_path_buf(), max_age, day, clock };
+        let inner = size_rotating(path, policy);
+        let mut log = Self { inner, path: path.to_path_buf(), policy, max_age, day, clock };
         log.roll_over_if_new_day()?;
         log.remove_expired();
         Ok(log)
     }
 
+    /// The daily roll-over names the file by the time of its last line, not by now:
+    /// after days the service was down, `app.log.20261120T…` still holds the 20th's lines.
     fn roll_over_if_new_day(&mut self) -> io::Result<()> {
         let today = self.clock.now().date_naive();
-        if today != self.day {
-            self.day = today;
-            self.inner.rotate()?;
-            self.remove_expired();
+        if today == self.day {
+            return Ok(());
         }
+        self.day = today;
+        self.inner.flush()?;
+        let holds_lines = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > 0);
+        if holds_lines {
+            let last_line = modified(&self.path)?;
+            std::fs::rename(&self.path, self.rotated_name(last_line))?;
+            // file-rotate keeps its own list of rotated files: a fresh one reads the new name.
+            self.inner = size_rotating(&self.path, self.policy);
+        }
+        self.remove_expired();
         Ok(())
+    }
+
+    /// `app.log.<stamp>`, or `app.log.<stamp>.N` when a size rotation took that second.
+    fn rotated_name(&self, last_line: DateTime<Local>) -> std::path::PathBuf {
+        let base = format!("{}.{}", self.path.display(), last_line.format(ROTATED_SUFFIX_FORMAT));
+        let mut candidate = std::path::PathBuf::from(&base);
+        let mut n = 1;
+        while candidate.exists() {
+            candidate = format!("{base}.{n}").into();
+            n += 1;
+        }
+        candidate
     }
 
     /// Removes rotated files whose last line is older than the retention (REQ-LOG-004).
@@ -235,6 +265,34 @@ mod tests {
         log.flush().unwrap();
         assert_eq!(rotated(tmp.path()).len(), 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "today\n");
+    }
+
+    // REQ-LOG-003
+    #[test]
+    fn rotated_files_are_named_by_the_time_of_their_last_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("app.log");
+        // Left by a service that stopped three days ago: rolled over at start under its own date.
+        std::fs::write(&path, "three days ago\n").unwrap();
+        let three_days_ago = Local::now() - chrono::Duration::days(3);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(three_days_ago.into()).unwrap();
+        let clock = FakeClock::at(Local::now());
+        let mut log = RotatingLog::open(&path, LogPolicy::default(), clock.clone()).unwrap();
+        let expected = format!("app.log.{}", three_days_ago.format(ROTATED_SUFFIX_FORMAT));
+        assert_eq!(rotated(tmp.path()), [expected.clone()]);
+        assert_eq!(std::fs::read_to_string(tmp.path().join(&expected)).unwrap(), "three days ago\n");
+        // Today's lines, rolled over tomorrow, carry today's date, not tomorrow's.
+        log.write_all(b"today\n").unwrap();
+        log.flush().unwrap();
+        let today = Local::now().format("%Y%m%d").to_string();
+        clock.advance_days(1);
+        log.write_all(b"tomorrow\n").unwrap();
+        log.flush().unwrap();
+        let files = rotated(tmp.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files[1].starts_with(&format!("app.log.{today}T")), "{files:?}");
+        assert_eq!(std::fs::read_to_string(tmp.path().join(&files[1])).unwrap(), "today\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "tomorrow\n");
     }
 
     // REQ-LOG-004
