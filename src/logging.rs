@@ -279,7 +279,7 @@ mod tests {
         let clock = FakeClock::at(Local::now());
         let mut log = RotatingLog::open(&path, LogPolicy::default(), clock.clone()).unwrap();
         let expected = format!("app.log.{}", three_days_ago.format(ROTATED_SUFFIX_FORMAT));
-        assert_eq!(rotated(tmp.path()), [expected.clone()]);
+        assert_eq!(rotated(tmp.path()), std::slice::from_ref(&expected));
         assert_eq!(std::fs::read_to_string(tmp.path().join(&expected)).unwrap(), "three days ago\n");
         // Today's lines, rolled over tomorrow, carry today's date, not tomorrow's.
         log.write_all(b"today\n").unwrap();
