@@ -276,14 +276,8 @@ impl KeyPairs {
     /// Attaches the private half of an imported key, for the web terminal.
     pub async fn attach_private_key(&self, name: &str, pem: &str) -> Result<KeyPair, AppError> {
         let pair = self.get(name).await?;
-        let bad = |message: String| AppError::InvalidInput { code: "InvalidPrivateKey", message };
-        let private = PrivateKey::from_openssh(pem.trim())
-            .map_err(|e| bad(format!("not an OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----): {e}")))?;
-        if private.is_encrypted() {
-            return Err(bad(
-                "the private key is protected by a passphrase; remove it with `ssh-keygen -p -f KEY` on a copy".into(),
-            ));
-        }
+        let private =
+            parse_private_key(pem).map_err(|message| AppError::InvalidInput { code: "InvalidPrivateKey", message })?;
         let stored = PublicKey::from_openssh(&pair.public_key).map_err(|e| AppError::Internal(e.to_string()))?;
         if private.public_key().key_data() != stored.key_data() {
             return Err(AppError::InvalidInput {
@@ -302,7 +296,7 @@ impl KeyPairs {
         self.get(name).await
     }
 
-    /// The stored private key of a pair, for the terminal's SSH login.
+    /// The stored private key of a pair (the file may outlive a failed delete).
     pub async fn private_key(&self, name: &str) -> Result<Option<PrivateKeyPem>, AppError> {
         match std::fs::read_to_string(self.paths.private_key(name)) {
             Ok(pem) => Ok(Some(PrivateKeyPem(pem))),
@@ -310,6 +304,78 @@ impl KeyPairs {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// The key that logs into an instance launched with pair `name` and public key
+    /// `launched_with`. A key is found by name but used only if it is the one the
+    /// instance was launched with: a pair deleted and made again under the same name
+    /// holds another key, which must not be handed to the older instances.
+    pub async fn login_key(&self, name: &str, launched_with: &str) -> Result<LoginKey, AppError> {
+        let Some(pem) = self.private_key(name).await? else {
+            return Ok(LoginKey::NotStored);
+        };
+        let opens = parse_private_key(&pem.0).ok().zip(PublicKey::from_openssh(launched_with).ok());
+        Ok(match opens {
+            Some((private, public)) if private.public_key().key_data() == public.key_data() => LoginKey::Stored(pem),
+            _ => LoginKey::Replaced,
+        })
+    }
+}
+
+/// What the service holds to log into an instance launched with a key pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginKey {
+    Stored(PrivateKeyPem),
+    /// Only the public half was imported.
+    NotStored,
+    /// The pair's name now holds another key than the instance was launched with.
+    Replaced,
+}
+
+/// Reads a private key as a user has it: OpenSSH, PKCS#1 (`BEGIN RSA PRIVATE KEY`),
+/// PKCS#8 or SEC1 PEM, also when its line breaks were lost in a paste. The error says
+/// what to do, for the terminal and the API alike.
+pub fn parse_private_key(text: &str) -> Result<PrivateKey, String> {
+    let text = with_line_breaks(text);
+    if text.contains("ENCRYPTED") {
+        return Err(PASSPHRASE.into());
+    }
+    if text.starts_with("ssh-") || text.starts_with("ecdsa-") || text.contains("PUBLIC KEY") {
+        return Err("this is a public key; give the private key (the file without .pub)".into());
+    }
+    let key = russh::keys::decode_secret_key(&text, None).map_err(|e| match e {
+        russh::keys::Error::KeyIsEncrypted => PASSPHRASE.to_string(),
+        e => format!(
+            "not a private key ssh can use ({e}); expected a PEM block such as \
+             -----BEGIN OPENSSH PRIVATE KEY----- … -----END OPENSSH PRIVATE KEY-----"
+        ),
+    })?;
+    if key.is_encrypted() {
+        return Err(PASSPHRASE.into());
+    }
+    Ok(key)
+}
+
+const PASSPHRASE: &str =
+    "the private key is protected by a passphrase; remove it on a copy with `ssh-keygen -p -f COPY`";
+
+/// A PEM block pasted into a single-line field arrives with its line breaks turned
+/// into spaces (or removed); the decoders read it line by line, so they are put back.
+fn with_line_breaks(text: &str) -> String {
+    let text = text.trim().replace("\r\n", "\n").replace('\r', "\n");
+    if text.lines().count() >= 3 {
+        return text;
+    }
+    let Some(begin) = text.find("-----BEGIN ") else { return text };
+    let Some(header_len) = text[begin + 11..].find("-----").map(|i| i + 16) else { return text };
+    let Some(end) = text.rfind("-----END ") else { return text };
+    if end < begin + header_len {
+        return text;
+    }
+    let body: String = text[begin + header_len..end].chars().filter(|c| !c.is_whitespace()).collect();
+    let mut lines = vec![text[begin..begin + header_len].to_string()];
+    lines.extend(body.as_bytes().chunks(70).map(|c| String::from_utf8_lossy(c).into_owned()));
+    lines.push(text[end..].trim().to_string());
+    lines.join("\n")
 }
 
 fn write_private_key(path: &std::path::Path, pem: &PrivateKeyPem) -> std::io::Result<()> {

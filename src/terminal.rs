@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, client};
 use tokio::sync::mpsc;
 
@@ -17,7 +17,7 @@ use crate::db::instances as rows;
 use crate::error::AppError;
 use crate::instances::state::State;
 use crate::instances::{Instance, Instances};
-use crate::keypairs::{KeyPairs, PrivateKeyPem};
+use crate::keypairs::{KeyPairs, LoginKey, PrivateKeyPem};
 
 /// Close codes the client sees (4xxx: refused or failed, with a reason).
 pub mod close_code {
@@ -89,7 +89,8 @@ impl TerminalError {
 pub struct Target {
     pub instance: Instance,
     pub ip: String,
-    pub private_key: Option<PrivateKeyPem>,
+    /// The key the service holds for it, or why the user must give one.
+    pub key: LoginKey,
 }
 
 pub async fn target(instances: &Instances, key_pairs: &KeyPairs, id: &str) -> Result<Target, TerminalError> {
@@ -100,6 +101,18 @@ pub async fn target(instances: &Instances, key_pairs: &KeyPairs, id: &str) -> Re
         }
         other => TerminalError::new(close_code::SSH_UNREACHABLE, "Unavailable", other.to_string()),
     })?;
+    // Said before anything about its state: no key will ever open this instance.
+    let (Some(key_name), Some(launched_with)) = (instance.key_name.clone(), instance.public_key.clone()) else {
+        return Err(TerminalError::new(
+            close_code::AUTH_FAILED,
+            "NoKeyPair",
+            format!(
+                "instance {} was launched without a key pair, so ec2local has no SSH key that logs into it; \
+                 launch instances with a key pair to use the terminal",
+                instance.id
+            ),
+        ));
+    };
     if instance.state != State::Running {
         return Err(TerminalError::new(
             close_code::NOT_READY,
@@ -114,11 +127,9 @@ pub async fn target(instances: &Instances, key_pairs: &KeyPairs, id: &str) -> Re
             format!("instance {} has no IP address yet; it is still booting", instance.id),
         ));
     };
-    let private_key = match &instance.key_name {
-        Some(name) => key_pairs.private_key(name).await.ok().flatten(),
-        None => None,
-    };
-    Ok(Target { instance, ip, private_key })
+    // An unreadable key file is asked for, like a missing one.
+    let key = key_pairs.login_key(&key_name, &launched_with).await.unwrap_or(LoginKey::NotStored);
+    Ok(Target { instance, ip, key })
 }
 
 /// Messages from the client.
@@ -174,9 +185,8 @@ pub async fn connect(
     options: &SshOptions,
 ) -> Result<Session, TerminalError> {
     let id = target.instance.id.clone();
-    let key = PrivateKey::from_openssh(key.0.trim()).map_err(|e| {
-        TerminalError::new(close_code::AUTH_FAILED, "InvalidPrivateKey", format!("the private key does not parse: {e}"))
-    })?;
+    let key = crate::keypairs::parse_private_key(&key.0)
+        .map_err(|why| TerminalError::new(close_code::AUTH_FAILED, "InvalidPrivateKey", why))?;
     let expected = {
         let id = id.clone();
         db.call(move |c| rows::host_key(c, &id))

@@ -101,6 +101,20 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     let (status, body) = get_json(&svc.api("/instances/i-0badf00d/terminal")).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("InstanceNotFound")));
 
+    // An instance launched without a key pair: said at once, nothing asked.
+    let (status, keyless) =
+        post_json(&svc.api("/instances"), &json!({"instance_type": "t2.nano", "image_id": "debian-12-test"})).await;
+    assert_eq!(status, 202, "{keyless}");
+    let keyless = keyless["id"].as_str().unwrap().to_string();
+    let mut ws = open(&svc, &keyless, "").await;
+    let (control, close) = next_control(&mut ws).await;
+    let control = control.unwrap();
+    assert_eq!(control["code"], "NoKeyPair", "{control}");
+    assert!(control["message"].as_str().unwrap().contains("without a key pair"), "{control}");
+    assert_eq!(close.unwrap().0, 4401);
+    let response = client().delete(svc.api(&format!("/instances/{keyless}"))).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+
     let (status, launched) = post_json(
         &svc.api("/instances"),
         &json!({"instance_type": "t2.nano", "image_id": "debian-12-test", "key_name": "term"}),
@@ -197,6 +211,26 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
         (health_terminal(&svc).await == baseline).then_some(())
     })
     .await;
+
+    // The pair is deleted and made again under the same name: its new key is not used
+    // for the instance launched with the old one; the old key, given by the user, is.
+    let response = client().delete(svc.api("/key-pairs/term")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let (status, again) = post_json(&svc.api("/key-pairs"), &json!({"name": "term"})).await;
+    assert_eq!(status, 201, "{again}");
+    let mut ws = open(&svc, &id, "").await;
+    let asked = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).unwrap(),
+        other => panic!("expected auth_required, got {other:?}"),
+    };
+    assert_eq!((asked["type"].as_str(), asked["reason"].as_str()), (Some("auth_required"), Some("key_replaced")));
+    assert!(asked["message"].as_str().unwrap().contains("made again"), "{asked}");
+    let original = std::fs::read_to_string(&key).unwrap();
+    ws.send(Message::Text(json!({"type": "auth", "private_key": original}).to_string().into())).await.unwrap();
+    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
+    send(&mut ws, "exit\n").await;
+    let (control, _) = next_control(&mut ws).await;
+    assert_eq!(control.unwrap(), json!({"type": "exit", "status": 0}));
 
     // A message far larger than a terminal needs (the cap is 64 KiB) ends the session
     // rather than being buffered.

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::error::ErrorBody;
 use crate::app::App;
-use crate::keypairs::PrivateKeyPem;
+use crate::keypairs::{LoginKey, PrivateKeyPem};
 use crate::terminal::{
     self as ssh_terminal, ClientMsg, Counted, ServerMsg, SshOptions, Target, TerminalError, close_code,
 };
@@ -120,12 +120,25 @@ async fn refuse(socket: WebSocketStream, e: &TerminalError) {
 
 async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: SshOptions) {
     let (mut sink, mut stream) = socket.split();
-    let key = match target.private_key.clone() {
-        Some(key) => key,
-        None => {
+    let key_name = target.instance.key_name.clone().unwrap_or_default();
+    let key = match target.key.clone() {
+        LoginKey::Stored(key) => key,
+        unknown => {
+            let (reason, why) = match unknown {
+                LoginKey::Replaced => (
+                    "key_replaced",
+                    format!(
+                        "key pair {key_name:?} was deleted and made again after this instance was launched; \
+                         its key now does not open this instance. Give the private key it was launched with"
+                    ),
+                ),
+                _ => ("key_not_stored", format!("ec2local has only the public half of key pair {key_name:?}")),
+            };
             let ask = serde_json::json!({
                 "type": "auth_required",
-                "message": "ec2local has no private key for this instance's key pair; send it as {\"type\":\"auth\",\"private_key\":...} (used for this session only)"
+                "reason": reason,
+                "key_name": key_name,
+                "message": format!("{why}; send it as {{\"type\":\"auth\",\"private_key\":...}} (used for this session only)"),
             });
             let _ = sink.send(Message::Text(ask.to_string())).await;
             match wait_for_key(&mut stream).await {

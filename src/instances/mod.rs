@@ -50,6 +50,8 @@ pub struct Instance {
     pub ip_address: Option<String>,
     pub mac_address: String,
     pub key_name: Option<String>,
+    /// The key pair's public key as it was at launch, copied into the guest.
+    pub public_key: Option<String>,
     pub image_id: String,
     pub image_name: String,
     pub login_user: String,
@@ -82,6 +84,7 @@ impl Instance {
             ip_address: row.ip_address,
             mac_address: row.mac_address,
             key_name: row.key_name,
+            public_key: row.public_key,
             image_id: row.image_id,
             image_name: row.image_name,
             login_user: row.login_user,

@@ -143,3 +143,65 @@ async fn a_private_key_is_attached_only_when_it_matches() {
     let missing = keys.attach_private_key("nobody", &private).await.unwrap_err();
     assert!(matches!(missing, AppError::NotFound { .. }));
 }
+
+// REQ-TERM-012
+#[tokio::test]
+async fn a_stored_key_logs_into_only_the_instances_launched_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = service(tmp.path()).await;
+    let (first, pem) = keys.create("deploy").await.unwrap();
+    let launched_with = first.public_key.clone();
+    assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::Stored(pem));
+
+    // Deleted and made again under the same name: the new key is not handed to the
+    // instance launched with the old one.
+    keys.delete("deploy").await.unwrap();
+    assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::NotStored);
+    let (second, new_pem) = keys.create("deploy").await.unwrap();
+    assert_ne!(second.fingerprint_sha256, first.fingerprint_sha256);
+    assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::Replaced);
+    assert_eq!(keys.login_key("deploy", &second.public_key).await.unwrap(), LoginKey::Stored(new_pem));
+
+    // Only the public half imported under the name: nothing to hand out.
+    keys.delete("deploy").await.unwrap();
+    let (public, _) = keygen(tmp.path(), "ed25519", None);
+    keys.import("deploy", &public).await.unwrap();
+    assert_eq!(keys.login_key("deploy", &public).await.unwrap(), LoginKey::NotStored);
+}
+
+/// ssh-keygen's private key in the given `-m` format, with a passphrase when given.
+fn keygen_private(dir: &Path, kind: &str, format: &str, passphrase: &str) -> (String, String) {
+    let file = dir.join(format!("{kind}-{format}-{}", passphrase.len()));
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-m", format, "-N", passphrase, "-C", "x", "-f"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (std::fs::read_to_string(file.with_extension("pub")).unwrap(), std::fs::read_to_string(&file).unwrap())
+}
+
+// REQ-TERM-012
+#[test]
+fn private_keys_are_read_in_the_forms_users_have_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (kind, format) in [("ed25519", "RFC4716"), ("rsa", "PEM"), ("rsa", "PKCS8"), ("ecdsa", "PEM")] {
+        let (public, private) = keygen_private(tmp.path(), kind, format, "");
+        let expected = PublicKey::from_openssh(public.trim()).unwrap();
+        let parsed = parse_private_key(&private).unwrap_or_else(|e| panic!("{kind} {format}: {e}"));
+        assert_eq!(parsed.public_key().key_data(), expected.key_data(), "{kind} {format}");
+        // Pasted into a one-line field: line breaks became spaces, or vanished.
+        for collapsed in [private.replace('\n', " "), private.replace('\n', "")] {
+            let parsed = parse_private_key(&collapsed).unwrap_or_else(|e| panic!("{kind} {format} collapsed: {e}"));
+            assert_eq!(parsed.public_key().key_data(), expected.key_data());
+        }
+        // Windows line ends.
+        assert!(parse_private_key(&private.replace('\n', "\r\n")).is_ok(), "{kind} {format} CRLF");
+    }
+    let (public, encrypted) = keygen_private(tmp.path(), "ed25519", "RFC4716", "secret phrase");
+    assert!(parse_private_key(&encrypted).unwrap_err().contains("passphrase"));
+    let (_, encrypted_pem) = keygen_private(tmp.path(), "rsa", "PEM", "secret phrase");
+    assert!(parse_private_key(&encrypted_pem).unwrap_err().contains("passphrase"));
+    assert!(parse_private_key(&public).unwrap_err().contains("public key"));
+    assert!(parse_private_key("hello").unwrap_err().contains("BEGIN OPENSSH PRIVATE KEY"));
+}

@@ -1,6 +1,6 @@
 // The ec2local web UI: hash-routed pages over the JSON API. No framework; every piece of
 // user data goes into the page as text (el()), never as HTML.
-import { allowedActions, closeMessage, describeType, formatBytes, launchBlockers, parseControl, pullPercent } from "./lib.js";
+import { allowedActions, closeMessage, describeType, formatBytes, launchBlockers, parseControl, privateKeyProblem, pullPercent } from "./lib.js";
 
 const view = document.getElementById("view");
 let refreshTimer = null;
@@ -227,8 +227,11 @@ function terminalPage(id) {
     if (msg.type === "error") { refused = true; status.textContent = msg.message; toast(msg.message, "error"); }
     else if (msg.type === "exit") { status.textContent = `Session ended (exit status ${msg.status}).`; }
     else if (msg.type === "auth_required") {
-      const key = prompt("ec2local has no private key for this instance's key pair. Paste it (used for this session only):");
-      if (key) socket.send(JSON.stringify({ type: "auth", private_key: key })); else socket.close();
+      status.textContent = "Waiting for the private key…";
+      askForPrivateKey(msg).then((key) => {
+        if (key && socket.readyState === WebSocket.OPEN) { status.textContent = "Logging in…"; socket.send(JSON.stringify({ type: "auth", private_key: key })); }
+        else socket.close();
+      });
     }
   };
   socket.onclose = (event) => {
@@ -242,6 +245,57 @@ function terminalPage(id) {
   const onWindowResize = () => fit.fit();
   window.addEventListener("resize", onWindowResize);
   activeTerminal = () => { window.removeEventListener("resize", onWindowResize); socket.close(); term.dispose(); };
+}
+
+/**
+ * The key dialog: a multi-line field and a file picker for the private key of the
+ * instance's key pair, and the choice to keep it in ec2local for that pair (only when
+ * the pair has no key stored: a pair made again under the same name holds another).
+ * Resolves to the key, or null when the user cancels.
+ */
+function askForPrivateKey(msg) {
+  const keyName = msg.key_name || "";
+  const field = el("textarea", { name: "private_key", rows: "10", spellcheck: "false", autocomplete: "off", class: "mono",
+    placeholder: "-----BEGIN OPENSSH PRIVATE KEY-----\n…\n-----END OPENSSH PRIVATE KEY-----", "aria-label": "Private key" });
+  const file = el("input", { type: "file", "aria-label": "Private key file" });
+  file.addEventListener("change", async () => { if (file.files[0]) field.value = await file.files[0].text(); });
+  const canKeep = msg.reason === "key_not_stored" && keyName;
+  const keep = el("input", { type: "checkbox", name: "keep" });
+  const problem = el("p", { class: "problem", role: "alert" });
+  const connect = el("button", { class: "primary", type: "submit", value: "connect" }, "Connect");
+  const cancel = el("button", { type: "button" }, "Cancel");
+  const form = el("form", { method: "dialog" },
+    el("h2", {}, keyName ? `Private key for key pair ${keyName}` : "Private key"),
+    el("p", {}, msg.reason === "key_replaced" ? msg.message.replace(/; send it as .*$/, ".")
+      : "ec2local has only the public half of this key pair. Give the private key to log in; it goes to the service over this connection only."),
+    el("label", { class: "wide" }, "Private key", field),
+    el("label", {}, "Or pick the key file", file),
+    canKeep ? el("label", { class: "check" }, keep, ` Keep this key in ec2local for key pair ${keyName}, so the terminal does not ask again`) : null,
+    problem,
+    el("div", { class: "actions" }, cancel, connect));
+  const dialog = el("dialog", { class: "key-dialog", "aria-label": "Private key for the terminal" }, form);
+  document.body.append(dialog);
+  return new Promise((resolve) => {
+    const finish = (key) => { dialog.close(); dialog.remove(); resolve(key); };
+    cancel.addEventListener("click", () => finish(null));
+    dialog.addEventListener("cancel", (event) => { event.preventDefault(); finish(null); });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const key = field.value;
+      const why = privateKeyProblem(key);
+      if (why) { problem.textContent = why; field.focus(); return; }
+      if (canKeep && keep.checked) {
+        connect.disabled = true;
+        try {
+          await api("PUT", `/key-pairs/${encodeURIComponent(keyName)}/private-key`, { private_key: key });
+          toast(`Kept the private key of ${keyName}`);
+        } catch (e) { problem.textContent = e.message; connect.disabled = false; return; }
+      }
+      finish(key);
+    });
+    dialog.showModal();
+    field.focus();
+  });
 }
 
 // --- key pairs ------------------------------------------------------------------------

@@ -77,3 +77,20 @@ export function pullPercent(pull) {
   if (!pull || !pull.bytes_total) return null;
   return Math.min(100, Math.round((100 * pull.bytes_done) / pull.bytes_total));
 }
+
+/**
+ * What is wrong with a private key pasted or picked in the terminal's key dialog, said so
+ * a person can fix it, or null when it looks like one. The service reads it for real.
+ */
+export function privateKeyProblem(text) {
+  const key = (text || "").trim();
+  if (!key) return "Paste the private key, or pick its file.";
+  if (/^(ssh-|ecdsa-|sk-)/.test(key) || key.includes("PUBLIC KEY")) {
+    return "This is a public key. The terminal needs the private key: the file without .pub (for example ~/.ssh/id_ed25519).";
+  }
+  if (key.startsWith("PuTTY-User-Key-File")) return null;
+  if (!/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]+-----END [A-Z0-9 ]*PRIVATE KEY-----/.test(key)) {
+    return "Expected a private key file: -----BEGIN OPENSSH PRIVATE KEY----- … -----END OPENSSH PRIVATE KEY-----.";
+  }
+  return null;
+}

@@ -67,7 +67,9 @@ before(async () => {
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
       "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
   });
-  page = await browser.newPage({ viewport: { width: 1366, height: 800 } });
+  // The clipboard, for pasting the private key as a user does.
+  const context = await browser.newContext({ viewport: { width: 1366, height: 800 }, permissions: ["clipboard-read", "clipboard-write"] });
+  page = await context.newPage();
 });
 
 after(async () => {
@@ -130,9 +132,27 @@ test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout
     await sleep(3000);
   }
 
-  // The terminal: the service has only the public key, so the page asks for the private one.
-  page.once("dialog", (dialog) => dialog.accept(readFileSync(key, "utf8")));
+  // The terminal: the service has only the public key, so the page asks for the private
+  // one in its key dialog (REQ-TERM-012). A public key is refused in the page; the real
+  // multi-line PEM is pasted from the clipboard, and kept for the key pair.
+  const pem = readFileSync(key, "utf8");
+  assert.ok(pem.split("\n").length > 5, "the test key is a multi-line PEM");
   await row.locator("a.connect").click();
+  const keyDialog = page.locator("dialog.key-dialog");
+  await keyDialog.waitFor();
+  const keyField = keyDialog.locator("textarea[name=private_key]");
+  await keyField.fill(publicKey);
+  await keyDialog.locator("button[type=submit]").click();
+  await keyDialog.locator(".problem", { hasText: "This is a public key" }).waitFor();
+  await keyField.fill("");
+  await page.evaluate((text) => navigator.clipboard.writeText(text), pem);
+  await keyField.focus();
+  await page.keyboard.press("Control+V");
+  assert.equal(await keyField.inputValue(), pem);
+  await keyDialog.locator("input[name=keep]").check();
+  await shot("terminal-key-dialog");
+  await keyDialog.locator("button[type=submit]").click();
+  await keyDialog.waitFor({ state: "detached" });
   await page.waitForSelector("#terminal .xterm-rows");
   await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows").textContent.includes("$"), null, { timeout: 60000 });
   await page.click("#terminal");
@@ -141,6 +161,18 @@ test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout
   await page.waitForFunction(() => /\n?42/.test(document.querySelector("#terminal .xterm-rows").innerText), null, { timeout: 30000 });
   assert.match(await page.innerText("#terminal .xterm-rows"), /^42$/m);
   await shot("terminal");
+  await page.keyboard.type("exit");
+  await page.keyboard.press("Enter");
+  await page.locator(".term-status", { hasText: "Session ended" }).waitFor();
+
+  // The key was kept for ui-key: the next terminal logs in without asking.
+  const kept = await api("GET", "/key-pairs/ui-key");
+  assert.equal(kept.body.has_private_key, true, JSON.stringify(kept.body));
+  await page.click("a[data-nav=instances]");
+  await row.locator("a.connect").click();
+  await page.waitForFunction(() => document.querySelector("#terminal .xterm-rows")?.textContent.includes("$"), null, { timeout: 60000 });
+  assert.equal(await page.locator("dialog.key-dialog").count(), 0, "asked for a key that was kept");
+  await page.click("#terminal");
   await page.keyboard.type("exit");
   await page.keyboard.press("Enter");
   await page.locator(".term-status", { hasText: "Session ended" }).waitFor();

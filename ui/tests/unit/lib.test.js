@@ -1,7 +1,7 @@
 // Unit tests of the UI's pure helpers (node --test).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { allowedActions, closeMessage, describeType, formatBytes, launchBlockers, parseControl, pullPercent } from "../../src/lib.js";
+import { allowedActions, closeMessage, describeType, formatBytes, launchBlockers, parseControl, privateKeyProblem, pullPercent } from "../../src/lib.js";
 
 test("formatBytes gives short human figures", () => {
   assert.equal(formatBytes(512), "512 B");
@@ -48,4 +48,13 @@ test("pull progress is a percentage when the size is known", () => {
   assert.equal(pullPercent({ bytes_done: 50, bytes_total: 200 }), 25);
   assert.equal(pullPercent({ bytes_done: 50 }), null);
   assert.equal(pullPercent(null), null);
+});
+
+test("the key dialog tells a public key, an empty field and a non-key apart from a private key", () => {
+  const pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\nQyNTUxOQAAACA=\n-----END OPENSSH PRIVATE KEY-----\n";
+  assert.equal(privateKeyProblem(pem), null);
+  assert.equal(privateKeyProblem("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"), null);
+  assert.match(privateKeyProblem(""), /Paste the private key/);
+  assert.match(privateKeyProblem("ssh-ed25519 AAAAC3Nza you@host"), /public key/);
+  assert.match(privateKeyProblem("hello"), /BEGIN OPENSSH PRIVATE KEY/);
 });
