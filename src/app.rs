@@ -74,7 +74,14 @@ impl App {
         let network =
             NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone(), platform.network.clone());
         let key_pairs = KeyPairs::new(db.clone(), paths.clone());
-        let images = Images::new(db.clone(), paths.clone(), host.arch, &config.image_base_url, qemu_img.clone());
+        let images = Images::new(
+            db.clone(),
+            paths.clone(),
+            host.arch,
+            &config.image_base_url,
+            qemu_img.clone(),
+            config.pull_read_timeout,
+        );
         let instances = Instances::new(
             db.clone(),
             paths.clone(),
@@ -110,6 +117,7 @@ impl App {
             infrastructure_ready: AtomicBool::new(false),
             qemu_user,
         });
+        app.images.remove_import_leftovers();
         if let Err(err) = app.images.sync_catalog().await {
             tracing::error!(error = %err, "could not record the image catalog");
         }

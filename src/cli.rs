@@ -31,6 +31,9 @@ enum Command {
         /// Mirror of cloud-images.ubuntu.com to pull from.
         #[arg(long, global = true, env = "EC2LOCAL_IMAGE_BASE_URL", default_value = crate::images::catalog::DEFAULT_BASE_URL)]
         image_base_url: String,
+        /// Seconds a pull waits for the mirror's next bytes before it fails (and can be retried).
+        #[arg(long, global = true, env = "EC2LOCAL_PULL_READ_TIMEOUT_SECS", default_value_t = 60)]
+        pull_read_timeout_secs: u64,
     },
     /// Check every host dependency and print how to install what is missing.
     Doctor {
@@ -52,6 +55,28 @@ enum ImagesCommand {
     /// Download a catalog image (e.g. ubuntu-22.04), resuming a partial download and
     /// verifying its SHA256 against the published list.
     Pull { name: String },
+    /// Upload a local qcow2 or raw image to the running service, streamed with a
+    /// progress line: the service itself need not be able to read the file.
+    Upload {
+        #[arg(long)]
+        name: String,
+        file: PathBuf,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        os: Option<String>,
+        #[arg(long)]
+        os_version: Option<String>,
+        /// x86_64 or aarch64 [default: the host's]
+        #[arg(long)]
+        arch: Option<String>,
+        /// The image's cloud-init default user [default: ubuntu]
+        #[arg(long)]
+        default_user: Option<String>,
+        /// Address of the running service.
+        #[arg(long, env = "EC2LOCAL_ENDPOINT", default_value = "http://127.0.0.1:8000")]
+        endpoint: String,
+    },
     /// Register a local qcow2 or raw cloud image by copying it into images/.
     Import {
         #[arg(long)]
@@ -105,6 +130,9 @@ struct ServeArgs {
     /// Mirror of cloud-images.ubuntu.com to pull catalog images from.
     #[arg(long, env = "EC2LOCAL_IMAGE_BASE_URL", default_value = crate::images::catalog::DEFAULT_BASE_URL)]
     image_base_url: String,
+    /// Seconds a pull waits for the mirror's next bytes before it fails (and can be retried).
+    #[arg(long, env = "EC2LOCAL_PULL_READ_TIMEOUT_SECS", default_value_t = 60)]
+    pull_read_timeout_secs: u64,
     /// Refuse new instances when the host has less memory available than this (MiB).
     #[arg(long, env = "EC2LOCAL_MIN_AVAILABLE_MEMORY_MIB", default_value_t = 4096)]
     min_available_memory_mib: u64,
@@ -140,9 +168,10 @@ pub fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Images { command, data_dir, image_base_url } => {
+        Command::Images { command, data_dir, image_base_url, pull_read_timeout_secs } => {
             crate::logging::init_stderr();
-            runtime.block_on(images(command, data_dir, &image_base_url))
+            let read_timeout = std::time::Duration::from_secs(pull_read_timeout_secs.max(1));
+            runtime.block_on(images(command, data_dir, &image_base_url, read_timeout))
         }
         Command::Doctor { libvirt_uri, data_dir, vmnet_socket } => {
             crate::logging::init_stderr();
@@ -181,6 +210,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.pool_name = args.pool_name;
     config.accelerator = args.accelerator;
     config.image_base_url = args.image_base_url;
+    config.pull_read_timeout = std::time::Duration::from_secs(args.pull_read_timeout_secs.max(1));
     config.limits = crate::config::Limits {
         min_available_memory_mib: args.min_available_memory_mib,
         disk_headroom_gib: args.disk_headroom_gib,
@@ -202,7 +232,31 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, base_url: &str) -> ExitCode {
+async fn images(
+    command: ImagesCommand,
+    data_dir: Option<PathBuf>,
+    base_url: &str,
+    read_timeout: std::time::Duration,
+) -> ExitCode {
+    if let ImagesCommand::Upload { name, file, description, os, os_version, arch, default_user, endpoint } = command {
+        let about = [
+            ("description", description),
+            ("os", os),
+            ("os_version", os_version),
+            ("architecture", arch),
+            ("default_user", default_user),
+        ];
+        return match upload_image(&endpoint, &name, &file, &about).await {
+            Ok(id) => {
+                println!("uploaded {name} as {id}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("\nec2local: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let Some(root) = data_dir.or_else(Paths::default_root) else {
         eprintln!("ec2local: no home directory; pass --data-dir or set EC2_AS_SERVICE_HOME");
         return ExitCode::FAILURE;
@@ -225,6 +279,7 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, base_url: &st
         Host::detect().arch,
         base_url,
         crate::exec::qemu_img::QemuImg::new(std::time::Duration::from_secs(3600)),
+        read_timeout,
     );
     let result = async {
         images.sync_catalog().await?;
@@ -256,19 +311,19 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, base_url: &st
                 eprintln!();
                 println!("{} is ready", entry.name);
             }
+            ImagesCommand::Upload { .. } => unreachable!("handled above, without the database"),
             ImagesCommand::Import { name, file, description, os, os_version, arch, default_user } => {
-                let image = images
-                    .import(crate::images::ImportRequest {
-                        name,
-                        // A path typed on the command line is relative to where it was typed.
-                        file_path: std::path::absolute(&file).unwrap_or(file),
-                        description,
-                        os,
-                        os_version,
-                        architecture: arch,
-                        default_user,
-                    })
-                    .await?;
+                // A path typed on the command line is relative to where it was typed.
+                let source = crate::images::ImportSource::File(std::path::absolute(&file).unwrap_or(file));
+                let request = crate::images::ImportRequest {
+                    name,
+                    description,
+                    os,
+                    os_version,
+                    architecture: arch,
+                    default_user,
+                };
+                let image = images.import(request, source).await?;
                 println!("imported {} as {}", image.row.name, image.row.id);
             }
         }
@@ -281,5 +336,61 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, base_url: &st
             eprintln!("\nec2local: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Streams `file` to `PUT /api/images/{name}/file` with a progress line on stderr;
+/// returns the new image's id.
+async fn upload_image(
+    endpoint: &str,
+    name: &str,
+    file: &std::path::Path,
+    about: &[(&str, Option<String>)],
+) -> Result<String, String> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+    let opened = tokio::fs::File::open(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+    let total = opened.metadata().await.map_err(|e| format!("{}: {e}", file.display()))?.len();
+    let started = std::time::Instant::now();
+    let chunks = futures_util::stream::unfold((opened, 0u64), move |(mut f, sent)| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                let sent = sent + n as u64;
+                let rate = sent as f64 / started.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
+                eprint!(
+                    "\r\x1b[2Kuploading {:.1} / {:.1} MiB {:>4.0}%  {rate:.1} MiB/s",
+                    sent as f64 / (1024.0 * 1024.0),
+                    total as f64 / (1024.0 * 1024.0),
+                    100.0 * sent as f64 / total.max(1) as f64
+                );
+                Some((Ok::<_, std::io::Error>(buf), (f, sent)))
+            }
+            Err(e) => Some((Err(e), (f, sent))),
+        }
+    })
+    .boxed();
+    let query: Vec<(&str, &str)> = about.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
+    let address = format!("{}/api/images/{name}/file", endpoint.trim_end_matches('/'));
+    let url = reqwest::Url::parse_with_params(&address, &query).map_err(|e| format!("{address}: {e}"))?;
+    // TLS uses ring, like the rest of the crypto here; installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let response = reqwest::Client::new()
+        .put(url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .header(reqwest::header::CONTENT_LENGTH, total)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .map_err(|e| format!("could not upload to {url}: {e} (is `ec2local serve` running there?)"))?;
+    eprintln!();
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body["id"].as_str().unwrap_or_default().to_string())
+    } else {
+        Err(body["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}")))
     }
 }

@@ -25,6 +25,12 @@ pub enum AppError {
     /// The request is valid but conflicts with the current state of things.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// What was sent is larger than the service takes (or its disk can hold).
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    /// The data dir's disk filled up while writing; nothing half-written is kept.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -35,9 +41,11 @@ impl AppError {
             AppError::LibvirtUnavailable(_) => "LibvirtUnavailable",
             AppError::NetworkUnavailable(_) => "NetworkUnavailable",
             AppError::DataDirUnreachable(_) => "DataDirUnreachable",
-            AppError::NotFound { code, .. } | AppError::InvalidInput { code, .. } | AppError::Conflict { code, .. } => {
-                code
-            }
+            AppError::NotFound { code, .. }
+            | AppError::InvalidInput { code, .. }
+            | AppError::Conflict { code, .. }
+            | AppError::TooLarge { code, .. } => code,
+            AppError::InsufficientStorage(_) => "InsufficientStorage",
             AppError::Internal(_) => "InternalError",
         }
     }

@@ -20,10 +20,7 @@ pub struct HostResources {
 pub fn read(data_dir: &Path) -> HostResources {
     let system =
         System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram())).ok();
-    let (disk_total_bytes, disk_available_bytes) = match rustix::fs::statvfs(data_dir) {
-        Ok(fs) => (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize),
-        Err(_) => mount_of(data_dir),
-    };
+    let (disk_total_bytes, disk_available_bytes) = disk_space(data_dir);
     HostResources {
         memory_total_bytes: system.as_ref().map_or(0, |s| s.total_memory()),
         memory_used_bytes: system.as_ref().map_or(0, |s| s.used_memory()),
@@ -31,6 +28,14 @@ pub fn read(data_dir: &Path) -> HostResources {
         disk_total_bytes,
         disk_available_bytes,
         cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// (total, available) bytes of the file system that holds `path`.
+pub fn disk_space(path: &Path) -> (u64, u64) {
+    match rustix::fs::statvfs(path) {
+        Ok(fs) => (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize),
+        Err(_) => mount_of(path),
     }
 }
 

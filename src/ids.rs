@@ -31,6 +31,13 @@ impl InstanceId {
     }
 }
 
+/// `bytes` random bytes as lowercase hex, for names that must not collide.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    fill_random(&mut buf);
+    hex::encode(buf)
+}
+
 /// Random bytes from the OS. Reading /dev/urandom keeps us free of another crate for
 /// four bytes per instance.
 fn fill_random(buf: &mut [u8]) {

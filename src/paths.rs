@@ -22,6 +22,9 @@ use crate::ids::InstanceId;
 /// Name of the data directory under the user's home (REQ-STOR-005).
 pub const DATA_DIR_NAME: &str = ".ec2-as-service";
 
+const IMPORT_STAGING_SUFFIX: &str = ".upload";
+const IMPORT_PARTIAL_SUFFIX: &str = ".importing";
+
 #[derive(Debug, Clone)]
 pub struct Paths {
     root: PathBuf,
@@ -48,6 +51,24 @@ impl Paths {
     }
     pub fn instances(&self) -> PathBuf {
         self.root.join("instances")
+    }
+    /// The file of an imported image (the name is validated as file-name safe).
+    pub fn imported_image(&self, name: &str) -> PathBuf {
+        self.images().join(format!("{name}.qcow2"))
+    }
+    /// Where the bytes of one import land before they are inspected: its own file, so
+    /// concurrent imports never share one, and nobody else can swap it.
+    pub fn import_staging(&self, name: &str, token: &str) -> PathBuf {
+        self.images().join(format!(".{name}.{token}{IMPORT_STAGING_SUFFIX}"))
+    }
+    /// The qcow2 an import converts into, renamed into place when complete.
+    pub fn import_partial(&self, name: &str, token: &str) -> PathBuf {
+        self.images().join(format!(".{name}.{token}{IMPORT_PARTIAL_SUFFIX}"))
+    }
+    /// Files in images/ that only an import in progress owns: a crash leaves them behind.
+    pub fn is_import_leftover(file_name: &str) -> bool {
+        file_name.starts_with('.')
+            && (file_name.ends_with(IMPORT_STAGING_SUFFIX) || file_name.ends_with(IMPORT_PARTIAL_SUFFIX))
     }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")

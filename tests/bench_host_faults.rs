@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Bench, Failpoints, Service, assert_nothing_orphaned, delete, get_json, import_test_image, post_json, wait_for,
-    wait_instance,
+    Bench, Failpoints, Service, assert_nothing_orphaned, client, delete, get_json, import_test_image, post_json,
+    wait_for, wait_instance,
 };
 use ec2local::exec::virsh::Virsh;
 use serde_json::json;
@@ -115,6 +115,31 @@ async fn a_full_disk_during_a_launch_fails_it_cleanly_and_the_service_keeps_answ
     assert_eq!(delete(&svc.api(&format!("/instances/{again}"))).await, 202);
     wait_instance(&svc, &again, "terminated", SETTLE, |i| i["state"] == "terminated" && i["task"].is_null()).await;
     assert_nothing_orphaned(&svc, "ec2-bench-df").await;
+
+    // REQ-IMG-005: an upload with no stated length is counted as it streams; past what
+    // the disk can take (twice the image, and a reserve) it is refused, and the bytes
+    // it wrote are removed.
+    let used = used_bytes(&mount);
+    resize_tmpfs(&mount, &format!("{}", used + (256 << 20)));
+    let chunks = futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![0u8; 8 << 20])));
+    let response = client()
+        .put(svc.api("/images/too-big/file"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("the service answers before the body ends");
+    assert_eq!(response.status(), 413);
+    let refused: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(refused["code"], "ImageTooLarge", "{refused}");
+    let staged: Vec<_> = std::fs::read_dir(data.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(staged.is_empty(), "the refused upload left {staged:?}");
+    assert!(used_bytes(&mount) < used + (16 << 20), "the refused upload's bytes were not freed");
+    assert_eq!(get_json(&svc.api("/images/too-big")).await.0, 404);
+    resize_tmpfs(&mount, "20g");
     drop(svc);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -320,3 +320,225 @@ async fn imports_that_would_read_other_files_are_refused_and_register_nothing() 
     let (status, body) = import(&service, json!({"name": "good", "file_path": good})).await;
     assert_eq!(status, 201, "{body}");
 }
+
+// REQ-IMG-003: a mirror that stops sending fails the pull with a message, and pulling
+// again resumes from what arrived.
+#[tokio::test]
+async fn a_stalled_pull_fails_with_a_message_and_a_retry_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let content = fake_image(2 << 20, 5);
+    let mirror = mirror_with(&content, &content).await;
+    mirror.stall_after(Some(512 * 1024));
+    let service = Service::start(
+        &data,
+        &[
+            ("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT),
+            ("EC2LOCAL_IMAGE_BASE_URL", &mirror.url),
+            ("EC2LOCAL_PULL_READ_TIMEOUT_SECS", "2"),
+        ],
+    );
+    client().post(service.api("/images/ubuntu-22.04/pull")).send().await.unwrap();
+    let failed = wait_pull_end(&service, "ubuntu-22.04").await;
+    assert_eq!(failed["pull"]["state"], "failed", "{failed}");
+    let error = failed["pull"]["error"].as_str().unwrap();
+    assert!(error.contains("stopped sending") && error.contains("pull again"), "{error}");
+    assert_eq!(failed["available"], false);
+    let partial = data.join("images").join(format!(".{JAMMY}.partial"));
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), 512 * 1024, "what arrived was not kept");
+
+    mirror.stall_after(None);
+    client().post(service.api("/images/ubuntu-22.04/pull")).send().await.unwrap();
+    let done = wait_pull_end(&service, "ubuntu-22.04").await;
+    assert_eq!(done["pull"]["state"], "done", "{done}");
+    assert_eq!(done["pull"]["bytes_resumed"], 512 * 1024);
+    assert_eq!(std::fs::read(done["file_path"].as_str().unwrap()).unwrap(), content);
+}
+
+async fn upload(service: &Service, name: &str, query: &str, body: reqwest::Body) -> (u16, Value) {
+    let url = service.api(&format!("/images/{name}/file{query}"));
+    let response = client().put(url).body(body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn image_dir_files(service: &Service) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(service.data_dir.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A raw disk with a boot signature, `len` bytes.
+fn bootable_raw(len: usize) -> Vec<u8> {
+    let mut disk = fake_image(len, 6);
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}
+
+// REQ-IMG-005: an image comes in as the request's bytes, so the service needs no path
+// it can read; the same checks hold, and nothing of a refused upload stays.
+#[tokio::test]
+async fn an_upload_streams_an_image_in_and_refuses_what_an_import_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = start(&tmp.path().join("data"), "http://127.0.0.1:9");
+    let good = tmp.path().join("good.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", good.to_str().unwrap(), "64M"]);
+    let bytes = std::fs::read(&good).unwrap();
+
+    let (status, body) =
+        upload(&service, "uploaded", "?default_user=debian&os=debian&os_version=12", bytes.clone().into()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!((body["default_user"].as_str(), body["os"].as_str()), (Some("debian"), Some("debian")));
+    assert_eq!(body["available"], true);
+    assert_eq!(image_dir_files(&service), ["uploaded.qcow2"]);
+
+    // Chunked, with no length: a raw disk, converted to qcow2.
+    let raw = bootable_raw(4 << 20);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = raw.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
+    let (status, body) =
+        upload(&service, "raw-disk", "", reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).await;
+    assert_eq!(status, 201, "{body}");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", body["file_path"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!((info["format"].as_str(), info["virtual-size"].as_u64()), (Some("qcow2"), Some(4 << 20)));
+
+    // Refused: a taken name (the first image's file untouched), a text file, an overlay,
+    // an empty body, a bad name. Each leaves nothing.
+    let (status, body) = upload(&service, "uploaded", "", b"not even an image".to_vec().into()).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("ImageDuplicate")), "{body}");
+    assert_eq!(std::fs::read(service.data_dir.join("images/uploaded.qcow2")).unwrap().len(), {
+        let (_, img) = get_json(&service.api("/images/uploaded")).await;
+        img["size_bytes"].as_u64().unwrap() as usize
+    });
+    let base = tmp.path().join("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]);
+    let overlay = tmp.path().join("overlay.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base.to_str().unwrap(), overlay.to_str().unwrap()]);
+    for (name, content, code, why) in [
+        ("text", b"this is not a disk image\n".to_vec(), "InvalidImage", "not a bootable disk image"),
+        ("overlay", std::fs::read(&overlay).unwrap(), "InvalidImage", "backing file"),
+        ("empty", Vec::new(), "InvalidImage", "empty"),
+        (".hidden", bytes.clone(), "InvalidImageName", "image name"),
+    ] {
+        let (status, body) = upload(&service, name, "", content.into()).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{name}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(why), "{name}: {body}");
+    }
+    assert_eq!(image_dir_files(&service), ["raw-disk.qcow2", "uploaded.qcow2"], "a refused upload left a file");
+    let (_, list) = get_json(&service.api("/images")).await;
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+
+    // A page on another site cannot upload.
+    let response = client()
+        .put(service.api("/images/evil/file"))
+        .header("origin", "http://evil.example")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(!image_dir_files(&service).contains(&"evil.qcow2".to_string()));
+}
+
+// REQ-IMG-005: a declared size larger than the disk can take is refused before a byte is read.
+#[tokio::test]
+async fn an_upload_larger_than_the_free_disk_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let service = start(&tmp.path().join("data"), "http://127.0.0.1:9");
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", service.port)).await.unwrap();
+    let head = format!(
+        "PUT /api/images/huge/file HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
+        service.port,
+        1u64 << 50
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[0u8; 4096]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("ImageTooLarge") && answer.contains("twice its size"), "{answer}");
+    drop(stream);
+    assert!(image_dir_files(&service).is_empty(), "{:?}", image_dir_files(&service));
+}
+
+// Concurrent imports of one name: one wins, the other is refused, nothing is shared or replaced.
+#[tokio::test]
+async fn concurrent_uploads_of_one_name_never_share_or_replace_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = start(&tmp.path().join("data"), "http://127.0.0.1:9");
+    let disks: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let mut disk = bootable_raw(8 << 20);
+            disk[1000] = i;
+            disk
+        })
+        .collect();
+    let attempts = disks.iter().map(|disk| upload(&service, "contested", "", disk.clone().into()));
+    let results = futures_util::future::join_all(attempts).await;
+    let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{results:?}");
+    for (status, body) in results.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!(*status, 409, "{body}");
+        let code = body["code"].as_str().unwrap();
+        assert!(code == "ImageDuplicate" || code == "ImageImportInProgress", "{body}");
+    }
+    assert_eq!(image_dir_files(&service), ["contested.qcow2"]);
+    // The registered file is the winner's, whole.
+    let (_, img) = get_json(&service.api("/images/contested")).await;
+    let on_disk = std::fs::read(service.data_dir.join("images/contested.qcow2")).unwrap();
+    assert_eq!(img["sha256"].as_str().unwrap(), hex::encode(sha2::Sha256::digest(&on_disk)));
+}
+
+// REQ-IMG-005: the CLI streams a file to the running service with a progress line.
+#[tokio::test]
+async fn the_cli_uploads_to_the_running_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = start(&tmp.path().join("data"), "http://127.0.0.1:9");
+    let good = tmp.path().join("good.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", good.to_str().unwrap(), "64M"]);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ec2local"))
+        .args(["images", "upload", "--name", "from-cli", "--default-user", "debian", "--endpoint"])
+        .arg(format!("http://127.0.0.1:{}", service.port))
+        .arg(&good)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("uploading") && stderr.contains("100%"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("uploaded from-cli as ami-"));
+    let img = image(&service, "from-cli").await;
+    assert_eq!(img["default_user"], "debian");
+    // The service being elsewhere is said plainly.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ec2local"))
+        .args(["images", "upload", "--name", "nowhere", "--endpoint", "http://127.0.0.1:9"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is `ec2local serve` running"));
+}
+
+// What a crashed import left in images/ is removed at the next start; pulls keep their partials.
+#[tokio::test]
+async fn leftovers_of_an_interrupted_import_are_removed_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let images = data.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for name in [".debian.0a1b2c3d.upload", ".debian.0a1b2c3d.importing", &format!(".{JAMMY}.partial")] {
+        std::fs::write(images.join(name), "x").unwrap();
+        std::fs::File::options().write(true).open(images.join(name)).unwrap().set_modified(old).unwrap();
+    }
+    let service = start(&data, "http://127.0.0.1:9");
+    assert_eq!(image_dir_files(&service), [format!(".{JAMMY}.partial")]);
+}

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// libvirt is unreachable; retry once it is back.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
+    /// The data directory's disk cannot hold what was asked for.
+    #[oai(status = 507)]
+    InsufficientStorage(Json<ErrorBody>),
 }
 
 /// The status for each kind of service error.
@@ -47,6 +50,8 @@ pub fn status_of(err: &AppError) -> StatusCode {
         AppError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
         AppError::NotFound { .. } => StatusCode::NOT_FOUND,
         AppError::Conflict { .. } => StatusCode::CONFLICT,
+        AppError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        AppError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) | AppError::DataDirUnreachable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
@@ -64,6 +69,7 @@ impl ApiError {
             StatusCode::CONFLICT => ApiError::Conflict(body),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(body),
             StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(body),
+            StatusCode::INSUFFICIENT_STORAGE => ApiError::InsufficientStorage(body),
             _ => ApiError::Internal(body),
         }
     }
@@ -123,6 +129,8 @@ mod tests {
             (AppError::InvalidInput { code: "InvalidParameterValue", message: "x".into() }, 400),
             (AppError::NotFound { code: "InvalidInstanceID.NotFound", message: "x".into() }, 404),
             (AppError::Conflict { code: "IncorrectInstanceState", message: "x".into() }, 409),
+            (AppError::TooLarge { code: "ImageTooLarge", message: "x".into() }, 413),
+            (AppError::InsufficientStorage("x".into()), 507),
             (AppError::Internal("x".into()), 500),
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
             (AppError::NetworkUnavailable("socket_vmnet is not running".into()), 503),

@@ -4,14 +4,14 @@ use super::strict::{Text, field};
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::param::Path;
-use poem_openapi::payload::Json;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
 use super::error::ApiError;
 use crate::app::App;
-use crate::images::{Image, ImportRequest};
+use crate::images::{Image, ImportRequest, ImportSource};
 
 pub struct ImagesApi;
 
@@ -154,15 +154,64 @@ impl ImagesApi {
         let b = body.0;
         let image = app
             .images
-            .import(ImportRequest {
-                name: b.name.0,
-                file_path: b.file_path.0.into(),
-                description: b.description.map(Text::into_string),
-                os: b.os.map(Text::into_string),
-                os_version: b.os_version.map(Text::into_string),
-                architecture: b.architecture.map(Text::into_string),
-                default_user: b.default_user.map(Text::into_string),
-            })
+            .import(
+                ImportRequest {
+                    name: b.name.0,
+                    description: b.description.map(Text::into_string),
+                    os: b.os.map(Text::into_string),
+                    os_version: b.os_version.map(Text::into_string),
+                    architecture: b.architecture.map(Text::into_string),
+                    default_user: b.default_user.map(Text::into_string),
+                },
+                ImportSource::File(b.file_path.0.into()),
+            )
+            .await?;
+        Ok(ImageCreated::Created(Json(image.into())))
+    }
+
+    /// Upload an image (qcow2 or raw) as the request body, streamed to disk: the file
+    /// need not be readable by the service, and no path on this machine is needed, e.g.
+    /// `curl -T disk.qcow2 'http://localhost:8000/api/images/my-image/file?default_user=debian'`.
+    /// Any Content-Type is taken. 413 `ImageTooLarge` when the data dir's disk cannot
+    /// hold twice the image (said before reading when Content-Length is given), 409
+    /// `ImageDuplicate` when the name is taken (nothing is replaced), 400 `InvalidImage`
+    /// for anything but a standalone qcow2 or a bootable raw disk.
+    #[oai(path = "/:name/file", method = "put", method = "post")]
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &poem::Request,
+        /// 1-64 of A-Z a-z 0-9 . _ -
+        name: Path<String>,
+        description: Query<Option<String>>,
+        os: Query<Option<String>>,
+        os_version: Query<Option<String>>,
+        /// x86_64 or aarch64; the host's by default.
+        architecture: Query<Option<String>>,
+        /// The image's cloud-init default user; `ubuntu` by default.
+        default_user: Query<Option<String>>,
+        body: Binary<poem::Body>,
+    ) -> Result<ImageCreated, ApiError> {
+        let declared_len = request
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let source = ImportSource::Upload { body: Box::pin(body.0.into_async_read()), declared_len };
+        let image = app
+            .images
+            .import(
+                ImportRequest {
+                    name: name.0,
+                    description: description.0,
+                    os: os.0,
+                    os_version: os_version.0,
+                    architecture: architecture.0,
+                    default_user: default_user.0,
+                },
+                source,
+            )
             .await?;
         Ok(ImageCreated::Created(Json(image.into())))
     }

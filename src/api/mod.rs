@@ -106,13 +106,27 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
                     );
                     return Ok(with_security_headers(poem::Error::from(refused).into_response(), false));
                 }
-                if let Some(too_large) = limit_body(&mut req).await {
+                if is_image_upload(&req) {
+                    // The body is the image's bytes, streamed to disk and held to the free
+                    // space by the import itself, whatever type the client says it is.
+                    req.headers_mut().insert(
+                        poem::http::header::CONTENT_TYPE,
+                        poem::http::HeaderValue::from_static("application/octet-stream"),
+                    );
+                } else if let Some(too_large) = limit_body(&mut req).await {
                     return Ok(with_security_headers(too_large, false));
                 }
                 let is_ui = req.uri().path() == "/" || req.uri().path().starts_with("/assets/");
                 Ok(with_security_headers(ep.call(req).await?.into_response(), is_ui))
             }
         })
+}
+
+/// `PUT`/`POST /api/images/{name}/file`: the one request whose body is not small JSON.
+fn is_image_upload(req: &poem::Request) -> bool {
+    let upload_method = matches!(*req.method(), poem::http::Method::PUT | poem::http::Method::POST);
+    let segments: Vec<&str> = req.uri().path().split('/').collect();
+    upload_method && matches!(segments.as_slice(), ["", "api", "images", name, "file"] if !name.is_empty())
 }
 
 fn payload_too_large() -> poem::Response {

@@ -73,6 +73,33 @@ pub fn upsert(conn: &Connection, row: &ImageRow) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Inserts a new row; false when its id or name is taken (nothing is replaced).
+pub fn insert_new(conn: &Connection, row: &ImageRow) -> Result<bool, DbError> {
+    let inserted = conn.execute(
+        &format!("INSERT INTO images ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        params![
+            row.id,
+            row.name,
+            row.description,
+            row.os,
+            row.os_version,
+            row.architecture,
+            row.file_path,
+            row.format,
+            row.default_user,
+            row.source_url,
+            row.sha256,
+            row.size_bytes,
+            row.created_at
+        ],
+    );
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn get(conn: &Connection, id: &str) -> Result<Option<ImageRow>, DbError> {
     Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM images WHERE id = ?1"), [id], from_row).optional()?)
 }

@@ -2,14 +2,15 @@
 //! verification of the files, pulls with progress, and import of local images.
 
 pub mod catalog;
+pub mod import;
 pub mod pull;
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use catalog::CatalogEntry;
+pub use import::ImportSource;
 use pull::{PullProgress, PullState};
 
 use crate::db::images::{self as rows, ImageRow};
@@ -30,11 +31,10 @@ pub struct Image {
     pub pull: Option<PullProgress>,
 }
 
-/// What a user gives to register a local image.
+/// What a user says about an image to register (its bytes come as an `ImportSource`).
 #[derive(Debug, Clone, Default)]
 pub struct ImportRequest {
     pub name: String,
-    pub file_path: PathBuf,
     pub description: Option<String>,
     pub os: Option<String>,
     pub os_version: Option<String>,
@@ -51,6 +51,24 @@ pub struct Images {
     qemu_img: QemuImg,
     http: reqwest::Client,
     pulls: Arc<Mutex<HashMap<String, PullProgress>>>,
+    /// Names with an import in progress.
+    importing: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A name held for one import; released when dropped, however the import ends.
+struct NameClaim {
+    importing: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for NameClaim {
+    fn drop(&mut self) {
+        self.importing.lock().unwrap().remove(&self.name);
+    }
+}
+
+fn duplicate(name: &str) -> AppError {
+    AppError::Conflict { code: "ImageDuplicate", message: format!("an image named {name:?} already exists") }
 }
 
 fn not_found(id: &str) -> AppError {
@@ -62,12 +80,15 @@ fn invalid(message: String) -> AppError {
 }
 
 impl Images {
-    pub fn new(db: Db, paths: Paths, arch: Arch, base_url: &str, qemu_img: QemuImg) -> Self {
+    /// `read_timeout`: how long a pull waits for the next bytes before it fails (a
+    /// stalled mirror), so that it can be retried and resumes.
+    pub fn new(db: Db, paths: Paths, arch: Arch, base_url: &str, qemu_img: QemuImg, read_timeout: Duration) -> Self {
         // TLS uses ring, like the rest of the crypto here; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("ec2local/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(20))
+            .read_timeout(read_timeout)
             .build()
             .expect("HTTP client");
         Self {
@@ -78,6 +99,7 @@ impl Images {
             qemu_img,
             http,
             pulls: Arc::new(Mutex::new(HashMap::new())),
+            importing: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -229,104 +251,35 @@ impl Images {
         self.catalog.iter().find(|e| e.id == id_or_name || e.name == id_or_name).cloned()
     }
 
-    /// Registers a local image by copying (and flattening) it into images/.
-    pub async fn import(&self, request: ImportRequest) -> Result<Image, AppError> {
+    /// Registers a local image by copying (and flattening) it into images/. The name is
+    /// claimed first, so concurrent imports of one name cannot both proceed; nothing of
+    /// a failed import stays behind, and no other image's file or row is ever replaced.
+    pub async fn import(&self, request: ImportRequest, source: ImportSource) -> Result<Image, AppError> {
         validate_image_name(&request.name)?;
-        let source = request.file_path.clone();
-        // An absolute path to a regular file, never a protocol (`json:`, `nbd:`), a
-        // device or a symbolic link that could be pointed elsewhere.
-        if !source.is_absolute() {
-            return Err(invalid(format!("{} is not an absolute path", source.display())));
-        }
-        let kind = std::fs::symlink_metadata(&source).map(|m| m.file_type());
-        if !kind.as_ref().is_ok_and(|k| k.is_file()) {
-            let what = match kind {
-                Ok(k) if k.is_symlink() => "a symbolic link; give the file it points to",
-                Ok(_) => "not a regular file",
-                Err(_) => "not a file",
-            };
-            return Err(invalid(format!("{} is {what}", source.display())));
-        }
-        let info = self
-            .qemu_img
-            .info(&source)
-            .await
-            .map_err(|e| invalid(format!("{} is not a disk image qemu-img can read: {e}", source.display())))?;
-        if info.format != "qcow2" && info.format != "raw" {
-            return Err(invalid(format!(
-                "{} is {}; only qcow2 and raw images are supported",
-                source.display(),
-                info.format
-            )));
-        }
-        // Importing reads every file the image refers to, with the service's rights: an
-        // overlay on someone's ~/.ssh/id_rsa would be flattened into a registered image.
-        if let Some(backing) = info.full_backing_filename.as_ref().or(info.backing_filename.as_ref()) {
-            return Err(invalid(format!(
-                "{} is an overlay on the backing file {backing}; import a standalone image \
-                 (`qemu-img convert -O qcow2 {} standalone.qcow2`)",
-                source.display(),
-                source.display()
-            )));
-        }
-        if let Some(data_file) = info.external_data_file() {
-            return Err(invalid(format!(
-                "{} keeps its data in the external file {data_file}; import a standalone image",
-                source.display()
-            )));
-        }
-        // From here on the format is pinned: a second look must agree with the first.
-        let pinned = self
-            .qemu_img
-            .info_as(&source, Some(&info.format))
-            .await
-            .map_err(|e| invalid(format!("{} changed while it was being imported: {e}", source.display())))?;
-        if pinned.full_backing_filename.is_some()
-            || pinned.backing_filename.is_some()
-            || pinned.external_data_file().is_some()
-        {
-            return Err(invalid(format!("{} changed while it was being imported", source.display())));
-        }
-        if info.format == "raw" && !has_boot_signature(&source)? {
-            return Err(invalid(format!("{} is not a bootable disk image (no partition table)", source.display())));
-        }
         let architecture = request.architecture.clone().unwrap_or_else(|| self.arch.libvirt_name().to_string());
         if !["x86_64", "aarch64"].contains(&architecture.as_str()) {
             return Err(invalid(format!("architecture {architecture:?} is not one of x86_64, aarch64")));
         }
         let id = catalog::image_id(&request.name, &architecture);
-        let name = request.name.clone();
-        let taken = self.db.call(move |conn| Ok(rows::get_by_name(conn, &name)?.is_some())).await?;
-        if taken {
-            return Err(AppError::Conflict {
-                code: "ImageDuplicate",
-                message: format!("an image named {:?} already exists", request.name),
-            });
-        }
-        let dest = self.paths.images().join(format!("{}.qcow2", request.name));
-        if dest.exists() {
-            return Err(AppError::Conflict {
-                code: "ImageDuplicate",
-                message: format!("{} already exists", dest.display()),
-            });
-        }
-        // Flattening copy: an overlay keeps working after its backing file moves, and a
-        // raw image becomes a qcow2 that overlays can be made on.
-        let partial = self.paths.images().join(format!(".{}.importing", request.name));
-        let copied = async {
-            self.qemu_img.convert_to_qcow2(&source, &info.format, &partial).await?;
-            let (sha256, size) = pull::sha256_file(&partial).await?;
-            tokio::fs::rename(&partial, &dest).await?;
-            Ok::<_, AppError>((sha256, size))
-        }
-        .await;
-        let (sha256, size) = match copied {
-            Ok(facts) => facts,
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e);
-            }
-        };
+        let _claim = self.claim_name(&request.name)?;
+        self.ensure_unused(&request.name, &id).await?;
+        let what = source.describe();
+        let token = crate::ids::random_hex(4);
+        let staging = import::Owned::new(self.paths.import_staging(&request.name, &token));
+        let partial = import::Owned::new(self.paths.import_partial(&request.name, &token));
+        let budget = import::budget(&self.paths.images());
+        import::stage(source, staging.path(), budget).await?;
+        let format = import::inspect(&self.qemu_img, staging.path(), &what).await?;
+        // Flattening copy: a raw image becomes a qcow2 that overlays can be made on.
+        self.qemu_img
+            .convert_to_qcow2(staging.path(), &format, partial.path())
+            .await
+            .map_err(import::conversion_failed)?;
+        drop(staging);
+        let (sha256, size) = pull::sha256_file(partial.path()).await?;
+        let dest = self.paths.imported_image(&request.name);
+        import::place(partial.path(), &dest)?;
+        let placed = import::Owned::new(dest.clone());
         let row = ImageRow {
             id,
             name: request.name.clone(),
@@ -343,12 +296,44 @@ impl Images {
             created_at: timestamp_now(),
         };
         let stored = row.clone();
-        if let Err(e) = self.db.call(move |conn| rows::upsert(conn, &stored)).await {
-            let _ = std::fs::remove_file(&dest);
-            return Err(e.into());
+        if !self.db.call(move |conn| rows::insert_new(conn, &stored)).await? {
+            return Err(duplicate(&request.name));
         }
-        tracing::info!(image = %row.name, id = %row.id, from = %source.display(), "image imported");
+        placed.keep();
+        tracing::info!(image = %row.name, id = %row.id, from = %what, size, "image imported");
         Ok(self.describe(row))
+    }
+
+    /// Holds `name` for one import until the claim is dropped.
+    fn claim_name(&self, name: &str) -> Result<NameClaim, AppError> {
+        let mut importing = self.importing.lock().unwrap();
+        if !importing.insert(name.to_string()) {
+            return Err(AppError::Conflict {
+                code: "ImageImportInProgress",
+                message: format!("an import of {name:?} is already in progress"),
+            });
+        }
+        Ok(NameClaim { importing: self.importing.clone(), name: name.to_string() })
+    }
+
+    /// 409 when the name, the id it hashes to, or its file is already someone's.
+    async fn ensure_unused(&self, name: &str, id: &str) -> Result<(), AppError> {
+        let (owned_name, owned_id) = (name.to_string(), id.to_string());
+        let taken = self
+            .db
+            .call(move |conn| {
+                Ok(rows::get_by_name(conn, &owned_name)?.is_some() || rows::get(conn, &owned_id)?.is_some())
+            })
+            .await?;
+        if taken || self.paths.imported_image(name).exists() {
+            return Err(duplicate(name));
+        }
+        Ok(())
+    }
+
+    /// Removes what interrupted imports left in images/ (called once at start).
+    pub fn remove_import_leftovers(&self) -> usize {
+        import::remove_leftovers(&self.paths.images())
     }
 
     /// Deletes an image's file (and, for an imported one, its record). Refused while
@@ -394,13 +379,6 @@ pub fn validate_image_name(name: &str) -> Result<(), AppError> {
             message: "an image name must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', not starting with '.'".into(),
         })
     }
-}
-
-/// Whether a raw file starts with an MBR/GPT boot signature (0x55AA at byte 510).
-fn has_boot_signature(path: &Path) -> Result<bool, AppError> {
-    let mut sector = [0u8; 512];
-    let mut file = std::fs::File::open(path)?;
-    Ok(file.read_exact(&mut sector).is_ok() && sector[510] == 0x55 && sector[511] == 0xAA)
 }
 
 #[cfg(test)]

@@ -150,7 +150,23 @@ pub async fn download(
         let mut stream = response.bytes_stream();
         let mut last_report = Instant::now();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| http_err(&entry.url, e))?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // What arrived stays for the next attempt to resume from.
+                    let _ = file.flush().await;
+                    let detail = if e.is_timeout() {
+                        format!(
+                            "the mirror stopped sending after {} bytes (no data within the read timeout); \
+                             pull again to resume",
+                            state.bytes_done
+                        )
+                    } else {
+                        format!("{e} after {} bytes; pull again to resume", state.bytes_done)
+                    };
+                    return Err(http_err(&entry.url, detail));
+                }
+            };
             file.write_all(&chunk).await.map_err(io_err(&partial))?;
             state.bytes_done += chunk.len() as u64;
             let elapsed = started.elapsed().as_secs_f64();

@@ -1,6 +1,6 @@
 // The ec2local web UI: hash-routed pages over the JSON API. No framework; every piece of
 // user data goes into the page as text (el()), never as HTML.
-import { allowedActions, closeMessage, describeType, formatBytes, launchBlockers, parseControl, privateKeyProblem, pullPercent } from "./lib.js";
+import { allowedActions, closeMessage, describeType, formatBytes, imageNameFromFile, launchBlockers, parseControl, privateKeyProblem, pullPercent, uploadProgress } from "./lib.js";
 
 const view = document.getElementById("view");
 let refreshTimer = null;
@@ -355,11 +355,77 @@ async function keyPairsPage() {
 
 // --- images ---------------------------------------------------------------------------
 
+/**
+ * Streams a file to PUT /api/images/{name}/file, reporting progress; resolves to the
+ * new image. XMLHttpRequest, because fetch cannot report an upload's progress.
+ */
+function uploadImage(file, name, about, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    const query = new URLSearchParams(Object.entries(about).filter(([, v]) => v)).toString();
+    xhr.open("PUT", `/api/images/${encodeURIComponent(name)}/file${query ? `?${query}` : ""}`);
+    xhr.setRequestHeader("content-type", "application/octet-stream");
+    xhr.upload.onprogress = (event) => onProgress(event.loaded, event.lengthComputable ? event.total : file.size);
+    xhr.upload.onload = () => onProgress(file.size, file.size, true);
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      if (xhr.status === 201) resolve(data);
+      else reject(new Error(data && data.message ? data.message : `${xhr.status} ${xhr.statusText}`));
+    };
+    xhr.onerror = () => reject(new Error("the upload was interrupted"));
+    xhr.onabort = () => reject(new Error("the upload was cancelled"));
+    xhr.send(file);
+    uploadImage.cancel = () => xhr.abort();
+  });
+}
+
 async function imagesPage() {
-  const importButton = el("button", { class: "primary", type: "submit" }, "Import");
+  // Upload: the browser sends the file itself; the service needs no path it can read.
+  const uploadButton = el("button", { class: "primary", type: "submit" }, "Upload");
+  const cancelButton = el("button", { type: "button", hidden: true, onclick: () => uploadImage.cancel && uploadImage.cancel() }, "Cancel");
+  const fileInput = el("input", { type: "file", name: "file", required: true, accept: ".qcow2,.img,.raw", "aria-label": "Image file" });
+  const nameInput = el("input", { name: "name", required: true, pattern: "[A-Za-z0-9._-]{1,64}" });
+  fileInput.addEventListener("change", () => { if (fileInput.files[0] && !nameInput.value) nameInput.value = imageNameFromFile(fileInput.files[0].name); });
+  const bar = el("progress", { max: "100", value: "0", "aria-label": "Upload progress", hidden: true });
+  const barText = el("span", { class: "muted upload-status", role: "status" });
+  const uploadForm = el("form", { class: "grid", "aria-label": "Upload an image" },
+    el("label", {}, "Image file (qcow2 or raw)", fileInput),
+    el("label", {}, "Name", nameInput),
+    el("label", {}, "OS", el("input", { name: "os", placeholder: "ubuntu" })),
+    el("label", {}, "OS version", el("input", { name: "os_version", placeholder: "24.04" })),
+    el("label", {}, "Default user", el("input", { name: "default_user", placeholder: "ubuntu" })),
+    el("div", { class: "actions" }, uploadButton, cancelButton),
+    el("div", { class: "wide" }, bar, " ", barText));
+  uploadForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = fileInput.files[0];
+    const data = Object.fromEntries([...new FormData(uploadForm)].filter(([k, v]) => k !== "file" && v));
+    uploadButton.disabled = true; cancelButton.hidden = false; bar.hidden = false;
+    let highest = 0;
+    try {
+      const image = await uploadImage(file, data.name, { os: data.os, os_version: data.os_version, default_user: data.default_user }, (loaded, total, sent) => {
+        const progress = uploadProgress(loaded, total);
+        highest = Math.max(highest, progress.percent);
+        bar.value = progress.percent;
+        bar.dataset.highest = String(highest);
+        barText.textContent = sent ? "Uploaded; checking and converting the image…" : `Uploading ${progress.text}`;
+      });
+      toast(`Uploaded ${image.name}`);
+      uploadForm.reset(); barText.textContent = ""; bar.hidden = true; refresh();
+    } catch (e) {
+      barText.textContent = "";
+      bar.hidden = true;
+      toast(e.message, "error");
+    } finally {
+      uploadButton.disabled = false; cancelButton.hidden = true;
+    }
+  });
+  // By path: for a file the service itself can read, without copying it through the browser.
+  const importButton = el("button", { type: "submit" }, "Import");
   const form = el("form", { class: "grid", "aria-label": "Import an image" },
     el("label", {}, "Name", el("input", { name: "name", required: true, pattern: "[A-Za-z0-9._-]{1,64}" })),
-    el("label", {}, "File on this machine", el("input", { name: "file_path", required: true, placeholder: "/path/to/image.qcow2" })),
+    el("label", {}, "Absolute path on this machine", el("input", { name: "file_path", required: true, placeholder: "/path/to/image.qcow2" })),
     el("label", {}, "OS", el("input", { name: "os", placeholder: "ubuntu" })),
     el("label", {}, "OS version", el("input", { name: "os_version", placeholder: "24.04" })),
     el("label", {}, "Default user", el("input", { name: "default_user", placeholder: "ubuntu" })),
@@ -372,7 +438,8 @@ async function imagesPage() {
   const tbody = el("tbody");
   view.replaceChildren(el("h1", {}, "Images"),
     el("table", { "aria-label": "Images" }, el("thead", {}, el("tr", {}, ["Name", "ID", "OS", "Arch", "Status", ""].map((h) => el("th", {}, h)))), tbody),
-    el("section", { class: "card" }, el("h2", {}, "Import a local image"), form));
+    el("section", { class: "card" }, el("h2", {}, "Upload an image"), uploadForm,
+      el("details", {}, el("summary", {}, "Or import a file the service can read, by its path"), form)));
   async function refresh() {
     const images = await api("GET", "/images");
     tbody.replaceChildren(...images.map((i) => {

@@ -94,3 +94,15 @@ export function privateKeyProblem(text) {
   }
   return null;
 }
+
+/** An image name from a file name: `jammy-server-cloudimg-amd64.img` → `jammy-server-cloudimg-amd64`. */
+export function imageNameFromFile(fileName) {
+  const stem = (fileName || "").replace(/\.(qcow2|img|raw)$/i, "");
+  return stem.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "").slice(0, 64);
+}
+
+/** "12.5 MiB / 140 MiB (9%)" for an upload in progress. */
+export function uploadProgress(loaded, total) {
+  const percent = total ? Math.floor((100 * loaded) / total) : 0;
+  return { percent, text: `${formatBytes(loaded)} / ${formatBytes(total)} (${percent}%)` };
+}

@@ -60,8 +60,6 @@ before(async () => {
     lines.once("line", (line) => resolve(line.replace("ec2local listening on ", "").trim()));
     service.once("exit", (code) => reject(new Error(`ec2local exited with ${code}`)));
   });
-  const imported = await api("POST", "/images", { name: "debian-12-test", file_path: image, default_user: "ubuntu", os: "debian", os_version: "12" });
-  assert.equal(imported.status, 201, JSON.stringify(imported.body));
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -104,7 +102,18 @@ test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout
   await errorToast.waitFor();
   await shot("key-pairs-duplicate-error");
 
+  // The test image comes in from the browser, streamed with progress: no server path.
   await page.click("a[data-nav=images]");
+  const uploadForm = page.locator("form[aria-label='Upload an image']");
+  await uploadForm.locator("input[type=file]").setInputFiles(image);
+  assert.equal(await uploadForm.locator("input[name=name]").inputValue(), "debian-12-cloud-amd64");
+  await uploadForm.locator("input[name=name]").fill("debian-12-test");
+  await uploadForm.locator("input[name=os]").fill("debian");
+  await uploadForm.locator("input[name=os_version]").fill("12");
+  await uploadForm.locator("input[name=default_user]").fill("ubuntu");
+  await uploadForm.locator("button[type=submit]").click();
+  await page.locator(".toast.ok", { hasText: "Uploaded debian-12-test" }).waitFor({ timeout: 3 * 60 * 1000 });
+  assert.equal(await uploadForm.locator("progress").getAttribute("data-highest"), "100", "no upload progress was shown");
   await page.locator("td", { hasText: "debian-12-test" }).waitFor();
   assert.match(await page.textContent("table[aria-label=Images]"), /ubuntu-22\.04[\s\S]*not downloaded/);
   await shot("images");

@@ -1,7 +1,7 @@
 // Unit tests of the UI's pure helpers (node --test).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { allowedActions, closeMessage, describeType, formatBytes, launchBlockers, parseControl, privateKeyProblem, pullPercent } from "../../src/lib.js";
+import { allowedActions, closeMessage, describeType, formatBytes, imageNameFromFile, launchBlockers, parseControl, privateKeyProblem, pullPercent, uploadProgress } from "../../src/lib.js";
 
 test("formatBytes gives short human figures", () => {
   assert.equal(formatBytes(512), "512 B");
@@ -57,4 +57,16 @@ test("the key dialog tells a public key, an empty field and a non-key apart from
   assert.match(privateKeyProblem(""), /Paste the private key/);
   assert.match(privateKeyProblem("ssh-ed25519 AAAAC3Nza you@host"), /public key/);
   assert.match(privateKeyProblem("hello"), /BEGIN OPENSSH PRIVATE KEY/);
+});
+
+test("an uploaded file's name becomes a valid image name", () => {
+  assert.equal(imageNameFromFile("jammy-server-cloudimg-amd64.img"), "jammy-server-cloudimg-amd64");
+  assert.equal(imageNameFromFile("My Disk (copy).qcow2"), "My-Disk-copy-");
+  assert.equal(imageNameFromFile(".hidden.raw"), "hidden");
+  assert.equal(imageNameFromFile("x".repeat(80) + ".qcow2").length, 64);
+});
+
+test("upload progress is shown in bytes and percent", () => {
+  assert.deepEqual(uploadProgress(512 * 1024 * 1024, 1024 * 1024 * 1024), { percent: 50, text: "512 MiB / 1.0 GiB (50%)" });
+  assert.equal(uploadProgress(0, 0).percent, 0);
 });
