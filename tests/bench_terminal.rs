@@ -212,26 +212,6 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     })
     .await;
 
-    // The pair is deleted and made again under the same name: its new key is not used
-    // for the instance launched with the old one; the old key, given by the user, is.
-    let response = client().delete(svc.api("/key-pairs/term")).send().await.unwrap();
-    assert_eq!(response.status(), 204);
-    let (status, again) = post_json(&svc.api("/key-pairs"), &json!({"name": "term"})).await;
-    assert_eq!(status, 201, "{again}");
-    let mut ws = open(&svc, &id, "").await;
-    let asked = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).unwrap(),
-        other => panic!("expected auth_required, got {other:?}"),
-    };
-    assert_eq!((asked["type"].as_str(), asked["reason"].as_str()), (Some("auth_required"), Some("key_replaced")));
-    assert!(asked["message"].as_str().unwrap().contains("made again"), "{asked}");
-    let original = std::fs::read_to_string(&key).unwrap();
-    ws.send(Message::Text(json!({"type": "auth", "private_key": original}).to_string().into())).await.unwrap();
-    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
-    send(&mut ws, "exit\n").await;
-    let (control, _) = next_control(&mut ws).await;
-    assert_eq!(control.unwrap(), json!({"type": "exit", "status": 0}));
-
     // A message far larger than a terminal needs (the cap is 64 KiB) ends the session
     // rather than being buffered.
     let mut greedy = open(&svc, &id, "").await;
@@ -268,6 +248,26 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
         (health_terminal(&svc).await == baseline).then_some(())
     })
     .await;
+
+    // The pair is deleted and made again under the same name: its new key is not used
+    // for the instance launched with the old one; the old key, given by the user, is.
+    let response = client().delete(svc.api("/key-pairs/term")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let (status, again) = post_json(&svc.api("/key-pairs"), &json!({"name": "term"})).await;
+    assert_eq!(status, 201, "{again}");
+    let mut ws = open(&svc, &id, "").await;
+    let asked = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).unwrap(),
+        other => panic!("expected auth_required, got {other:?}"),
+    };
+    assert_eq!((asked["type"].as_str(), asked["reason"].as_str()), (Some("auth_required"), Some("key_replaced")));
+    assert!(asked["message"].as_str().unwrap().contains("made again"), "{asked}");
+    let original = std::fs::read_to_string(&key).unwrap();
+    ws.send(Message::Text(json!({"type": "auth", "private_key": original}).to_string().into())).await.unwrap();
+    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
+    send(&mut ws, "exit\n").await;
+    let (control, _) = next_control(&mut ws).await;
+    assert_eq!(control.unwrap(), json!({"type": "exit", "status": 0}));
 
     // A stopped instance refuses terminals.
     let (status, _) = post_empty(&svc.api(&format!("/instances/{id}/stop"))).await;

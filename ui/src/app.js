@@ -258,10 +258,11 @@ function askForPrivateKey(msg) {
   const field = el("textarea", { name: "private_key", rows: "10", spellcheck: "false", autocomplete: "off", class: "mono",
     placeholder: "-----BEGIN OPENSSH PRIVATE KEY-----\n…\n-----END OPENSSH PRIVATE KEY-----", "aria-label": "Private key" });
   const file = el("input", { type: "file", "aria-label": "Private key file" });
-  file.addEventListener("change", async () => { if (file.files[0]) field.value = await file.files[0].text(); });
   const canKeep = msg.reason === "key_not_stored" && keyName;
   const keep = el("input", { type: "checkbox", name: "keep" });
   const problem = el("p", { class: "problem", role: "alert" });
+  field.addEventListener("input", () => { problem.textContent = ""; });
+  file.addEventListener("change", async () => { if (file.files[0]) { field.value = await file.files[0].text(); problem.textContent = ""; } });
   const connect = el("button", { class: "primary", type: "submit", value: "connect" }, "Connect");
   const cancel = el("button", { type: "button" }, "Cancel");
   const form = el("form", { method: "dialog" },
