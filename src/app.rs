@@ -74,14 +74,7 @@ impl App {
         let network =
             NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone(), platform.network.clone());
         let key_pairs = KeyPairs::new(db.clone(), paths.clone());
-        let images = Images::new(
-            db.clone(),
-            paths.clone(),
-            host.arch,
-            &config.image_base_url,
-            qemu_img.clone(),
-            config.pull_read_timeout,
-        );
+        let images = Images::new(db.clone(), paths.clone(), host.arch, &config.images, qemu_img.clone());
         let instances = Instances::new(
             db.clone(),
             paths.clone(),

@@ -133,6 +133,9 @@ struct ServeArgs {
     /// Seconds a pull waits for the mirror's next bytes before it fails (and can be retried).
     #[arg(long, env = "EC2LOCAL_PULL_READ_TIMEOUT_SECS", default_value_t = 60)]
     pull_read_timeout_secs: u64,
+    /// Seconds an image upload may send nothing before it is dropped (408).
+    #[arg(long, env = "EC2LOCAL_UPLOAD_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    upload_idle_timeout_secs: u64,
     /// Refuse new instances when the host has less memory available than this (MiB).
     #[arg(long, env = "EC2LOCAL_MIN_AVAILABLE_MEMORY_MIB", default_value_t = 4096)]
     min_available_memory_mib: u64,
@@ -170,8 +173,12 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Images { command, data_dir, image_base_url, pull_read_timeout_secs } => {
             crate::logging::init_stderr();
-            let read_timeout = std::time::Duration::from_secs(pull_read_timeout_secs.max(1));
-            runtime.block_on(images(command, data_dir, &image_base_url, read_timeout))
+            let config = crate::images::ImagesConfig {
+                base_url: image_base_url,
+                pull_read_timeout: std::time::Duration::from_secs(pull_read_timeout_secs.max(1)),
+                ..Default::default()
+            };
+            runtime.block_on(images(command, data_dir, &config))
         }
         Command::Doctor { libvirt_uri, data_dir, vmnet_socket } => {
             crate::logging::init_stderr();
@@ -209,8 +216,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.network = network;
     config.pool_name = args.pool_name;
     config.accelerator = args.accelerator;
-    config.image_base_url = args.image_base_url;
-    config.pull_read_timeout = std::time::Duration::from_secs(args.pull_read_timeout_secs.max(1));
+    config.images = crate::images::ImagesConfig {
+        base_url: args.image_base_url,
+        pull_read_timeout: std::time::Duration::from_secs(args.pull_read_timeout_secs.max(1)),
+        upload_idle_timeout: std::time::Duration::from_secs(args.upload_idle_timeout_secs.max(1)),
+    };
     config.limits = crate::config::Limits {
         min_available_memory_mib: args.min_available_memory_mib,
         disk_headroom_gib: args.disk_headroom_gib,
@@ -232,12 +242,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn images(
-    command: ImagesCommand,
-    data_dir: Option<PathBuf>,
-    base_url: &str,
-    read_timeout: std::time::Duration,
-) -> ExitCode {
+async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, config: &crate::images::ImagesConfig) -> ExitCode {
     if let ImagesCommand::Upload { name, file, description, os, os_version, arch, default_user, endpoint } = command {
         let about = [
             ("description", description),
@@ -277,9 +282,8 @@ async fn images(
         db,
         paths,
         Host::detect().arch,
-        base_url,
+        config,
         crate::exec::qemu_img::QemuImg::new(std::time::Duration::from_secs(3600)),
-        read_timeout,
     );
     let result = async {
         images.sync_catalog().await?;
@@ -372,12 +376,38 @@ async fn upload_image(
         }
     })
     .boxed();
+    crate::images::validate_image_name(name).map_err(|e| e.to_string())?;
     let query: Vec<(&str, &str)> = about.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
-    let address = format!("{}/api/images/{name}/file", endpoint.trim_end_matches('/'));
-    let url = reqwest::Url::parse_with_params(&address, &query).map_err(|e| format!("{address}: {e}"))?;
+    let base = reqwest::Url::parse(endpoint).map_err(|e| format!("endpoint {endpoint}: {e}"))?;
+    let url_of = |segments: &[&str]| {
+        let mut url = base.clone();
+        url.path_segments_mut().expect("an http URL").pop_if_empty().extend(segments);
+        url
+    };
+    let mut url = url_of(&["api", "images", name, "file"]);
+    url.query_pairs_mut().extend_pairs(&query);
     // TLS uses ring, like the rest of the crypto here; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let response = reqwest::Client::new()
+    let client = reqwest::Client::new();
+    let unreachable = |e: reqwest::Error| format!("could not reach {base}: {e} (is `ec2local serve` running there?)");
+    // Refusals the service would give, said before any byte is sent.
+    let existing = client.get(url_of(&["api", "images", name])).send().await.map_err(unreachable)?;
+    if existing.status().is_success() {
+        return Err(format!("an image named {name:?} already exists"));
+    }
+    let host: serde_json::Value =
+        client.get(url_of(&["api", "host"])).send().await.map_err(unreachable)?.json().await.unwrap_or_default();
+    if let Some(free) = host["disk_available_bytes"].as_u64()
+        && free < total.saturating_mul(2)
+    {
+        return Err(format!(
+            "{} is {} MiB; an import needs twice that, and the service's disk has {} MiB free",
+            file.display(),
+            total >> 20,
+            free >> 20
+        ));
+    }
+    let response = client
         .put(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .header(reqwest::header::CONTENT_LENGTH, total)

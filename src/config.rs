@@ -117,9 +117,8 @@ pub struct Config {
     /// How many web terminal sessions may be open at once.
     pub terminal_max_sessions: usize,
     /// Where catalog images are downloaded from (a mirror of cloud-images.ubuntu.com).
-    pub image_base_url: String,
-    /// How long a pull waits for the mirror's next bytes before it fails.
-    pub pull_read_timeout: Duration,
+    /// Where catalog images come from, and how long transfers may stall.
+    pub images: crate::images::ImagesConfig,
     /// How often the service re-checks libvirt to recreate what it needs after an outage.
     pub libvirt_recheck_interval: Duration,
     /// macOS: socket_vmnet's socket [default: look in the usual places].
@@ -139,8 +138,7 @@ impl Config {
             virsh_timeout: Duration::from_secs(30),
             tool_timeout: Duration::from_secs(600),
             libvirt_recheck_interval: Duration::from_secs(5),
-            image_base_url: crate::images::catalog::DEFAULT_BASE_URL.to_string(),
-            pull_read_timeout: Duration::from_secs(60),
+            images: crate::images::ImagesConfig::default(),
             stop_timeout: Duration::from_secs(60),
             terminate_grace: Duration::from_secs(10),
             terminal_keepalive: Duration::from_secs(30),

@@ -31,6 +31,9 @@ pub enum AppError {
     /// The data dir's disk filled up while writing; nothing half-written is kept.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The caller stopped sending in the middle of a request.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -46,6 +49,7 @@ impl AppError {
             | AppError::Conflict { code, .. }
             | AppError::TooLarge { code, .. } => code,
             AppError::InsufficientStorage(_) => "InsufficientStorage",
+            AppError::RequestTimeout(_) => "RequestTimeout",
             AppError::Internal(_) => "InternalError",
         }
     }

@@ -306,18 +306,29 @@ impl KeyPairs {
     }
 
     /// The key that logs into an instance launched with pair `name` and public key
-    /// `launched_with`. A key is found by name but used only if it is the one the
+    /// `launched_with`. A stored key is used only if the pair still holds the key the
     /// instance was launched with: a pair deleted and made again under the same name
-    /// holds another key, which must not be handed to the older instances.
+    /// holds another, which must not be handed to the older instances.
     pub async fn login_key(&self, name: &str, launched_with: &str) -> Result<LoginKey, AppError> {
+        let owned = name.to_string();
+        let Some(pair) = self.db.call(move |conn| rows::get(conn, &owned)).await? else {
+            return Ok(LoginKey::Deleted);
+        };
+        let same_key = PublicKey::from_openssh(&pair.public_key)
+            .ok()
+            .zip(PublicKey::from_openssh(launched_with).ok())
+            .is_some_and(|(now, then)| now.key_data() == then.key_data());
+        if !same_key {
+            return Ok(LoginKey::Replaced);
+        }
         let Some(pem) = self.private_key(name).await? else {
             return Ok(LoginKey::NotStored);
         };
-        let opens = parse_private_key(&pem.0).ok().zip(PublicKey::from_openssh(launched_with).ok());
-        Ok(match opens {
-            Some((private, public)) if private.public_key().key_data() == public.key_data() => LoginKey::Stored(pem),
-            _ => LoginKey::Replaced,
-        })
+        // A file that does not hold the pair's key (damaged, or left from before) is not used.
+        let matches = parse_private_key(&pem.0).is_ok_and(|key| {
+            PublicKey::from_openssh(launched_with).is_ok_and(|public| key.public_key().key_data() == public.key_data())
+        });
+        Ok(if matches { LoginKey::Stored(pem) } else { LoginKey::NotStored })
     }
 }
 
@@ -327,6 +338,8 @@ pub enum LoginKey {
     Stored(PrivateKeyPem),
     /// Only the public half was imported.
     NotStored,
+    /// The pair was deleted since the launch.
+    Deleted,
     /// The pair's name now holds another key than the instance was launched with.
     Replaced,
 }
@@ -363,7 +376,8 @@ const PASSPHRASE: &str =
 fn with_line_breaks(text: &str) -> String {
     let text = text.trim().replace("\r\n", "\n").replace('\r', "\n");
     if text.lines().count() >= 3 {
-        return text;
+        // Indentation or trailing spaces from an editor or a chat window.
+        return text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n");
     }
     let Some(begin) = text.find("-----BEGIN ") else { return text };
     let Some(header_len) = text[begin + 11..].find("-----").map(|i| i + 16) else { return text };

@@ -270,6 +270,7 @@ mod tests {
     // REQ-LOG-003
     #[test]
     fn rotated_files_are_named_by_the_time_of_their_last_line() {
+        use chrono::Timelike;
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("app.log");
         // Left by a service that stopped three days ago: rolled over at start under its own date.
@@ -281,17 +282,18 @@ mod tests {
         let expected = format!("app.log.{}", three_days_ago.format(ROTATED_SUFFIX_FORMAT));
         assert_eq!(rotated(tmp.path()), std::slice::from_ref(&expected));
         assert_eq!(std::fs::read_to_string(tmp.path().join(&expected)).unwrap(), "three days ago\n");
-        // Today's lines, rolled over tomorrow, carry today's date, not tomorrow's.
+        // Lines whose last one was written two hours ago, rolled over at the next day's
+        // first write: the name is the time of that last line, not of the roll-over.
         log.write_all(b"today\n").unwrap();
         log.flush().unwrap();
-        let today = Local::now().format("%Y%m%d").to_string();
+        let last_line = (Local::now() - chrono::Duration::hours(2)).with_nanosecond(0).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(last_line.into()).unwrap();
         clock.advance_days(1);
         log.write_all(b"tomorrow\n").unwrap();
         log.flush().unwrap();
-        let files = rotated(tmp.path());
-        assert_eq!(files.len(), 2, "{files:?}");
-        assert!(files[1].starts_with(&format!("app.log.{today}T")), "{files:?}");
-        assert_eq!(std::fs::read_to_string(tmp.path().join(&files[1])).unwrap(), "today\n");
+        let named = format!("app.log.{}", last_line.format(ROTATED_SUFFIX_FORMAT));
+        assert_eq!(rotated(tmp.path()), [expected, named.clone()]);
+        assert_eq!(std::fs::read_to_string(tmp.path().join(&named)).unwrap(), "today\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "tomorrow\n");
     }
 

@@ -517,6 +517,18 @@ async fn the_cli_uploads_to_the_running_service() {
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("uploaded from-cli as ami-"));
     let img = image(&service, "from-cli").await;
     assert_eq!(img["default_user"], "debian");
+    // A taken name or a bad one is said before any byte is sent.
+    for (name, why) in [("from-cli", "already exists"), ("../x", "image name")] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ec2local"))
+            .args(["images", "upload", "--name", name, "--endpoint"])
+            .arg(format!("http://127.0.0.1:{}", service.port))
+            .arg(&good)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(why) && !stderr.contains("uploading"), "{name}: {stderr}");
+    }
     // The service being elsewhere is said plainly.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ec2local"))
         .args(["images", "upload", "--name", "nowhere", "--endpoint", "http://127.0.0.1:9"])
@@ -541,4 +553,39 @@ async fn leftovers_of_an_interrupted_import_are_removed_at_start() {
     }
     let service = start(&data, "http://127.0.0.1:9");
     assert_eq!(image_dir_files(&service), [format!(".{JAMMY}.partial")]);
+}
+
+// A client that stops sending mid-upload is dropped after the idle time, and its name
+// and bytes are free again.
+#[tokio::test]
+async fn a_stalled_upload_is_dropped_and_leaves_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        &tmp.path().join("data"),
+        &[
+            ("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT),
+            ("EC2LOCAL_IMAGE_BASE_URL", "http://127.0.0.1:9"),
+            ("EC2LOCAL_UPLOAD_IDLE_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", service.port)).await.unwrap();
+    let head = format!(
+        "PUT /api/images/stalled/file HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
+        service.port,
+        10 << 20
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[0u8; 1024]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("RequestTimeout") && answer.contains("sent nothing for 2s"), "{answer}");
+    drop(stream);
+    assert!(image_dir_files(&service).is_empty(), "{:?}", image_dir_files(&service));
+    let good = tmp.path().join("good.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", good.to_str().unwrap(), "64M"]);
+    let (status, body) = upload(&service, "stalled", "", std::fs::read(&good).unwrap().into()).await;
+    assert_eq!(status, 201, "{body}");
 }

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The request conflicts with the current state.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The client stopped sending the request's body.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// The request body is too large.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -52,6 +55,7 @@ pub fn status_of(err: &AppError) -> StatusCode {
         AppError::Conflict { .. } => StatusCode::CONFLICT,
         AppError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         AppError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+        AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) | AppError::DataDirUnreachable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
@@ -68,6 +72,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => ApiError::NotFound(body),
             StatusCode::CONFLICT => ApiError::Conflict(body),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(body),
+            StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(body),
             StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(body),
             StatusCode::INSUFFICIENT_STORAGE => ApiError::InsufficientStorage(body),
             _ => ApiError::Internal(body),
@@ -131,6 +136,7 @@ mod tests {
             (AppError::Conflict { code: "IncorrectInstanceState", message: "x".into() }, 409),
             (AppError::TooLarge { code: "ImageTooLarge", message: "x".into() }, 413),
             (AppError::InsufficientStorage("x".into()), 507),
+            (AppError::RequestTimeout("x".into()), 408),
             (AppError::Internal("x".into()), 500),
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
             (AppError::NetworkUnavailable("socket_vmnet is not running".into()), 503),

@@ -82,6 +82,8 @@ pub async fn open_terminal(
                     close_code::TOO_MANY => StatusCode::TOO_MANY_REQUESTS,
                     close_code::NOT_FOUND => StatusCode::NOT_FOUND,
                     close_code::NOT_READY => StatusCode::CONFLICT,
+                    // The instance has no key pair: nothing to open, not an outage.
+                    close_code::AUTH_FAILED => StatusCode::CONFLICT,
                     _ => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 json_error(status, e.name, &e.message)
@@ -131,6 +133,10 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
                         "key pair {key_name:?} was deleted and made again after this instance was launched; \
                          its key now does not open this instance. Give the private key it was launched with"
                     ),
+                ),
+                LoginKey::Deleted => (
+                    "key_deleted",
+                    format!("key pair {key_name:?} was deleted after this instance was launched; give its private key"),
                 ),
                 _ => ("key_not_stored", format!("ec2local has only the public half of key pair {key_name:?}")),
             };

@@ -136,3 +136,42 @@ pub fn instances_using(conn: &Connection, id: &str) -> Result<u64, DbError> {
         })?;
     Ok(count as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, name: &str, description: &str) -> ImageRow {
+        ImageRow {
+            id: id.into(),
+            name: name.into(),
+            description: description.into(),
+            os: "debian".into(),
+            os_version: "12".into(),
+            architecture: "x86_64".into(),
+            file_path: format!("/d/images/{name}.qcow2"),
+            format: "qcow2".into(),
+            default_user: "debian".into(),
+            source_url: None,
+            sha256: None,
+            size_bytes: None,
+            created_at: "2026-11-26T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_image_row_never_replaces_one_with_its_id_or_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&tmp.path().join("ec2local.db")).unwrap();
+        let kept = db
+            .call(|conn| {
+                assert!(insert_new(conn, &row("ami-00000001", "first", "the original"))?);
+                assert!(!insert_new(conn, &row("ami-00000001", "other-name", "same id"))?);
+                assert!(!insert_new(conn, &row("ami-00000002", "first", "same name"))?);
+                list(conn)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, [row("ami-00000001", "first", "the original")]);
+    }
+}

@@ -3,14 +3,17 @@
 //! file between inspection and conversion, nor make the service read what a backing
 //! file points at, and an upload needs no path on this machine at all.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::error::AppError;
+use crate::exec::ExecError;
 use crate::exec::qemu_img::{QemuImg, QemuImgError};
 
 /// Where the bytes of an import come from.
@@ -22,7 +25,34 @@ pub enum ImportSource {
     Upload { body: Pin<Box<dyn AsyncRead + Send>>, declared_len: Option<u64> },
 }
 
+/// How much of a refused upload is read and dropped so that the refusal reaches the
+/// client: a server that answers and closes with the body unread resets the connection,
+/// and the client sees a broken pipe instead of the reason.
+const DRAIN_BYTES: u64 = 256 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and drops what is left of an upload's body, within the drain limits, and
+/// stops as soon as the client pauses.
+async fn drain(body: &mut Pin<Box<dyn AsyncRead + Send>>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut drained = 0u64;
+    while drained < DRAIN_BYTES && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), body.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n as u64,
+            _ => break,
+        }
+    }
+}
+
 impl ImportSource {
+    /// Lets go of a source whose import was refused before its bytes were read.
+    pub async fn refuse(self) {
+        if let ImportSource::Upload { mut body, .. } = self {
+            drain(&mut body).await;
+        }
+    }
+
     /// How messages name the source.
     pub fn describe(&self) -> String {
         match self {
@@ -35,28 +65,83 @@ impl ImportSource {
 /// Free space an import leaves untouched (or a twentieth of a small file system).
 const RESERVE_BYTES: u64 = 1 << 30;
 
-/// The most an import may bring in: it holds the staged bytes and the converted copy at
-/// once, so half of what is free beyond the reserve.
-pub fn budget(images_dir: &Path) -> u64 {
-    let (total, available) = crate::host::disk_space(images_dir);
-    available.saturating_sub(RESERVE_BYTES.min(total / 20)) / 2
+/// Space promised to conversions in progress, which the free space does not show yet.
+#[derive(Clone, Default)]
+pub struct Reservations(Arc<Mutex<u64>>);
+
+/// Bytes held for one conversion; given back when dropped.
+pub struct Reserved {
+    reservations: Reservations,
+    bytes: u64,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        *self.reservations.0.lock().unwrap() -= self.bytes;
+    }
+}
+
+impl Reservations {
+    /// What the disk can still give an import: free space less the reserve and what
+    /// conversions in progress will write.
+    pub fn available(&self, images_dir: &Path) -> u64 {
+        let (total, free) = crate::host::disk_space(images_dir);
+        let promised = *self.0.lock().unwrap();
+        free.saturating_sub(RESERVE_BYTES.min(total / 20)).saturating_sub(promised)
+    }
+
+    /// The most an import may bring in: it holds the staged bytes and the converted
+    /// copy at once, so half of what is available.
+    pub fn budget(&self, images_dir: &Path) -> u64 {
+        self.available(images_dir) / 2
+    }
+
+    /// Holds `bytes` for a conversion, or says why the disk cannot take it (507).
+    pub fn reserve(&self, images_dir: &Path, bytes: u64, what: &str) -> Result<Reserved, AppError> {
+        let (total, free) = crate::host::disk_space(images_dir);
+        let mut promised = self.0.lock().unwrap();
+        let available = free.saturating_sub(RESERVE_BYTES.min(total / 20)).saturating_sub(*promised);
+        if bytes > available {
+            return Err(AppError::InsufficientStorage(format!(
+                "converting {what} needs {} MiB and the data dir's disk has {} MiB to spare; free some space first",
+                bytes >> 20,
+                available >> 20
+            )));
+        }
+        *promised += bytes;
+        Ok(Reserved { reservations: self.clone(), bytes })
+    }
 }
 
 fn invalid(message: String) -> AppError {
     AppError::InvalidInput { code: "InvalidImage", message }
 }
 
-fn too_large(what: &str, size: Option<u64>, budget: u64) -> AppError {
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// An upload larger than the disk can take: the request is what is too large (413).
+fn upload_too_large(size: Option<u64>, budget: u64) -> AppError {
     let size = size.map(|s| format!(" ({:.2} GiB)", gib(s))).unwrap_or_default();
     AppError::TooLarge {
         code: "ImageTooLarge",
         message: format!(
-            "{what}{size} does not fit: an import needs twice its size on the data dir's disk, \
+            "the uploaded image{size} does not fit: an import needs twice its size on the data dir's disk, \
              and at most {:.2} GiB can be imported now; free some space first",
             gib(budget)
         ),
     }
+}
+
+/// A file on this machine larger than the disk can take: the disk is short (507).
+fn file_too_large(what: &str, size: u64, budget: u64) -> AppError {
+    AppError::InsufficientStorage(format!(
+        "{what} ({:.2} GiB) does not fit: an import needs twice its size on the data dir's disk, \
+         and at most {:.2} GiB can be imported now; free some space first",
+        gib(size),
+        gib(budget)
+    ))
 }
 
 /// A write that failed: a full disk is said as such (507), anything else is ours (500).
@@ -95,8 +180,9 @@ impl Drop for Owned {
     }
 }
 
-/// Copies the source into `staging` (created new, 0600), at most `budget` bytes.
-pub async fn stage(source: ImportSource, staging: &Path, budget: u64) -> Result<u64, AppError> {
+/// Copies the source into `staging` (created new, 0600), at most `budget` bytes; an
+/// upload that sends nothing for `idle` fails.
+pub async fn stage(source: ImportSource, staging: &Path, budget: u64, idle: Duration) -> Result<u64, AppError> {
     match source {
         ImportSource::File(path) => {
             let staging = staging.to_path_buf();
@@ -104,7 +190,7 @@ pub async fn stage(source: ImportSource, staging: &Path, budget: u64) -> Result<
                 .await
                 .map_err(|e| AppError::Internal(e.to_string()))?
         }
-        ImportSource::Upload { body, declared_len } => stage_upload(body, declared_len, staging, budget).await,
+        ImportSource::Upload { body, declared_len } => stage_upload(body, declared_len, staging, budget, idle).await,
     }
 }
 
@@ -141,13 +227,23 @@ fn stage_file(path: &Path, staging: &Path, budget: u64) -> Result<u64, AppError>
         return Err(invalid(format!("{shown} is not a regular file")));
     }
     if meta.len() > budget {
-        return Err(too_large(&shown.to_string(), Some(meta.len()), budget));
+        return Err(file_too_large(&shown.to_string(), meta.len(), budget));
     }
     let mut out = create_staging(staging)?;
-    // One more byte than allowed tells a file that grew while it was read.
-    let copied = std::io::copy(&mut (&mut file).take(budget + 1), &mut out).map_err(|e| write_failed(staging, e))?;
-    if copied > budget {
-        return Err(too_large(&shown.to_string(), None, budget));
+    // Read and write errors apart: the first is the caller's file, the second our disk.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| invalid(format!("reading {shown}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        copied += n as u64;
+        if copied > budget {
+            // It grew while it was read.
+            return Err(file_too_large(&shown.to_string(), copied, budget));
+        }
+        out.write_all(&buf[..n]).map_err(|e| write_failed(staging, e))?;
     }
     Ok(copied)
 }
@@ -157,11 +253,15 @@ async fn stage_upload(
     declared_len: Option<u64>,
     staging: &Path,
     budget: u64,
+    idle: Duration,
 ) -> Result<u64, AppError> {
-    const WHAT: &str = "the uploaded image";
-    // Said before a byte is read: the client can stop sending at once.
-    if declared_len.is_some_and(|len| len > budget) {
-        return Err(too_large(WHAT, declared_len, budget));
+    // Said before the body is read (a client that sent `Expect: 100-continue` sends none).
+    if let Some(len) = declared_len.filter(|len| *len > budget) {
+        // A body that could never be drained is not waited for.
+        if len <= DRAIN_BYTES {
+            drain(&mut body).await;
+        }
+        return Err(upload_too_large(declared_len, budget));
     }
     if declared_len == Some(0) {
         return Err(invalid("the upload is empty: send the image's bytes as the request body".into()));
@@ -170,16 +270,22 @@ async fn stage_upload(
     let mut buf = vec![0u8; 1 << 20];
     let mut received = 0u64;
     loop {
-        let n = body
-            .read(&mut buf)
-            .await
-            .map_err(|e| invalid(format!("the upload broke off after {received} bytes: {e}")))?;
+        let n = match tokio::time::timeout(idle, body.read(&mut buf)).await {
+            Ok(read) => read.map_err(|e| invalid(format!("the upload broke off after {received} bytes: {e}")))?,
+            Err(_) => {
+                return Err(AppError::RequestTimeout(format!(
+                    "the upload sent nothing for {}s after {received} bytes; it was dropped",
+                    idle.as_secs()
+                )));
+            }
+        };
         if n == 0 {
             break;
         }
         received += n as u64;
         if received > budget {
-            return Err(too_large(WHAT, None, budget));
+            drain(&mut body).await;
+            return Err(upload_too_large(None, budget));
         }
         out.write_all(&buf[..n]).await.map_err(|e| write_failed(staging, e))?;
     }
@@ -199,10 +305,14 @@ async fn stage_upload(
 /// no backing file and no external data file, whose bytes would be read with the
 /// service's rights (an overlay on someone's ~/.ssh/id_rsa flattens it into an image).
 pub async fn inspect(qemu_img: &QemuImg, staged: &Path, what: &str) -> Result<String, AppError> {
-    let info = qemu_img
-        .info(staged)
-        .await
-        .map_err(|e| invalid(format!("{what} is not a disk image qemu-img can read: {}", brief(&e))))?;
+    let info = qemu_img.info(staged).await.map_err(|e| match e {
+        // qemu-img ran and could not read it: the image is the problem.
+        QemuImgError::Exec(ExecError::Failed { ref stderr, .. }) => {
+            invalid(format!("{what} is not a disk image qemu-img can read: {}", brief(stderr, staged, what)))
+        }
+        // qemu-img missing or hung: ours.
+        other => AppError::from(other),
+    })?;
     if info.format != "qcow2" && info.format != "raw" {
         return Err(invalid(format!("{what} is {}; only qcow2 and raw images are supported", info.format)));
     }
@@ -233,9 +343,11 @@ pub fn conversion_failed(err: QemuImgError) -> AppError {
     }
 }
 
-/// The first line of qemu-img's complaint, without our staging file's name.
-fn brief(err: &QemuImgError) -> String {
-    err.to_string().lines().next().unwrap_or_default().to_string()
+/// The first line of qemu-img's complaint, naming the caller's image rather than our
+/// staging file.
+fn brief(stderr: &str, staged: &Path, what: &str) -> String {
+    let line = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    line.replace(&staged.display().to_string(), what).trim().to_string()
 }
 
 /// Moves the finished image to `dest` unless something is there already: an import
@@ -292,7 +404,7 @@ mod tests {
 
         let again = tmp.path().join("staging2");
         let err = stage_file(&source, &again, 4095).unwrap_err();
-        assert!(matches!(err, AppError::TooLarge { code: "ImageTooLarge", .. }), "{err:?}");
+        assert!(matches!(err, AppError::InsufficientStorage(_)), "{err:?}");
         assert!(!again.exists(), "nothing is staged for a file over the budget");
 
         let link = tmp.path().join("link.img");
@@ -312,18 +424,39 @@ mod tests {
     async fn an_upload_is_held_to_the_budget_and_its_declared_length() {
         let tmp = tempfile::tempdir().unwrap();
         let body = |bytes: Vec<u8>| -> Pin<Box<dyn AsyncRead + Send>> { Box::pin(std::io::Cursor::new(bytes)) };
+        let idle = Duration::from_secs(5);
         let staging = tmp.path().join("a");
-        assert_eq!(stage_upload(body(vec![1; 3000]), Some(3000), &staging, 4096).await.unwrap(), 3000);
-        let err = stage_upload(body(vec![1; 10]), Some(5000), &tmp.path().join("b"), 4096).await.unwrap_err();
+        assert_eq!(stage_upload(body(vec![1; 3000]), Some(3000), &staging, 4096, idle).await.unwrap(), 3000);
+        let err = stage_upload(body(vec![1; 10]), Some(5000), &tmp.path().join("b"), 4096, idle).await.unwrap_err();
         assert!(matches!(err, AppError::TooLarge { .. }), "{err:?}");
         assert!(!tmp.path().join("b").exists(), "refused before anything was written");
         // No length given: counted as it arrives.
-        let err = stage_upload(body(vec![1; 5000]), None, &tmp.path().join("c"), 4096).await.unwrap_err();
+        let err = stage_upload(body(vec![1; 5000]), None, &tmp.path().join("c"), 4096, idle).await.unwrap_err();
         assert!(matches!(err, AppError::TooLarge { .. }), "{err:?}");
-        let err = stage_upload(body(vec![1; 100]), Some(200), &tmp.path().join("d"), 4096).await.unwrap_err();
+        let err = stage_upload(body(vec![1; 100]), Some(200), &tmp.path().join("d"), 4096, idle).await.unwrap_err();
         assert!(err.to_string().contains("100 of 200"), "{err}");
-        let err = stage_upload(body(vec![]), None, &tmp.path().join("e"), 4096).await.unwrap_err();
+        let err = stage_upload(body(vec![]), None, &tmp.path().join("e"), 4096, idle).await.unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
+        // A sender that goes quiet is dropped after the idle time.
+        let (_quiet_writer, quiet) = tokio::io::duplex(64);
+        let quiet_file = tmp.path().join("f");
+        let stalled = stage_upload(Box::pin(quiet), None, &quiet_file, 4096, Duration::from_millis(200)).await;
+        assert!(matches!(stalled.unwrap_err(), AppError::RequestTimeout(_)));
+    }
+
+    #[test]
+    fn conversions_in_progress_hold_their_space() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reservations = Reservations::default();
+        let available = reservations.available(tmp.path());
+        assert!(available > 0);
+        // Half is held; three quarters more cannot be promised until it is given back.
+        let held = reservations.reserve(tmp.path(), available / 2, "a").unwrap();
+        let err = reservations.reserve(tmp.path(), available / 4 * 3, "b").err().unwrap();
+        assert!(matches!(err, AppError::InsufficientStorage(_)), "{err:?}");
+        assert!(err.to_string().contains("converting b needs"), "{err}");
+        drop(held);
+        assert!(reservations.reserve(tmp.path(), available / 4 * 3, "c").is_ok());
     }
 
     #[test]

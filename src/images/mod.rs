@@ -53,6 +53,31 @@ pub struct Images {
     pulls: Arc<Mutex<HashMap<String, PullProgress>>>,
     /// Names with an import in progress.
     importing: Arc<Mutex<HashSet<String>>>,
+    /// Space promised to conversions in progress.
+    reservations: import::Reservations,
+    upload_idle_timeout: Duration,
+}
+
+/// How images are fetched and received.
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    /// Mirror of cloud-images.ubuntu.com.
+    pub base_url: String,
+    /// How long a pull waits for the next bytes before it fails (a stalled mirror), so
+    /// that it can be retried and resumes.
+    pub pull_read_timeout: Duration,
+    /// How long an upload may send nothing before it is dropped.
+    pub upload_idle_timeout: Duration,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            base_url: catalog::DEFAULT_BASE_URL.to_string(),
+            pull_read_timeout: Duration::from_secs(60),
+            upload_idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// A name held for one import; released when dropped, however the import ends.
@@ -80,26 +105,26 @@ fn invalid(message: String) -> AppError {
 }
 
 impl Images {
-    /// `read_timeout`: how long a pull waits for the next bytes before it fails (a
-    /// stalled mirror), so that it can be retried and resumes.
-    pub fn new(db: Db, paths: Paths, arch: Arch, base_url: &str, qemu_img: QemuImg, read_timeout: Duration) -> Self {
+    pub fn new(db: Db, paths: Paths, arch: Arch, config: &ImagesConfig, qemu_img: QemuImg) -> Self {
         // TLS uses ring, like the rest of the crypto here; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("ec2local/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(20))
-            .read_timeout(read_timeout)
+            .read_timeout(config.pull_read_timeout)
             .build()
             .expect("HTTP client");
         Self {
             db,
             paths,
             arch,
-            catalog: Arc::new(catalog::catalog(arch, base_url)),
+            catalog: Arc::new(catalog::catalog(arch, &config.base_url)),
             qemu_img,
             http,
             pulls: Arc::new(Mutex::new(HashMap::new())),
             importing: Arc::new(Mutex::new(HashSet::new())),
+            reservations: import::Reservations::default(),
+            upload_idle_timeout: config.upload_idle_timeout,
         }
     }
 
@@ -254,22 +279,34 @@ impl Images {
     /// Registers a local image by copying (and flattening) it into images/. The name is
     /// claimed first, so concurrent imports of one name cannot both proceed; nothing of
     /// a failed import stays behind, and no other image's file or row is ever replaced.
+    /// The work runs as its own task: a caller that goes away (a closed tab, a dropped
+    /// request) cannot stop it between writing a file and recording it.
     pub async fn import(&self, request: ImportRequest, source: ImportSource) -> Result<Image, AppError> {
-        validate_image_name(&request.name)?;
-        let architecture = request.architecture.clone().unwrap_or_else(|| self.arch.libvirt_name().to_string());
-        if !["x86_64", "aarch64"].contains(&architecture.as_str()) {
-            return Err(invalid(format!("architecture {architecture:?} is not one of x86_64, aarch64")));
-        }
-        let id = catalog::image_id(&request.name, &architecture);
-        let _claim = self.claim_name(&request.name)?;
-        self.ensure_unused(&request.name, &id).await?;
+        let this = self.clone();
+        tokio::spawn(async move { this.import_to_end(request, source).await })
+            .await
+            .map_err(|e| AppError::Internal(format!("the import stopped: {e}")))?
+    }
+
+    async fn import_to_end(&self, request: ImportRequest, source: ImportSource) -> Result<Image, AppError> {
+        let (id, architecture, _claim) = match self.admit(&request).await {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                source.refuse().await;
+                return Err(refused);
+            }
+        };
         let what = source.describe();
         let token = crate::ids::random_hex(4);
+        let images_dir = self.paths.images();
         let staging = import::Owned::new(self.paths.import_staging(&request.name, &token));
         let partial = import::Owned::new(self.paths.import_partial(&request.name, &token));
-        let budget = import::budget(&self.paths.images());
-        import::stage(source, staging.path(), budget).await?;
+        let budget = self.reservations.budget(&images_dir);
+        import::stage(source, staging.path(), budget, self.upload_idle_timeout).await?;
         let format = import::inspect(&self.qemu_img, staging.path(), &what).await?;
+        // A compressed qcow2 grows when converted: hold what the copy will need.
+        let needed = self.qemu_img.measure_qcow2(staging.path(), &format).await?;
+        let _space = self.reservations.reserve(&images_dir, needed, &what)?;
         // Flattening copy: a raw image becomes a qcow2 that overlays can be made on.
         self.qemu_img
             .convert_to_qcow2(staging.path(), &format, partial.path())
@@ -302,6 +339,20 @@ impl Images {
         placed.keep();
         tracing::info!(image = %row.name, id = %row.id, from = %what, size, "image imported");
         Ok(self.describe(row))
+    }
+
+    /// The checks that need no bytes of the image: a valid name and architecture, the
+    /// name free and held for this import. Returns the image's id and architecture.
+    async fn admit(&self, request: &ImportRequest) -> Result<(String, String, NameClaim), AppError> {
+        validate_image_name(&request.name)?;
+        let architecture = request.architecture.clone().unwrap_or_else(|| self.arch.libvirt_name().to_string());
+        if !["x86_64", "aarch64"].contains(&architecture.as_str()) {
+            return Err(invalid(format!("architecture {architecture:?} is not one of x86_64, aarch64")));
+        }
+        let id = catalog::image_id(&request.name, &architecture);
+        let claim = self.claim_name(&request.name)?;
+        self.ensure_unused(&request.name, &id).await?;
+        Ok((id, architecture, claim))
     }
 
     /// Holds `name` for one import until the claim is dropped.

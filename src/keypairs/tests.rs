@@ -156,16 +156,21 @@ async fn a_stored_key_logs_into_only_the_instances_launched_with_it() {
     // Deleted and made again under the same name: the new key is not handed to the
     // instance launched with the old one.
     keys.delete("deploy").await.unwrap();
-    assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::NotStored);
+    assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::Deleted);
     let (second, new_pem) = keys.create("deploy").await.unwrap();
     assert_ne!(second.fingerprint_sha256, first.fingerprint_sha256);
     assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::Replaced);
     assert_eq!(keys.login_key("deploy", &second.public_key).await.unwrap(), LoginKey::Stored(new_pem));
 
-    // Only the public half imported under the name: nothing to hand out.
+    // Only the public half imported under the name: nothing to hand out, to instances
+    // of either key.
     keys.delete("deploy").await.unwrap();
     let (public, _) = keygen(tmp.path(), "ed25519", None);
     keys.import("deploy", &public).await.unwrap();
+    assert_eq!(keys.login_key("deploy", &public).await.unwrap(), LoginKey::NotStored);
+    assert_eq!(keys.login_key("deploy", &second.public_key).await.unwrap(), LoginKey::Replaced);
+    // A key file that is not the pair's (damaged, or left behind) is not used.
+    std::fs::write(keys.paths.private_key("deploy"), "garbage").unwrap();
     assert_eq!(keys.login_key("deploy", &public).await.unwrap(), LoginKey::NotStored);
 }
 
@@ -195,8 +200,10 @@ fn private_keys_are_read_in_the_forms_users_have_them() {
             let parsed = parse_private_key(&collapsed).unwrap_or_else(|e| panic!("{kind} {format} collapsed: {e}"));
             assert_eq!(parsed.public_key().key_data(), expected.key_data());
         }
-        // Windows line ends.
+        // Windows line ends; indentation and trailing spaces from a chat window.
         assert!(parse_private_key(&private.replace('\n', "\r\n")).is_ok(), "{kind} {format} CRLF");
+        let indented: String = private.lines().map(|l| format!("    {l}  \n")).collect();
+        assert!(parse_private_key(&indented).is_ok(), "{kind} {format} indented");
     }
     let (public, encrypted) = keygen_private(tmp.path(), "ed25519", "RFC4716", "secret phrase");
     assert!(parse_private_key(&encrypted).unwrap_err().contains("passphrase"));

@@ -235,6 +235,7 @@ function terminalPage(id) {
     }
   };
   socket.onclose = (event) => {
+    if (askForPrivateKey.abandon) askForPrivateKey.abandon();
     if (!refused && !status.textContent.startsWith("Session ended")) status.textContent = closeMessage(event.code, event.reason);
     status.dataset.closed = "true";
     term.options.disableStdin = true;
@@ -244,7 +245,10 @@ function terminalPage(id) {
   term.onResize(({ cols, rows }) => { if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "resize", cols, rows })); });
   const onWindowResize = () => fit.fit();
   window.addEventListener("resize", onWindowResize);
-  activeTerminal = () => { window.removeEventListener("resize", onWindowResize); socket.close(); term.dispose(); };
+  activeTerminal = () => {
+    if (askForPrivateKey.abandon) askForPrivateKey.abandon();
+    window.removeEventListener("resize", onWindowResize); socket.close(); term.dispose();
+  };
 }
 
 /**
@@ -267,8 +271,9 @@ function askForPrivateKey(msg) {
   const cancel = el("button", { type: "button" }, "Cancel");
   const form = el("form", { method: "dialog" },
     el("h2", {}, keyName ? `Private key for key pair ${keyName}` : "Private key"),
-    el("p", {}, msg.reason === "key_replaced" ? msg.message.replace(/; send it as .*$/, ".")
-      : "ec2local has only the public half of this key pair. Give the private key to log in; it goes to the service over this connection only."),
+    el("p", {}, msg.reason === "key_not_stored"
+      ? "ec2local has only the public half of this key pair. Give the private key to log in; it goes to the service over this connection only."
+      : msg.message.replace(/; send it as .*$/, ".")),
     el("label", { class: "wide" }, "Private key", field),
     el("label", {}, "Or pick the key file", file),
     canKeep ? el("label", { class: "check" }, keep, ` Keep this key in ec2local for key pair ${keyName}, so the terminal does not ask again`) : null,
@@ -277,7 +282,9 @@ function askForPrivateKey(msg) {
   const dialog = el("dialog", { class: "key-dialog", "aria-label": "Private key for the terminal" }, form);
   document.body.append(dialog);
   return new Promise((resolve) => {
-    const finish = (key) => { dialog.close(); dialog.remove(); resolve(key); };
+    const finish = (key) => { if (dialog.isConnected) { dialog.close(); dialog.remove(); } resolve(key); };
+    // The session it is for may end first (the service stops waiting, the page is left).
+    askForPrivateKey.abandon = () => finish(null);
     cancel.addEventListener("click", () => finish(null));
     dialog.addEventListener("cancel", (event) => { event.preventDefault(); finish(null); });
     form.addEventListener("submit", async (event) => {
@@ -366,7 +373,7 @@ function uploadImage(file, name, about, onProgress) {
     const query = new URLSearchParams(Object.entries(about).filter(([, v]) => v)).toString();
     xhr.open("PUT", `/api/images/${encodeURIComponent(name)}/file${query ? `?${query}` : ""}`);
     xhr.setRequestHeader("content-type", "application/octet-stream");
-    xhr.upload.onprogress = (event) => onProgress(event.loaded, event.lengthComputable ? event.total : file.size);
+    xhr.upload.onprogress = (event) => onProgress(event.loaded, event.lengthComputable ? event.total : file.size, false, true);
     xhr.upload.onload = () => onProgress(file.size, file.size, true);
     xhr.onload = () => {
       let data = null;
@@ -405,9 +412,11 @@ async function imagesPage() {
     uploadButton.disabled = true; cancelButton.hidden = false; bar.hidden = false;
     let highest = 0;
     try {
-      const image = await uploadImage(file, data.name, { os: data.os, os_version: data.os_version, default_user: data.default_user }, (loaded, total, sent) => {
+      let events = 0;
+      const image = await uploadImage(file, data.name, { os: data.os, os_version: data.os_version, default_user: data.default_user }, (loaded, total, sent, fromBrowser) => {
         const progress = uploadProgress(loaded, total);
         highest = Math.max(highest, progress.percent);
+        if (fromBrowser) bar.dataset.events = String(++events);
         bar.value = progress.percent;
         bar.dataset.highest = String(highest);
         barText.textContent = sent ? "Uploaded; checking and converting the image…" : `Uploading ${progress.text}`;
