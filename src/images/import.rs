@@ -25,21 +25,23 @@ pub enum ImportSource {
     Upload { body: Pin<Box<dyn AsyncRead + Send>>, declared_len: Option<u64> },
 }
 
-/// How much of a refused upload is read and dropped so that the refusal reaches the
+/// How long a refused upload's body is read and dropped so that the refusal reaches the
 /// client: a server that answers and closes with the body unread resets the connection,
-/// and the client sees a broken pipe instead of the reason.
-const DRAIN_BYTES: u64 = 256 << 20;
+/// and the client sees a broken pipe instead of the reason. Loopback reads gigabytes in
+/// that time; a client that pauses for a second is not waited for.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
-/// Reads and drops what is left of an upload's body, within the drain limits, and
-/// stops as soon as the client pauses.
+/// A declared body so large that reading it is pointless (and a client that sent
+/// `Expect: 100-continue` sends none).
+const UNDRAINABLE_BYTES: u64 = 64 << 30;
+
+/// Reads and drops what is left of an upload's body, within the drain time.
 async fn drain(body: &mut Pin<Box<dyn AsyncRead + Send>>) {
     let deadline = tokio::time::Instant::now() + DRAIN_TIME;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut drained = 0u64;
-    while drained < DRAIN_BYTES && tokio::time::Instant::now() < deadline {
+    let mut buf = vec![0u8; 1 << 20];
+    while tokio::time::Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(1), body.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => drained += n as u64,
+            Ok(Ok(n)) if n > 0 => {}
             _ => break,
         }
     }
@@ -48,7 +50,9 @@ async fn drain(body: &mut Pin<Box<dyn AsyncRead + Send>>) {
 impl ImportSource {
     /// Lets go of a source whose import was refused before its bytes were read.
     pub async fn refuse(self) {
-        if let ImportSource::Upload { mut body, .. } = self {
+        if let ImportSource::Upload { mut body, declared_len } = self
+            && declared_len.is_none_or(|len| len <= UNDRAINABLE_BYTES)
+        {
             drain(&mut body).await;
         }
     }
@@ -258,7 +262,7 @@ async fn stage_upload(
     // Said before the body is read (a client that sent `Expect: 100-continue` sends none).
     if let Some(len) = declared_len.filter(|len| *len > budget) {
         // A body that could never be drained is not waited for.
-        if len <= DRAIN_BYTES {
+        if len <= UNDRAINABLE_BYTES {
             drain(&mut body).await;
         }
         return Err(upload_too_large(declared_len, budget));
