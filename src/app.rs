@@ -11,7 +11,7 @@ use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
 use crate::health::{self, HealthReport};
 use crate::images::Images;
-use crate::instances::{Instances, InstancesConfig};
+use crate::instances::{InstanceDeps, Instances, InstancesConfig};
 use crate::keypairs::KeyPairs;
 use crate::network::NetworkManager;
 use crate::platform::{Accelerator, AcceleratorProbe, Host, VmnetProbe};
@@ -54,7 +54,7 @@ impl App {
         paths.ensure().map_err(|source| StartError::DataDir { path: paths.root().display().to_string(), source })?;
         let db = Db::open(&paths.database())?;
         let host = Host::detect();
-        let accelerator_probe = AcceleratorProbe::read(host).await;
+        let accelerator_probe = crate::host::probe_accelerators(host).await;
         let accelerator = host.choose_accelerator(accelerator_probe, config.accelerator);
         tracing::info!(%accelerator, ?accelerator_probe, uri = %config.libvirt_uri, data_dir = %paths.root().display(), "starting");
         let virsh = Virsh::new(config.libvirt_uri.clone(), config.virsh_timeout);
@@ -75,16 +75,19 @@ impl App {
             NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone(), platform.network.clone());
         let key_pairs = KeyPairs::new(db.clone(), paths.clone());
         let images = Images::new(db.clone(), paths.clone(), host.arch, &config.images, qemu_img.clone());
-        let instances = Instances::new(
-            db.clone(),
-            paths.clone(),
-            virsh.clone(),
+        let deps = InstanceDeps {
+            db: db.clone(),
+            paths: paths.clone(),
+            virsh: virsh.clone(),
             qemu_img,
-            images.clone(),
-            key_pairs.clone(),
-            network.clone(),
+            images: images.clone(),
+            key_pairs: key_pairs.clone(),
+            network: network.clone(),
             platform,
             iso_tool,
+        };
+        let instances = Instances::new(
+            deps,
             InstancesConfig {
                 limits: config.limits,
                 stop_timeout: config.stop_timeout,

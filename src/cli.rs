@@ -424,3 +424,25 @@ async fn upload_image(
         Err(body["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // REQ-USE-001: the service listens on loopback unless told otherwise.
+    #[test]
+    fn serve_binds_to_loopback_port_8000_by_default() {
+        let Cli { command: Command::Serve(args) } = Cli::try_parse_from(["ec2local", "serve"]).unwrap() else {
+            panic!("not the serve command");
+        };
+        // clap reads EC2LOCAL_BIND too: a developer's own setting wins over the default.
+        let expected = std::env::var("EC2LOCAL_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into());
+        assert_eq!(args.bind, expected.parse::<SocketAddr>().unwrap());
+        let Cli { command: Command::Serve(args) } =
+            Cli::try_parse_from(["ec2local", "serve", "--bind", "127.0.0.1:0"]).unwrap()
+        else {
+            panic!("not the serve command");
+        };
+        assert_eq!(args.bind.port(), 0);
+    }
+}

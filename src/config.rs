@@ -1,6 +1,8 @@
 //! Configuration, validated once at start.
 
 use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::Ipv4Net;
 use std::time::Duration;
 
 use crate::paths::Paths;
@@ -30,37 +32,56 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Why a network given on the command line cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkConfigError {
+    #[error("invalid network name {0:?}")]
+    Name(String),
+    #[error("invalid bridge name {0:?}: 1-15 characters, no '/' or spaces")]
+    Bridge(String),
+    #[error("gateway {0:?} must be ADDRESS/PREFIX with a prefix of 8 to 30, e.g. 192.168.100.1/24")]
+    Gateway(String),
+    #[error("DHCP range {0:?} must be FIRST-LAST, e.g. 192.168.100.10-192.168.100.254")]
+    RangeFormat(String),
+    #[error("DHCP range {range} must be ascending and inside {subnet}")]
+    RangeOutside { range: String, subnet: String },
+    #[error("DHCP range {range} must not include the gateway {gateway}")]
+    RangeHasGateway { range: String, gateway: Ipv4Addr },
+}
+
 impl NetworkConfig {
     /// Builds and checks a network configuration from its textual parts:
     /// `gateway` as `ADDRESS/PREFIX`, `dhcp_range` as `FIRST-LAST`.
-    pub fn parse(name: &str, bridge: &str, gateway: &str, dhcp_range: &str) -> Result<Self, String> {
+    pub fn parse(name: &str, bridge: &str, gateway: &str, dhcp_range: &str) -> Result<Self, NetworkConfigError> {
+        use NetworkConfigError as E;
         if name.is_empty() || name.contains('/') {
-            return Err(format!("invalid network name {name:?}"));
+            return Err(E::Name(name.into()));
         }
         if bridge.is_empty() || bridge.len() > 15 || bridge.contains(|c: char| c == '/' || c.is_whitespace()) {
-            return Err(format!("invalid bridge name {bridge:?}: 1-15 characters, no '/' or spaces"));
+            return Err(E::Bridge(bridge.into()));
         }
-        let (address, prefix) = gateway
-            .split_once('/')
-            .ok_or_else(|| format!("gateway {gateway:?} must be ADDRESS/PREFIX, e.g. 192.168.100.1/24"))?;
-        let gateway: Ipv4Addr = address.parse().map_err(|_| format!("invalid gateway address {address:?}"))?;
-        let prefix_len: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("invalid prefix {prefix:?}: expected 8 to 30"))?;
-        let (first, last) =
-            dhcp_range.split_once('-').ok_or_else(|| format!("DHCP range {dhcp_range:?} must be FIRST-LAST"))?;
-        let dhcp_start: Ipv4Addr = first.trim().parse().map_err(|_| format!("invalid DHCP range start {first:?}"))?;
-        let dhcp_end: Ipv4Addr = last.trim().parse().map_err(|_| format!("invalid DHCP range end {last:?}"))?;
-        let config = Self { name: name.into(), bridge: bridge.into(), gateway, prefix_len, dhcp_start, dhcp_end };
-        let mask = u32::from(config.netmask());
-        let in_subnet = |ip: Ipv4Addr| u32::from(ip) & mask == u32::from(gateway) & mask;
-        if !in_subnet(dhcp_start) || !in_subnet(dhcp_end) || u32::from(dhcp_start) > u32::from(dhcp_end) {
-            return Err(format!("DHCP range {dhcp_range} must be ascending and inside {}", config.subnet()));
+        let gateway_net: Ipv4Net = gateway.parse().map_err(|_| E::Gateway(gateway.into()))?;
+        if !(8..=30).contains(&gateway_net.prefix_len()) {
+            return Err(E::Gateway(gateway.into()));
         }
-        if (u32::from(dhcp_start)..=u32::from(dhcp_end)).contains(&u32::from(gateway)) {
-            return Err(format!("DHCP range {dhcp_range} must not include the gateway {gateway}"));
+        let (first, last) = dhcp_range.split_once('-').ok_or_else(|| E::RangeFormat(dhcp_range.into()))?;
+        let parse = |ip: &str| ip.trim().parse::<Ipv4Addr>().map_err(|_| E::RangeFormat(dhcp_range.into()));
+        let (dhcp_start, dhcp_end) = (parse(first)?, parse(last)?);
+        let gateway = gateway_net.addr();
+        let config = Self {
+            name: name.into(),
+            bridge: bridge.into(),
+            gateway,
+            prefix_len: gateway_net.prefix_len(),
+            dhcp_start,
+            dhcp_end,
+        };
+        let subnet = gateway_net.trunc();
+        if !subnet.contains(&dhcp_start) || !subnet.contains(&dhcp_end) || dhcp_start > dhcp_end {
+            return Err(E::RangeOutside { range: dhcp_range.into(), subnet: subnet.to_string() });
+        }
+        if (dhcp_start..=dhcp_end).contains(&gateway) {
+            return Err(E::RangeHasGateway { range: dhcp_range.into(), gateway });
         }
         Ok(config)
     }
@@ -70,12 +91,20 @@ impl NetworkConfig {
         u32::from(self.dhcp_end) - u32::from(self.dhcp_start) + 1
     }
 
-    pub fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0))
+    /// The subnet as the platform's guest networking takes it.
+    pub fn guest_subnet(&self) -> crate::platform::GuestSubnet {
+        crate::platform::GuestSubnet { gateway: self.gateway, netmask: self.netmask(), last_address: self.dhcp_end }
     }
+
+    fn net(&self) -> Ipv4Net {
+        Ipv4Net::new(self.gateway, self.prefix_len).expect("the prefix was checked when parsed")
+    }
+    pub fn netmask(&self) -> Ipv4Addr {
+        self.net().netmask()
+    }
+    /// `192.168.100.0/24`.
     pub fn subnet(&self) -> String {
-        let network = u32::from(self.gateway) & u32::from(self.netmask());
-        format!("{}/{}", Ipv4Addr::from(network), self.prefix_len)
+        self.net().trunc().to_string()
     }
 }
 
@@ -173,16 +202,30 @@ mod tests {
         assert_eq!(net.dhcp_size(), 245);
         let tiny = NetworkConfig::parse("t", "br-t", "10.9.0.1/29", "10.9.0.2-10.9.0.3").unwrap();
         assert_eq!(tiny.dhcp_size(), 2);
-        for (gw, range) in [
-            ("192.168.100.1", "192.168.100.10-192.168.100.20"),
-            ("192.168.100.1/33", "192.168.100.10-192.168.100.20"),
-            ("192.168.100.1/24", "192.168.101.10-192.168.101.20"),
-            ("192.168.100.1/24", "192.168.100.20-192.168.100.10"),
-            ("192.168.100.1/24", "192.168.100.1-192.168.100.10"),
-            ("192.168.100.1/24", "192.168.100.10"),
+        use NetworkConfigError as E;
+        let outside = |range: &str| E::RangeOutside { range: range.into(), subnet: "192.168.100.0/24".into() };
+        for (gw, range, expected) in [
+            ("192.168.100.1", "192.168.100.10-192.168.100.20", E::Gateway("192.168.100.1".into())),
+            ("192.168.100.1/33", "192.168.100.10-192.168.100.20", E::Gateway("192.168.100.1/33".into())),
+            ("192.168.100.1/31", "192.168.100.10-192.168.100.20", E::Gateway("192.168.100.1/31".into())),
+            ("192.168.100.1/24", "192.168.101.10-192.168.101.20", outside("192.168.101.10-192.168.101.20")),
+            ("192.168.100.1/24", "192.168.100.20-192.168.100.10", outside("192.168.100.20-192.168.100.10")),
+            (
+                "192.168.100.1/24",
+                "192.168.100.1-192.168.100.10",
+                E::RangeHasGateway {
+                    range: "192.168.100.1-192.168.100.10".into(),
+                    gateway: Ipv4Addr::new(192, 168, 100, 1),
+                },
+            ),
+            ("192.168.100.1/24", "192.168.100.10", E::RangeFormat("192.168.100.10".into())),
         ] {
-            assert!(NetworkConfig::parse("n", "br0", gw, range).is_err(), "{gw} {range} accepted");
+            assert_eq!(NetworkConfig::parse("n", "br0", gw, range), Err(expected), "{gw} {range}");
         }
+        assert_eq!(
+            NetworkConfig::parse("n", "br0", "10.1.2.3/16", "10.1.3.10-10.1.255.250").unwrap().subnet(),
+            "10.1.0.0/16"
+        );
         assert!(
             NetworkConfig::parse("n", "a-bridge-name-too-long", "192.168.100.1/24", "192.168.100.10-192.168.100.20")
                 .is_err()

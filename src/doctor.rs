@@ -156,7 +156,7 @@ pub async fn run_checks(
         },
     });
 
-    let probe = AcceleratorProbe::read(host).await;
+    let probe = crate::host::probe_accelerators(host).await;
     let mode = host.network_mode(&VmnetProbe::read(vmnet_socket, libvirt_uri));
     let platform = host.guest_platform(host.choose_accelerator(probe, None), host.emulator(), mode.clone());
     checks.extend(firmware_check(host, platform.efi.as_ref(), Path::exists));

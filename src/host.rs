@@ -31,6 +31,20 @@ pub fn read(data_dir: &Path) -> HostResources {
     }
 }
 
+/// What the host offers for acceleration (REQ: KVM, HVF), read once at start.
+pub async fn probe_accelerators(host: crate::platform::Host) -> crate::platform::AcceleratorProbe {
+    use crate::platform::{AcceleratorProbe, Os};
+    match host.os {
+        Os::Linux => AcceleratorProbe::read_linux(),
+        Os::MacOs => {
+            let cmd = crate::exec::ToolCommand::new("sysctl", std::time::Duration::from_secs(5))
+                .args(["-n", "kern.hv_support"]);
+            let output = crate::exec::run(cmd).await.map(|out| out.stdout).unwrap_or_default();
+            AcceleratorProbe::from_hv_support(&output)
+        }
+    }
+}
+
 /// (total, available) bytes of the file system that holds `path`.
 pub fn disk_space(path: &Path) -> (u64, u64) {
     match rustix::fs::statvfs(path) {

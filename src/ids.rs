@@ -38,13 +38,9 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// Random bytes from the OS. Reading /dev/urandom keeps us free of another crate for
-/// four bytes per instance.
+/// Random bytes from the OS.
 fn fill_random(buf: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .expect("/dev/urandom is readable on every supported host");
+    getrandom::fill(buf).expect("the OS gives random bytes on every supported host");
 }
 
 impl fmt::Display for InstanceId {

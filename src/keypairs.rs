@@ -2,7 +2,6 @@
 //! delete, and the private half kept for the web terminal.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 
 use russh::keys::ssh_encoding::Encode;
 use russh::keys::ssh_key::{self, Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
@@ -216,33 +215,33 @@ impl KeyPairs {
             created_at: timestamp_now(),
         };
         let private_file = self.paths.private_key(name);
-        let inserted = self
+        let stored = row.clone();
+        let outcome = self
             .db
             .call(move |conn| {
-                let tx = conn.transaction()?;
-                if rows::get(&tx, &row.name)?.is_some() {
-                    return Ok(Err(AppError::Conflict {
-                        code: "KeyPairDuplicate",
-                        message: format!("a key pair named {:?} already exists", row.name),
-                    }));
-                }
-                if let Some(existing) = rows::find_by_fingerprint(&tx, &row.fingerprint_sha256)? {
-                    return Ok(Err(AppError::Conflict {
-                        code: "KeyPairDuplicate",
-                        message: format!("this key is already imported as {:?}", existing.name),
-                    }));
-                }
-                rows::insert(&tx, &row)?;
                 // The file is written inside the transaction: if it fails, no row is left.
-                if let Some(pem) = &private
-                    && let Err(e) = write_private_key(&private_file, pem)
-                {
-                    return Ok(Err(AppError::Internal(format!("storing the private key: {e}"))));
-                }
-                tx.commit()?;
-                Ok(Ok(row))
+                rows::insert_new(conn, &stored, || match &private {
+                    Some(pem) => write_private_key(&private_file, pem),
+                    None => Ok(()),
+                })
             })
-            .await??;
+            .await?;
+        let inserted = match outcome {
+            Ok(Ok(())) => row,
+            Ok(Err(e)) => return Err(AppError::Internal(format!("storing the private key: {e}"))),
+            Err(rows::KeyPairTaken::Name) => {
+                return Err(AppError::Conflict {
+                    code: "KeyPairDuplicate",
+                    message: format!("a key pair named {:?} already exists", row.name),
+                });
+            }
+            Err(rows::KeyPairTaken::Key(existing)) => {
+                return Err(AppError::Conflict {
+                    code: "KeyPairDuplicate",
+                    message: format!("this key is already imported as {existing:?}"),
+                });
+            }
+        };
         tracing::info!(key_pair = %inserted.name, fingerprint = %inserted.fingerprint_sha256, "key pair stored");
         Ok(inserted)
     }
@@ -392,15 +391,16 @@ fn with_line_breaks(text: &str) -> String {
     lines.join("\n")
 }
 
+/// Writes the key atomically: a private temporary file (0600) beside it, synced,
+/// then renamed over it.
 fn write_private_key(path: &std::path::Path, pem: &PrivateKeyPem) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let dir = path.parent().expect("a key file is inside keys/");
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(pem.0.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

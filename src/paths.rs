@@ -52,6 +52,14 @@ impl Paths {
     pub fn instances(&self) -> PathBuf {
         self.root.join("instances")
     }
+    /// The file of a catalog image, by its upstream file name.
+    pub fn catalog_image(&self, file_name: &str) -> PathBuf {
+        self.images().join(file_name)
+    }
+    /// A catalog image's download in progress, kept between attempts to resume from.
+    pub fn pull_partial(&self, file_name: &str) -> PathBuf {
+        self.images().join(format!(".{file_name}.partial"))
+    }
     /// The file of an imported image (the name is validated as file-name safe).
     pub fn imported_image(&self, name: &str) -> PathBuf {
         self.images().join(format!("{name}.qcow2"))
@@ -111,6 +119,14 @@ impl Paths {
     pub fn instance_console_log(&self, id: &InstanceId) -> PathBuf {
         self.instance_dir(id).join("console.log")
     }
+    /// The UEFI variables of an aarch64 guest (libvirt copies the template there).
+    pub fn instance_nvram(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join("nvram.fd")
+    }
+    /// The cloud-init files while the seed ISO is built from them.
+    pub fn instance_seed_dir(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join("seed")
+    }
 
     /// Creates the layout. Directories QEMU must reach (the root, storage, images,
     /// instances) are 0711 so the hypervisor's user can traverse but not list them;
@@ -162,10 +178,29 @@ mod tests {
     }
 
     #[test]
-    fn ensure_is_idempotent() {
+    fn ensure_again_keeps_what_is_there_and_restores_the_modes() {
         let tmp = tempfile::tempdir().unwrap();
         let paths = Paths::new(tmp.path().join("data"));
         paths.ensure().unwrap();
+        let image = paths.imported_image("kept");
+        fs::write(&image, "an image").unwrap();
+        fs::set_permissions(paths.keys(), fs::Permissions::from_mode(0o755)).unwrap();
         paths.ensure().unwrap();
+        assert_eq!(fs::read_to_string(&image).unwrap(), "an image");
+        assert_eq!(fs::metadata(paths.keys()).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn import_files_are_named_per_import_and_known_as_leftovers() {
+        let paths = Paths::new("/d");
+        let (a, b) = (paths.import_staging("deb", "0001"), paths.import_staging("deb", "0002"));
+        assert_ne!(a, b);
+        for path in [a, b, paths.import_partial("deb", "0001")] {
+            assert!(path.starts_with("/d/images"), "{path:?}");
+            assert!(Paths::is_import_leftover(&path.file_name().unwrap().to_string_lossy()), "{path:?}");
+        }
+        for kept in [paths.imported_image("deb"), paths.pull_partial("jammy.img"), paths.catalog_image("jammy.img")] {
+            assert!(!Paths::is_import_leftover(&kept.file_name().unwrap().to_string_lossy()), "{kept:?}");
+        }
     }
 }

@@ -1,9 +1,6 @@
 //! The libvirt storage pool `.ec2-as-service` on `~/.ec2-as-service/storage`
 //! (REQ-STOR-001): created if missing, started, autostarted.
 
-use quick_xml::XmlVersion;
-use quick_xml::events::Event;
-
 use crate::error::AppError;
 use crate::exec::virsh::Virsh;
 use crate::paths::Paths;
@@ -123,22 +120,16 @@ impl StoragePool {
 
 /// `<pool><target><path>` of a pool's XML.
 pub fn pool_target_path(xml: &str) -> Option<String> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut path: Vec<String> = Vec::new();
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(e) => path.push(e.name().as_ref().to_string()),
-            Event::End(_) => {
-                path.pop();
-            }
-            Event::Text(t) if path.len() == 3 && path[1] == "target" && path[2] == "path" => {
-                let text = t.xml_content(XmlVersion::Implicit1_0);
-                return Some(quick_xml::escape::unescape(&text).ok()?.trim().to_string());
-            }
-            Event::Eof => return None,
-            _ => {}
-        }
+    #[derive(serde::Deserialize)]
+    struct Pool {
+        target: Option<Target>,
     }
+    #[derive(serde::Deserialize)]
+    struct Target {
+        path: Option<String>,
+    }
+    let pool: Pool = quick_xml::de::from_str(xml).ok()?;
+    pool.target?.path.map(|p| p.trim().to_string())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use ec2local::exec::qemu_img::QemuImg;
 use ec2local::exec::virsh::Virsh;
 use ec2local::ids::InstanceId;
 use ec2local::paths::Paths;
-use ec2local::platform::{Accelerator, AcceleratorProbe, Host, VmnetProbe, find_program};
+use ec2local::platform::{Accelerator, Host, VmnetProbe, find_program};
 use ec2local::render::{self, DomainSpec, cloud_init};
 use serde_json::json;
 
@@ -64,7 +64,7 @@ async fn service_sets_up_libvirt_and_a_hand_booted_guest_gets_dhcp_and_ssh() {
     assert_eq!(health["storage_pool"]["path"], bench.data_dir.join("storage").display().to_string());
     assert!(health["libvirt"]["library_version"].as_str().unwrap().starts_with("libvirt "));
     // This machine's /dev/kvm has no vmx/svm behind it: guests must run under TCG.
-    let probe = AcceleratorProbe::read(Host::detect()).await;
+    let probe = ec2local::host::probe_accelerators(Host::detect()).await;
     let expected = Host::detect().choose_accelerator(probe, None);
     assert_eq!(health["accelerator"]["name"], expected.name());
 

@@ -65,7 +65,9 @@ fn domain_xml_validates_for_every_type_and_host() {
                 console_log_path: format!("{dir}/console.log"),
                 nvram_path: format!("{dir}/nvram.fd"),
                 // On macOS the NIC is given to QEMU through <qemu:commandline>.
-                qemu_args: platform.network.qemu_nic_args(&Default::default(), "52:54:0a:1b:2c:3d"),
+                qemu_args: platform
+                    .network
+                    .qemu_nic_args(&ec2local::config::NetworkConfig::default().guest_subnet(), "52:54:0a:1b:2c:3d"),
             };
             let xml = render::domain_xml(&spec, &platform).unwrap();
             assert!(xml.contains(&format!("<memory unit='MiB'>{memory_mib}</memory>")));

@@ -80,6 +80,127 @@ impl ApiError {
     }
 }
 
+/// Refusals of the HTTP layer itself, made before (or instead of) asking a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// A Host header that is not this service's address (DNS rebinding).
+    ForbiddenHost(String),
+    /// A state-changing request, or a terminal, from another site's page.
+    ForbiddenOrigin(String),
+    /// A body over the limit, declared or sent.
+    PayloadTooLarge { limit: usize },
+    /// The terminal endpoint asked without a WebSocket upgrade.
+    WebSocketRequired,
+    /// A UI asset that does not exist.
+    NoSuchAsset(String),
+}
+
+impl HttpRefusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HttpRefusal::ForbiddenHost(_) | HttpRefusal::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            HttpRefusal::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpRefusal::WebSocketRequired => StatusCode::BAD_REQUEST,
+            HttpRefusal::NoSuchAsset(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpRefusal::ForbiddenHost(_) => "ForbiddenHost",
+            HttpRefusal::ForbiddenOrigin(_) => "ForbiddenOrigin",
+            HttpRefusal::PayloadTooLarge { .. } => "PayloadTooLarge",
+            HttpRefusal::WebSocketRequired => "WebSocketRequired",
+            HttpRefusal::NoSuchAsset(_) => "NotFound",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            HttpRefusal::ForbiddenHost(m) | HttpRefusal::ForbiddenOrigin(m) => m.clone(),
+            HttpRefusal::PayloadTooLarge { limit } => format!("request bodies are limited to {limit} bytes"),
+            HttpRefusal::WebSocketRequired => "this endpoint speaks WebSocket only".into(),
+            HttpRefusal::NoSuchAsset(name) => format!("no UI file named {name:?}"),
+        }
+    }
+
+    /// The JSON error response.
+    pub fn response(&self) -> Response {
+        json_body(self.status(), self.code(), &self.message())
+    }
+}
+
+/// The status of a terminal refusal when the terminal is asked over plain HTTP; over
+/// WebSocket the same refusal is a 4xxx close code.
+pub fn terminal_status(close_code: u16) -> StatusCode {
+    use crate::terminal::close_code as close;
+    match close_code {
+        close::TOO_MANY => StatusCode::TOO_MANY_REQUESTS,
+        close::NOT_FOUND => StatusCode::NOT_FOUND,
+        close::NOT_READY => StatusCode::CONFLICT,
+        // Over plain HTTP only the instance itself refuses (no key pair): a state conflict.
+        close::AUTH_FAILED => StatusCode::CONFLICT,
+        close::BAD_REQUEST => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The terminal's answer: 101 and a WebSocket session, or a JSON refusal. Documented
+/// here so that /openapi.json lists the terminal with the statuses chosen above.
+pub struct TerminalAnswer(pub Response);
+
+impl IntoResponse for TerminalAnswer {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl poem_openapi::ApiResponse for TerminalAnswer {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses};
+        use poem_openapi::types::Type;
+        let refusal = |status: u16, description: &'static str| MetaResponse {
+            description,
+            status: Some(status),
+            status_range: None,
+            content: vec![MetaMediaType {
+                content_type: "application/json; charset=utf-8",
+                schema: ErrorBody::schema_ref(),
+            }],
+            headers: vec![],
+        };
+        MetaResponses {
+            responses: vec![
+                MetaResponse {
+                    description: "Switching Protocols: the WebSocket session. Refusals found after the upgrade \
+                                  come as an error message and a close code (4400 bad request, 4401 no usable key, \
+                                  4404 no such instance, 4408 keep-alive timeout, 4409 not running or no address, \
+                                  4429 too many sessions, 4495 host key changed, 4502 SSH unreachable).",
+                    status: Some(101),
+                    status_range: None,
+                    content: vec![],
+                    headers: vec![],
+                },
+                refusal(400, "Not a WebSocket request (`WebSocketRequired`)."),
+                refusal(403, "From another site's page (`ForbiddenOrigin`)."),
+                refusal(404, "No such instance (`InstanceNotFound`)."),
+                refusal(409, "Not running, no address yet, or launched without a key pair."),
+                refusal(429, "Too many terminal sessions (`TooManyTerminals`)."),
+                refusal(503, "The instance cannot be reached."),
+            ],
+        }
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <ErrorBody as poem_openapi::types::Type>::register(registry);
+    }
+}
+
+/// `{"code", "message"}` with a status.
+pub fn json_body(status: StatusCode, code: &str, message: &str) -> Response {
+    poem::web::Json(ErrorBody { code: code.into(), message: message.into() }).with_status(status).into_response()
+}
+
 impl From<AppError> for ApiError {
     fn from(err: AppError) -> Self {
         let status = status_of(&err);

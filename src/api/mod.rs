@@ -34,11 +34,12 @@ pub enum ApiTags {
     Instances,
 }
 
-pub type Apis = (system::SystemApi, instances::InstancesApi, key_pairs::KeyPairsApi, images::ImagesApi);
+pub type Apis =
+    (system::SystemApi, instances::InstancesApi, terminal::TerminalApi, key_pairs::KeyPairsApi, images::ImagesApi);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (system::SystemApi, instances::InstancesApi, key_pairs::KeyPairsApi, images::ImagesApi),
+        (system::SystemApi, instances::InstancesApi, terminal::TerminalApi, key_pairs::KeyPairsApi, images::ImagesApi),
         "ec2local",
         env!("CARGO_PKG_VERSION"),
     )
@@ -63,7 +64,6 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
         .nest("/api", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
-        .at("/api/instances/:id/terminal", get(terminal::open_terminal))
         .at("/", get(ui::index))
         .at("/assets/:name", get(ui::assets))
         .catch_all_error(error::json_error_response)
@@ -75,16 +75,12 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
                 let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok()).map(str::to_string);
                 let host = header("host");
                 if !host_guard::host_is_allowed(&allowed, host.as_deref()) {
-                    let refused = error::ApiError::new(
-                        poem::http::StatusCode::FORBIDDEN,
-                        "ForbiddenHost",
-                        format!(
-                            "Host {:?} is not this service's address; use http://localhost:{}",
-                            host.unwrap_or_default(),
-                            bind.port()
-                        ),
-                    );
-                    return Ok(poem::Error::from(refused).into_response());
+                    let refused = error::HttpRefusal::ForbiddenHost(format!(
+                        "Host {:?} is not this service's address; use http://localhost:{}",
+                        host.unwrap_or_default(),
+                        bind.port()
+                    ));
+                    return Ok(refused.response());
                 }
                 let origin = header("origin");
                 let fetch_site = header("sec-fetch-site");
@@ -94,17 +90,13 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
                     fetch_site.as_deref(),
                     bind.port(),
                 ) {
-                    let refused = error::ApiError::new(
-                        poem::http::StatusCode::FORBIDDEN,
-                        "ForbiddenOrigin",
-                        format!(
-                            "requests that change something are taken only from this service's own pages \
-                             (http://localhost:{}), not from {}",
-                            bind.port(),
-                            origin.as_deref().or(fetch_site.as_deref()).unwrap_or("another site")
-                        ),
-                    );
-                    return Ok(with_security_headers(poem::Error::from(refused).into_response(), false));
+                    let refused = error::HttpRefusal::ForbiddenOrigin(format!(
+                        "requests that change something are taken only from this service's own pages \
+                         (http://localhost:{}), not from {}",
+                        bind.port(),
+                        origin.as_deref().or(fetch_site.as_deref()).unwrap_or("another site")
+                    ));
+                    return Ok(with_security_headers(refused.response(), false));
                 }
                 if is_image_upload(&req) {
                     // The body is the image's bytes, streamed to disk and held to the free
@@ -130,12 +122,7 @@ fn is_image_upload(req: &poem::Request) -> bool {
 }
 
 fn payload_too_large() -> poem::Response {
-    let too_large = error::ApiError::new(
-        poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-        "PayloadTooLarge",
-        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
-    );
-    poem::Error::from(too_large).into_response()
+    error::HttpRefusal::PayloadTooLarge { limit: MAX_BODY_BYTES }.response()
 }
 
 /// Holds every request body to `MAX_BODY_BYTES`, whether it says its length or comes

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use poem::http::StatusCode;
+use poem::web::Data;
 use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig, WebSocketStream};
-use poem::web::{Data, Json, Path, Query};
-use poem::{IntoResponse, Request, Response, handler};
+use poem::{IntoResponse, Request, Response};
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Path, Query};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::error::ErrorBody;
+use super::ApiTags;
+use super::error::{HttpRefusal, TerminalAnswer, json_body, terminal_status};
 use crate::app::App;
 use crate::keypairs::{LoginKey, PrivateKeyPem};
 use crate::terminal::{
@@ -29,38 +31,54 @@ use crate::terminal::{
 pub struct BoundAddress(pub SocketAddr);
 
 #[derive(Debug, Deserialize)]
-pub struct TerminalQuery {
-    cols: Option<u32>,
-    rows: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Control {
     Resize { cols: u32, rows: u32 },
     Auth { private_key: String },
 }
 
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    Json(ErrorBody { code: code.into(), message: message.into() }).with_status(status).into_response()
+pub struct TerminalApi;
+
+#[OpenApi(prefix_path = "/instances", tag = "ApiTags::Instances")]
+impl TerminalApi {
+    /// The web terminal: a WebSocket to a shell on the instance
+    ///
+    /// REQ-TERM-001. The request upgrades to a WebSocket. Binary frames carry terminal
+    /// bytes both ways; text frames carry JSON control messages.
+    /// Client: `{"type":"resize","cols":N,"rows":N}`, and `{"type":"auth","private_key":"..."}`
+    /// when the server asks with `{"type":"auth_required","reason":"key_not_stored"|"key_deleted"|"key_replaced"}`.
+    /// Server: `{"type":"error","code":"...","message":"..."}` then a 4xxx close, and
+    /// `{"type":"exit","status":N}` then a normal close.
+    #[oai(path = "/:id/terminal", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn terminal(
+        &self,
+        req: &Request,
+        id: Path<String>,
+        /// Terminal width in columns (10-1000, default 80).
+        cols: Query<Option<u32>>,
+        /// Terminal height in rows (5-1000, default 24).
+        rows: Query<Option<u32>>,
+        ws: Option<WebSocket>,
+        app: Data<&Arc<App>>,
+        bound: Data<&BoundAddress>,
+    ) -> TerminalAnswer {
+        TerminalAnswer(open_terminal(req, &id.0, (cols.0, rows.0), ws, app.0, bound.0).await)
+    }
 }
 
-#[handler]
-pub async fn open_terminal(
+async fn open_terminal(
     req: &Request,
-    Path(id): Path<String>,
-    Query(query): Query<TerminalQuery>,
+    id: &str,
+    (cols, rows): (Option<u32>, Option<u32>),
     ws: Option<WebSocket>,
-    Data(app): Data<&Arc<App>>,
-    Data(bound): Data<&BoundAddress>,
+    app: &Arc<App>,
+    bound: &BoundAddress,
 ) -> Response {
     let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
     if !super::host_guard::origin_is_allowed(origin, bound.0.port()) {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "ForbiddenOrigin",
-            &format!("terminals open only from this service's own pages, not from {}", origin.unwrap_or("")),
-        );
+        let why = format!("terminals open only from this service's own pages, not from {}", origin.unwrap_or(""));
+        return HttpRefusal::ForbiddenOrigin(why).response();
     }
     let max_sessions = app.config.terminal_max_sessions;
     let session = Counted::session_within(max_sessions);
@@ -73,28 +91,18 @@ pub async fn open_terminal(
                  close one first"
             ),
         }),
-        Some(_) => ssh_terminal::target(&app.instances, &app.key_pairs, &id).await,
+        Some(_) => ssh_terminal::target(&app.instances, &app.key_pairs, id).await,
     };
     let Some(ws) = ws else {
         return match target {
-            Err(e) => {
-                let status = match e.code {
-                    close_code::TOO_MANY => StatusCode::TOO_MANY_REQUESTS,
-                    close_code::NOT_FOUND => StatusCode::NOT_FOUND,
-                    close_code::NOT_READY => StatusCode::CONFLICT,
-                    // The instance has no key pair: nothing to open, not an outage.
-                    close_code::AUTH_FAILED => StatusCode::CONFLICT,
-                    _ => StatusCode::SERVICE_UNAVAILABLE,
-                };
-                json_error(status, e.name, &e.message)
-            }
-            Ok(_) => json_error(StatusCode::BAD_REQUEST, "WebSocketRequired", "this endpoint speaks WebSocket only"),
+            Err(e) => json_body(terminal_status(e.code), e.name, &e.message),
+            Ok(_) => HttpRefusal::WebSocketRequired.response(),
         };
     };
-    let app = (*app).clone();
+    let app = app.clone();
     let options = SshOptions {
-        cols: query.cols.unwrap_or(80).clamp(10, 1000),
-        rows: query.rows.unwrap_or(24).clamp(5, 1000),
+        cols: cols.unwrap_or(80).clamp(10, 1000),
+        rows: rows.unwrap_or(24).clamp(5, 1000),
         keepalive: app.config.terminal_keepalive,
     };
     let limits = WebSocketConfig::default()

@@ -1,8 +1,8 @@
 //! The web UI at / (REQ-USE-001): files embedded at build time (see build.rs).
 
-use poem::http::{StatusCode, header};
+use poem::http::header;
 use poem::web::Path;
-use poem::{IntoResponse, Response, handler};
+use poem::{Response, handler};
 
 include!(concat!(env!("OUT_DIR"), "/ui_assets.rs"));
 
@@ -22,5 +22,5 @@ pub fn index() -> Response {
 
 #[handler]
 pub fn assets(Path(name): Path<String>) -> Response {
-    asset(&name).unwrap_or_else(|| StatusCode::NOT_FOUND.into_response())
+    asset(&name).unwrap_or_else(|| super::error::HttpRefusal::NoSuchAsset(name).response())
 }

@@ -99,6 +99,51 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<InstanceRow>, DbError> 
     Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"), [id], from_row).optional()?)
 }
 
+/// Why a launch cannot be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchRefusal {
+    /// What the memory check said, given the memory of the launches in flight.
+    Memory(String),
+    /// No free address in the network's range.
+    NoAddress,
+}
+
+/// What a new instance needs from the database, in one transaction: the memory check
+/// against the launches in flight (`admit` gets their MiB), an ID never used, a free
+/// address (`pick_address` gets the taken ones), and the row. `claim` runs just before
+/// the row is written, inside the transaction: whatever it takes (the launch's ticket
+/// and lock) is held before any other reader can see the row. Concurrent launches are
+/// serialised here.
+pub fn record_launch<T>(
+    conn: &mut Connection,
+    mut row: InstanceRow,
+    admit: impl FnOnce(u64) -> Result<(), String>,
+    new_id: impl Fn() -> (String, String),
+    pick_address: impl FnOnce(&[Ipv4Addr]) -> Option<Ipv4Addr>,
+    claim: impl FnOnce(&str) -> T,
+) -> Result<Result<(InstanceRow, T), LaunchRefusal>, DbError> {
+    let tx = conn.transaction()?;
+    if let Err(refused) = admit(launching_memory_mib(&tx)?) {
+        return Ok(Err(LaunchRefusal::Memory(refused)));
+    }
+    let (id, mac) = loop {
+        let (id, mac) = new_id();
+        if !id_exists(&tx, &id)? {
+            break (id, mac);
+        }
+    };
+    let Some(ip) = pick_address(&reserved_ips(&tx)?) else {
+        return Ok(Err(LaunchRefusal::NoAddress));
+    };
+    row.id = id;
+    row.mac_address = mac;
+    row.reserved_ip = Some(ip.to_string());
+    let claimed = claim(&row.id);
+    insert(&tx, &row)?;
+    tx.commit()?;
+    Ok(Ok((row, claimed)))
+}
+
 /// Whether an id was ever used, terminated rows included (IDs are never reused).
 pub fn id_exists(conn: &Connection, id: &str) -> Result<bool, DbError> {
     Ok(conn.query_row("SELECT 1 FROM instances WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some())

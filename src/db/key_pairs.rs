@@ -70,6 +70,38 @@ pub fn delete(conn: &Connection, name: &str) -> Result<bool, DbError> {
     Ok(conn.execute("DELETE FROM key_pairs WHERE name = ?1", [name])? > 0)
 }
 
+/// Why a key pair cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPairTaken {
+    /// A pair with this name exists.
+    Name,
+    /// This key is stored already, under the given name.
+    Key(String),
+}
+
+/// Stores a new pair unless its name or its key is taken. `before_commit` runs inside
+/// the transaction after the row is written (the private key's file): if it fails, no
+/// row is left.
+pub fn insert_new<E>(
+    conn: &mut Connection,
+    row: &KeyPairRow,
+    before_commit: impl FnOnce() -> Result<(), E>,
+) -> Result<Result<Result<(), E>, KeyPairTaken>, DbError> {
+    let tx = conn.transaction()?;
+    if get(&tx, &row.name)?.is_some() {
+        return Ok(Err(KeyPairTaken::Name));
+    }
+    if let Some(existing) = find_by_fingerprint(&tx, &row.fingerprint_sha256)? {
+        return Ok(Err(KeyPairTaken::Key(existing.name)));
+    }
+    insert(&tx, row)?;
+    if let Err(e) = before_commit() {
+        return Ok(Ok(Err(e)));
+    }
+    tx.commit()?;
+    Ok(Ok(Ok(())))
+}
+
 pub fn set_has_private_key(conn: &Connection, name: &str, has: bool) -> Result<(), DbError> {
     conn.execute("UPDATE key_pairs SET has_private_key = ?2 WHERE name = ?1", params![name, has])?;
     Ok(())

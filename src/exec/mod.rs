@@ -39,12 +39,12 @@ impl ToolCommand {
 impl fmt::Display for ToolCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.program)?;
+        // Quoted as a shell would need it, so a logged command can be pasted and run.
         for arg in &self.args {
             let arg = arg.to_string_lossy();
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
-                write!(f, " '{}'", arg.replace('\'', r"'\''"))?;
-            } else {
-                write!(f, " {arg}")?;
+            match shlex::try_quote(&arg) {
+                Ok(quoted) => write!(f, " {quoted}")?,
+                Err(_) => write!(f, " {arg:?}")?, // a NUL byte: no shell can take it
             }
         }
         Ok(())
@@ -101,7 +101,9 @@ pub async fn run(command: ToolCommand) -> Result<ToolOutput, ExecError> {
 pub fn run_blocking(command: &ToolCommand) -> Result<ToolOutput, ExecError> {
     let started = Instant::now();
     let shown = command.to_string();
+    // Output is parsed (virsh's states, qemu-img's errors): always in the C locale.
     let handle = duct::cmd(&command.program, &command.args)
+        .env("LC_ALL", "C")
         .stdin_null()
         .stdout_capture()
         .stderr_capture()

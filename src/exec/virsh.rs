@@ -223,18 +223,30 @@ fn is_not_found(stderr: &str) -> bool {
     .any(|needle| stderr.contains(needle))
 }
 
-/// Parses `virsh list --all` into (name, state) pairs.
+/// The states `virsh list` prints (libvirt's `virDomainState` names).
+const DOMAIN_STATES: [&str; 8] =
+    ["running", "idle", "paused", "in shutdown", "shut off", "crashed", "pmsuspended", "no state"];
+
+/// Parses `virsh list --all` into (name, state) pairs. A row is `ID NAME STATE`, where
+/// the name may hold spaces and the state may be two words: the state is the known
+/// name the row ends with, and the name is what lies between.
 pub fn parse_domain_list(out: &str) -> Vec<(String, String)> {
     out.lines()
         .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let id = cols.next()?;
-            if id == "Id" || id.starts_with('-') && id.len() > 1 {
+            let line = line.trim();
+            let (id, rest) = line.split_once(char::is_whitespace)?;
+            if id == "Id" || id.starts_with("--") {
                 return None; // header or separator
             }
-            let name = cols.next()?.to_string();
-            let state = cols.collect::<Vec<_>>().join(" ");
-            (!state.is_empty()).then_some((name, state))
+            let rest = rest.trim();
+            // A state this list does not know (a newer libvirt): its last word.
+            let state = DOMAIN_STATES
+                .iter()
+                .find(|state| rest.ends_with(*state))
+                .map(|s| s.to_string())
+                .or_else(|| rest.rsplit_once(char::is_whitespace).map(|(_, last)| last.to_string()))?;
+            let name = rest[..rest.len() - state.len()].trim();
+            (!name.is_empty()).then(|| (name.to_string(), state))
         })
         .collect()
 }
@@ -360,10 +372,17 @@ mod tests {
             [
                 ("i-1a2b3c4d".to_string(), "running".to_string()),
                 ("i-00000001".to_string(), "shut off".to_string()),
-                ("other".to_string(), "vm paused".to_string())
+                ("other vm".to_string(), "paused".to_string())
             ]
         );
         assert_eq!(parse_domain_list(" 3    i-1a2b3c4d   running\n"), [("i-1a2b3c4d".into(), "running".into())]);
+        // Two-word states after a name with spaces; a state this list does not know is
+        // kept as the row's last word.
+        let odd = " -    my  test vm   in shutdown\n 7    x   newstate\n";
+        assert_eq!(
+            parse_domain_list(odd),
+            [("my  test vm".to_string(), "in shutdown".to_string()), ("x".to_string(), "newstate".to_string())]
+        );
         assert!(parse_domain_list("").is_empty());
     }
 

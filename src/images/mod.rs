@@ -146,7 +146,7 @@ impl Images {
                 os: e.os.clone(),
                 os_version: e.os_version.clone(),
                 architecture: e.architecture.clone(),
-                file_path: self.paths.images().join(&e.file_name).display().to_string(),
+                file_path: self.paths.catalog_image(&e.file_name).display().to_string(),
                 format: "qcow2".into(),
                 default_user: e.default_user.clone(),
                 source_url: Some(e.url.clone()),
@@ -261,7 +261,11 @@ impl Images {
     /// Pulls a catalog image to completion (the CLI calls this directly).
     pub async fn pull(&self, entry: &CatalogEntry, progress: impl FnMut(&PullProgress)) -> Result<(), AppError> {
         tracing::info!(image = %entry.name, url = %entry.url, "pull started");
-        let downloaded = pull::download(&self.http, entry, &self.paths.images(), progress).await.map_err(|e| {
+        let files = pull::PullFiles {
+            partial: self.paths.pull_partial(&entry.file_name),
+            dest: self.paths.catalog_image(&entry.file_name),
+        };
+        let downloaded = pull::download(&self.http, entry, &files, progress).await.map_err(|e| {
             tracing::warn!(image = %entry.name, error = %e, "pull failed");
             AppError::Conflict { code: "ImagePullFailed", message: e.to_string() }
         })?;

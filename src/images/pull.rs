@@ -92,9 +92,11 @@ pub struct Downloaded {
     pub size_bytes: u64,
 }
 
-/// The partial download of `entry` in `images_dir`, kept between attempts.
-pub fn partial_path(images_dir: &Path, entry: &CatalogEntry) -> PathBuf {
-    images_dir.join(format!(".{}.partial", entry.file_name))
+/// Where a pull writes: the partial download, kept between attempts, and the
+/// verified image it becomes.
+pub struct PullFiles {
+    pub partial: PathBuf,
+    pub dest: PathBuf,
 }
 
 fn http_err(url: &str, detail: impl ToString) -> PullError {
@@ -105,12 +107,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PullError + '_ {
     move |source| PullError::Io { path: path.to_path_buf(), source }
 }
 
-/// Downloads `entry` into `images_dir`, resuming a partial file, verifying the
-/// checksum, and calling `progress` as bytes arrive.
+/// Downloads `entry`, resuming a partial file, verifying the checksum, and calling
+/// `progress` as bytes arrive.
 pub async fn download(
     client: &reqwest::Client,
     entry: &CatalogEntry,
-    images_dir: &Path,
+    files: &PullFiles,
     mut progress: impl FnMut(&PullProgress),
 ) -> Result<Downloaded, PullError> {
     let sums_url = &entry.sha256sums_url;
@@ -118,7 +120,7 @@ pub async fn download(
     let expected = checksum_for(&sums, &entry.file_name)
         .ok_or_else(|| PullError::NoChecksum { file: entry.file_name.clone(), url: sums_url.clone() })?;
 
-    let partial = partial_path(images_dir, entry);
+    let partial = files.partial.clone();
     let mut offset = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
     let mut request = client.get(&entry.url);
     if offset > 0 {
@@ -199,7 +201,7 @@ pub async fn download(
         let _ = tokio::fs::remove_file(&partial).await;
         return Err(PullError::ChecksumMismatch { file: entry.file_name.clone(), expected, actual });
     }
-    let path = images_dir.join(&entry.file_name);
+    let path = files.dest.clone();
     tokio::fs::rename(&partial, &path).await.map_err(io_err(&path))?;
     state.state = PullState::Done;
     state.bytes_done = size_bytes;

@@ -66,7 +66,7 @@ impl Instances {
 
         let network = inner.network.clone();
         let owner = inner.clone();
-        let mut row = InstanceRow {
+        let row = InstanceRow {
             id: String::new(),
             name,
             instance_type: instance_type.name.into(),
@@ -90,45 +90,49 @@ impl Instances {
             terminated_at: None,
         };
         // One transaction checks memory against the launches in flight, picks an unused
-        // ID and a free address, and records them: concurrent launches are serialised here.
-        let row = inner
+        // ID and a free address, and records them: concurrent launches are serialised there.
+        let recorded = inner
             .db
             .call(move |conn| {
-                let tx = conn.transaction()?;
-                let launching_mib = rows::launching_memory_mib(&tx)?;
-                if let Err(refused) = check_memory(available_memory_mib, launching_mib, min_available_memory_mib) {
-                    return Ok(Err(refused));
-                }
-                let id = loop {
-                    let id = InstanceId::random();
-                    if !rows::id_exists(&tx, &id.to_string())? {
-                        break id;
-                    }
-                };
-                let taken = rows::reserved_ips(&tx)?;
-                let Some(ip) = network.first_free_address(&taken) else {
-                    return Ok(Err(AppError::Conflict {
-                        code: "AddressPoolExhausted",
-                        message: format!(
-                            "all {} addresses of network {} are in use; terminate an instance first",
-                            network.config().dhcp_size(),
-                            network.config().name
-                        ),
-                    }));
-                };
-                row.id = id.to_string();
-                row.mac_address = id.mac_address();
-                row.reserved_ip = Some(ip.to_string());
-                // Owned before the row exists: the recovery pass never sees this launch
-                // without its owner, and the build holds the lock from its first step.
-                let ticket = owner.ticket(&row.id);
-                let guard = owner.lock(&row.id).try_lock_owned().expect("a new instance's lock is free");
-                rows::insert(&tx, &row)?;
-                tx.commit()?;
-                Ok(Ok((row, ticket, guard)))
+                rows::record_launch(
+                    conn,
+                    row,
+                    |launching_mib| {
+                        check_memory(available_memory_mib, launching_mib, min_available_memory_mib)
+                            .map_err(|e| e.to_string())
+                    },
+                    || {
+                        let id = InstanceId::random();
+                        (id.to_string(), id.mac_address())
+                    },
+                    |taken| network.first_free_address(taken),
+                    // Owned before the row exists: the recovery pass never sees this launch
+                    // without its owner, and the build holds the lock from its first step.
+                    |id| {
+                        let ticket = owner.ticket(id);
+                        let guard = owner.lock(id).try_lock_owned().expect("a new instance's lock is free");
+                        (ticket, guard)
+                    },
+                )
             })
-            .await??;
-        let (row, ticket, guard) = row;
+            .await?;
+        let (row, (ticket, guard)) = match recorded {
+            Ok(recorded) => recorded,
+            Err(rows::LaunchRefusal::Memory(message)) => {
+                return Err(AppError::Conflict { code: "InsufficientMemory", message });
+            }
+            Err(rows::LaunchRefusal::NoAddress) => {
+                let config = inner.network.config();
+                return Err(AppError::Conflict {
+                    code: "AddressPoolExhausted",
+                    message: format!(
+                        "all {} addresses of network {} are in use; terminate an instance first",
+                        config.dhcp_size(),
+                        config.name
+                    ),
+                });
+            }
+        };
         tracing::info!(instance = %row.id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
         let inner = inner.clone();
         let created = Instance::from_row(row.clone());
@@ -225,7 +229,7 @@ impl Inner {
             )
             .await?;
 
-        let seed_dir = self.paths.instance_dir(&id).join("seed");
+        let seed_dir = self.paths.instance_seed_dir(&id);
         let seed = cloud_init::SeedSpec {
             instance_id: row.id.clone(),
             hostname: row.id.clone(),
@@ -257,8 +261,8 @@ impl Inner {
             disk_path: disk.display().to_string(),
             cidata_path: self.paths.instance_cidata(&id).display().to_string(),
             console_log_path: self.paths.instance_console_log(&id).display().to_string(),
-            nvram_path: self.paths.instance_dir(&id).join("nvram.fd").display().to_string(),
-            qemu_args: self.platform.network.qemu_nic_args(self.network.config(), &row.mac_address),
+            nvram_path: self.paths.instance_nvram(&id).display().to_string(),
+            qemu_args: self.platform.network.qemu_nic_args(&self.network.config().guest_subnet(), &row.mac_address),
         };
         let xml_file = self.paths.instance_domain_xml(&id);
         let xml = render::domain_xml(&spec, &self.platform)?;

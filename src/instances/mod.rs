@@ -188,20 +188,23 @@ pub(crate) fn parse_id(id: &str) -> Result<InstanceId, AppError> {
     })
 }
 
+/// What instances are built with: the services and tools they drive.
+pub struct InstanceDeps {
+    pub db: Db,
+    pub paths: Paths,
+    pub virsh: Virsh,
+    pub qemu_img: QemuImg,
+    pub images: Images,
+    pub key_pairs: KeyPairs,
+    pub network: NetworkManager,
+    pub platform: GuestPlatform,
+    /// The ISO tool for cloud-init seeds; None when none is installed (launches fail).
+    pub iso_tool: Option<IsoTool>,
+}
+
 impl Instances {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        db: Db,
-        paths: Paths,
-        virsh: Virsh,
-        qemu_img: QemuImg,
-        images: Images,
-        key_pairs: KeyPairs,
-        network: NetworkManager,
-        platform: GuestPlatform,
-        iso_tool: Option<IsoTool>,
-        config: InstancesConfig,
-    ) -> Self {
+    pub fn new(deps: InstanceDeps, config: InstancesConfig) -> Self {
+        let InstanceDeps { db, paths, virsh, qemu_img, images, key_pairs, network, platform, iso_tool } = deps;
         Instances {
             inner: Arc::new(Inner {
                 db,

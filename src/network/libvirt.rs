@@ -4,9 +4,6 @@
 
 use std::net::Ipv4Addr;
 
-use quick_xml::XmlVersion;
-use quick_xml::events::Event;
-
 use super::NetworkStatus;
 use crate::config::NetworkConfig;
 use crate::error::AppError;
@@ -151,52 +148,25 @@ pub struct NetworkDefinition {
 }
 
 impl NetworkDefinition {
-    pub fn parse(xml: &str) -> Result<Self, quick_xml::Error> {
-        let mut reader = quick_xml::Reader::from_str(xml);
-        let mut def = NetworkDefinition::default();
-        let mut path: Vec<String> = Vec::new();
-        loop {
-            let event = reader.read_event()?;
-            let (element, is_empty) = match &event {
-                Event::Start(e) => (Some(e), false),
-                Event::Empty(e) => (Some(e), true),
-                Event::End(_) => {
-                    path.pop();
-                    continue;
-                }
-                Event::Eof => break,
-                _ => continue,
-            };
-            let Some(element) = element else { continue };
-            let name = element.name().as_ref().to_string();
-            let attr = |key: &str| {
-                element
-                    .attributes()
-                    .flatten()
-                    .find(|a| a.key.as_ref() == key)
-                    .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
-            };
-            let parent = path.last().map(String::as_str);
-            match (parent, name.as_str()) {
-                (Some("network"), "forward") => def.forward_mode = attr("mode"),
-                // Only the first IPv4 <ip> counts.
-                (Some("network"), "ip") if def.ip_address.is_none() && attr("family").as_deref() != Some("ipv6") => {
-                    def.ip_address = attr("address");
-                    def.netmask = attr("netmask");
-                    def.prefix = attr("prefix");
-                }
-                (Some("dhcp"), "range") if def.dhcp_start.is_none() => {
-                    def.dhcp_start = attr("start");
-                    def.dhcp_end = attr("end");
-                }
-                (Some("dhcp"), "host") => def.hosts.extend(attr("mac")),
-                _ => {}
-            }
-            if !is_empty {
-                path.push(name);
-            }
-        }
-        Ok(def)
+    pub fn parse(xml: &str) -> Result<Self, quick_xml::DeError> {
+        let network: xml::Network = quick_xml::de::from_str(xml)?;
+        // Only the first IPv4 <ip> counts for the address and the range.
+        let ipv4 = network.ip.iter().find(|ip| ip.family.as_deref() != Some("ipv6"));
+        let range = ipv4.and_then(|ip| ip.dhcp.as_ref()).and_then(|dhcp| dhcp.range.first());
+        Ok(NetworkDefinition {
+            forward_mode: network.forward.and_then(|f| f.mode),
+            ip_address: ipv4.and_then(|ip| ip.address.clone()),
+            netmask: ipv4.and_then(|ip| ip.netmask.clone()),
+            prefix: ipv4.and_then(|ip| ip.prefix.clone()),
+            dhcp_start: range.and_then(|r| r.start.clone()),
+            dhcp_end: range.and_then(|r| r.end.clone()),
+            hosts: network
+                .ip
+                .iter()
+                .filter_map(|ip| ip.dhcp.as_ref())
+                .flat_map(|dhcp| dhcp.host.iter().filter_map(|h| h.mac.clone()))
+                .collect(),
+        })
     }
 
     /// None when the definition gives what `wanted` asks for; else what differs.
@@ -228,6 +198,59 @@ impl NetworkDefinition {
             ));
         }
         (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
+
+/// The shape of `virsh net-dumpxml` that ec2local reads; everything else is ignored.
+mod xml {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Network {
+        pub forward: Option<Forward>,
+        #[serde(default)]
+        pub ip: Vec<Ip>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Forward {
+        #[serde(rename = "@mode")]
+        pub mode: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Ip {
+        #[serde(rename = "@family")]
+        pub family: Option<String>,
+        #[serde(rename = "@address")]
+        pub address: Option<String>,
+        #[serde(rename = "@netmask")]
+        pub netmask: Option<String>,
+        #[serde(rename = "@prefix")]
+        pub prefix: Option<String>,
+        pub dhcp: Option<Dhcp>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Dhcp {
+        #[serde(default)]
+        pub range: Vec<Range>,
+        #[serde(default)]
+        pub host: Vec<Host>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Range {
+        #[serde(rename = "@start")]
+        pub start: Option<String>,
+        #[serde(rename = "@end")]
+        pub end: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Host {
+        #[serde(rename = "@mac")]
+        pub mac: Option<String>,
     }
 }
 

@@ -6,17 +6,15 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::config::NetworkConfig;
+use super::GuestSubnet;
 
 /// QEMU arguments that attach the guest to vmnet-shared on the configured subnet.
-pub fn vmnet_args(network: &NetworkConfig, mac: &str) -> Vec<String> {
+pub fn vmnet_args(subnet: &GuestSubnet, mac: &str) -> Vec<String> {
     vec![
         "-netdev".into(),
         format!(
             "vmnet-shared,id=net0,start-address={},end-address={},subnet-mask={}",
-            network.gateway,
-            network.dhcp_end,
-            network.netmask()
+            subnet.gateway, subnet.last_address, subnet.netmask
         ),
         "-device".into(),
         format!("virtio-net-pci,netdev=net0,mac={mac}"),
@@ -196,7 +194,12 @@ mod tests {
 
     #[test]
     fn vmnet_arguments_use_the_configured_subnet() {
-        let args = vmnet_args(&NetworkConfig::default(), "52:54:0a:0b:0c:0d");
+        let subnet = GuestSubnet {
+            gateway: Ipv4Addr::new(192, 168, 100, 1),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            last_address: Ipv4Addr::new(192, 168, 100, 254),
+        };
+        let args = vmnet_args(&subnet, "52:54:0a:0b:0c:0d");
         assert_eq!(
             args,
             [

@@ -229,21 +229,18 @@ pub struct AcceleratorProbe {
 }
 
 impl AcceleratorProbe {
-    /// Reads what `host` offers: /dev/kvm and the CPU flags on Linux, `sysctl
-    /// kern.hv_support` on macOS.
-    pub async fn read(host: Host) -> Self {
-        match host.os {
-            Os::Linux => Self::read_linux(),
-            Os::MacOs => {
-                let cmd = crate::exec::ToolCommand::new("sysctl", std::time::Duration::from_secs(5))
-                    .args(["-n", "kern.hv_support"]);
-                let supported = crate::exec::run(cmd).await.is_ok_and(|out| out.stdout.trim() == "1");
-                Self { hypervisor_framework: supported, ..Default::default() }
-            }
-        }
+    /// What a Linux host offers: /dev/kvm and the CPU flags. (macOS asks `sysctl
+    /// kern.hv_support`, a child process: `host::probe_accelerators` runs it.)
+    pub fn read_linux() -> Self {
+        Self::from_linux_facts()
     }
 
-    fn read_linux() -> Self {
+    /// The probe of a macOS host from `sysctl -n kern.hv_support`'s output.
+    pub fn from_hv_support(sysctl_output: &str) -> Self {
+        Self { hypervisor_framework: sysctl_output.trim() == "1", ..Default::default() }
+    }
+
+    fn from_linux_facts() -> Self {
         let dev_kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self {
@@ -421,13 +418,22 @@ impl NetworkMode {
     }
 
     /// The QEMU arguments that give the guest its NIC, when libvirt does not.
-    pub fn qemu_nic_args(&self, network: &crate::config::NetworkConfig, mac: &str) -> Vec<String> {
+    pub fn qemu_nic_args(&self, subnet: &GuestSubnet, mac: &str) -> Vec<String> {
         match self {
             NetworkMode::LibvirtNat => Vec::new(),
-            NetworkMode::VmnetShared => macos::vmnet_args(network, mac),
+            NetworkMode::VmnetShared => macos::vmnet_args(subnet, mac),
             NetworkMode::SocketVmnet { socket } => macos::socket_vmnet_args(socket, mac),
         }
     }
+}
+
+/// The guests' subnet as the platform's networking needs it (vmnet-shared's range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestSubnet {
+    pub gateway: std::net::Ipv4Addr,
+    pub netmask: std::net::Ipv4Addr,
+    /// The last address handed to guests.
+    pub last_address: std::net::Ipv4Addr,
 }
 
 /// What a macOS host offers for vmnet networking, read once at start.
@@ -569,10 +575,11 @@ mod tests {
         assert!(socket.ends_with("var/run/socket_vmnet"));
 
         assert!(NetworkMode::LibvirtNat.uses_libvirt_network());
-        assert!(NetworkMode::LibvirtNat.qemu_nic_args(&Default::default(), "52:54:00:00:00:01").is_empty());
-        let vmnet = NetworkMode::VmnetShared.qemu_nic_args(&Default::default(), "52:54:00:00:00:01");
+        let subnet = crate::config::NetworkConfig::default().guest_subnet();
+        assert!(NetworkMode::LibvirtNat.qemu_nic_args(&subnet, "52:54:00:00:00:01").is_empty());
+        let vmnet = NetworkMode::VmnetShared.qemu_nic_args(&subnet, "52:54:00:00:00:01");
         assert!(vmnet[1].starts_with("vmnet-shared,"), "{vmnet:?}");
-        let stream = MAC_ARM.network_mode(&found).qemu_nic_args(&Default::default(), "52:54:00:00:00:01");
+        let stream = MAC_ARM.network_mode(&found).qemu_nic_args(&subnet, "52:54:00:00:00:01");
         assert!(
             stream[1].starts_with("stream,") && stream[1].ends_with("addr.path=/opt/homebrew/var/run/socket_vmnet")
         );

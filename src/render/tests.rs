@@ -9,9 +9,12 @@ use crate::platform::{Accelerator, Arch, Host, NetworkMode, Os};
 
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    // Rewriting never passes: the run that wrote the files cannot also vouch for them,
+    // and a CI with UPDATE_GOLDEN set fails rather than agreeing with itself.
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
+        panic!("rewrote {}; review the diff, then run again without UPDATE_GOLDEN", path.display());
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
@@ -82,7 +85,7 @@ fn domain_macos_aarch64_hvf_vmnet_golden() {
     let platform =
         host.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into(), NetworkMode::VmnetShared);
     let mut spec = sample_domain();
-    spec.qemu_args = platform.network.qemu_nic_args(&NetworkConfig::default(), &spec.mac_address);
+    spec.qemu_args = platform.network.qemu_nic_args(&NetworkConfig::default().guest_subnet(), &spec.mac_address);
     golden("domain-macos-aarch64-hvf.xml", &domain_xml(&spec, &platform).unwrap());
 }
 
@@ -92,7 +95,7 @@ fn domain_macos_aarch64_hvf_socket_vmnet_golden() {
     let network = NetworkMode::SocketVmnet { socket: "/opt/homebrew/var/run/socket_vmnet".into() };
     let platform = host.guest_platform(Accelerator::Hvf, "/opt/homebrew/bin/qemu-system-aarch64".into(), network);
     let mut spec = sample_domain();
-    spec.qemu_args = platform.network.qemu_nic_args(&NetworkConfig::default(), &spec.mac_address);
+    spec.qemu_args = platform.network.qemu_nic_args(&NetworkConfig::default().guest_subnet(), &spec.mac_address);
     let xml = domain_xml(&spec, &platform).unwrap();
     assert!(!xml.contains("<interface"), "libvirt has no network on macOS: {xml}");
     golden("domain-macos-aarch64-hvf-socket_vmnet.xml", &xml);
