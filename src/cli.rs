@@ -58,21 +58,9 @@ enum ImagesCommand {
     /// Upload a local qcow2 or raw image to the running service, streamed with a
     /// progress line: the service itself need not be able to read the file.
     Upload {
-        #[arg(long)]
-        name: String,
         file: PathBuf,
-        #[arg(long)]
-        description: Option<String>,
-        #[arg(long)]
-        os: Option<String>,
-        #[arg(long)]
-        os_version: Option<String>,
-        /// x86_64 or aarch64 [default: the host's]
-        #[arg(long)]
-        arch: Option<String>,
-        /// The image's cloud-init default user [default: ubuntu]
-        #[arg(long)]
-        default_user: Option<String>,
+        #[command(flatten)]
+        facts: ImageFacts,
         /// Address of the running service.
         #[arg(long, env = "EC2LOCAL_ENDPOINT", default_value = "http://127.0.0.1:8000")]
         endpoint: String,
@@ -80,22 +68,42 @@ enum ImagesCommand {
     /// Register a local qcow2 or raw cloud image by copying it into images/.
     Import {
         #[arg(long)]
-        name: String,
-        #[arg(long)]
         file: PathBuf,
-        #[arg(long)]
-        description: Option<String>,
-        #[arg(long)]
-        os: Option<String>,
-        #[arg(long)]
-        os_version: Option<String>,
-        /// x86_64 or aarch64 [default: the host's]
-        #[arg(long)]
-        arch: Option<String>,
-        /// The image's cloud-init default user [default: ubuntu]
-        #[arg(long)]
-        default_user: Option<String>,
+        #[command(flatten)]
+        facts: ImageFacts,
     },
+}
+
+/// What a user says about an image they bring in.
+#[derive(Debug, clap::Args)]
+struct ImageFacts {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    os: Option<String>,
+    #[arg(long)]
+    os_version: Option<String>,
+    /// x86_64 or aarch64 [default: the host's]
+    #[arg(long)]
+    arch: Option<String>,
+    /// The image's cloud-init default user [default: ubuntu]
+    #[arg(long)]
+    default_user: Option<String>,
+}
+
+impl ImageFacts {
+    fn into_request(self) -> crate::images::ImportRequest {
+        crate::images::ImportRequest {
+            name: self.name,
+            description: self.description,
+            os: self.os,
+            os_version: self.os_version,
+            architecture: self.arch,
+            default_user: self.default_user,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,15 +251,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, config: &crate::images::ImagesConfig) -> ExitCode {
-    if let ImagesCommand::Upload { name, file, description, os, os_version, arch, default_user, endpoint } = command {
-        let about = [
-            ("description", description),
-            ("os", os),
-            ("os_version", os_version),
-            ("architecture", arch),
-            ("default_user", default_user),
-        ];
-        return match upload_image(&endpoint, &name, &file, &about).await {
+    if let ImagesCommand::Upload { file, facts, endpoint } = command {
+        let name = facts.name.clone();
+        let request = facts.into_request();
+        return match upload_image(&endpoint, &request, &file).await {
             Ok(id) => {
                 println!("uploaded {name} as {id}");
                 ExitCode::SUCCESS
@@ -316,18 +319,10 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, config: &crat
                 println!("{} is ready", entry.name);
             }
             ImagesCommand::Upload { .. } => unreachable!("handled above, without the database"),
-            ImagesCommand::Import { name, file, description, os, os_version, arch, default_user } => {
+            ImagesCommand::Import { file, facts } => {
                 // A path typed on the command line is relative to where it was typed.
                 let source = crate::images::ImportSource::File(std::path::absolute(&file).unwrap_or(file));
-                let request = crate::images::ImportRequest {
-                    name,
-                    description,
-                    os,
-                    os_version,
-                    architecture: arch,
-                    default_user,
-                };
-                let image = images.import(request, source).await?;
+                let image = images.import(facts.into_request(), source).await?;
                 println!("imported {} as {}", image.row.name, image.row.id);
             }
         }
@@ -347,10 +342,17 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, config: &crat
 /// returns the new image's id.
 async fn upload_image(
     endpoint: &str,
-    name: &str,
+    request: &crate::images::ImportRequest,
     file: &std::path::Path,
-    about: &[(&str, Option<String>)],
 ) -> Result<String, String> {
+    let name = request.name.as_str();
+    let about = [
+        ("description", &request.description),
+        ("os", &request.os),
+        ("os_version", &request.os_version),
+        ("architecture", &request.architecture),
+        ("default_user", &request.default_user),
+    ];
     use futures_util::StreamExt;
     use tokio::io::AsyncReadExt;
     let opened = tokio::fs::File::open(file).await.map_err(|e| format!("{}: {e}", file.display()))?;

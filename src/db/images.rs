@@ -42,6 +42,25 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRow> {
     })
 }
 
+/// The row's columns in `COLUMNS` order, for `?1`…`?13`.
+fn values(row: &ImageRow) -> [&dyn rusqlite::ToSql; 13] {
+    [
+        &row.id,
+        &row.name,
+        &row.description,
+        &row.os,
+        &row.os_version,
+        &row.architecture,
+        &row.file_path,
+        &row.format,
+        &row.default_user,
+        &row.source_url,
+        &row.sha256,
+        &row.size_bytes,
+        &row.created_at,
+    ]
+}
+
 /// Inserts, or updates everything but `created_at` of the row with the same id.
 pub fn upsert(conn: &Connection, row: &ImageRow) -> Result<(), DbError> {
     conn.execute(
@@ -54,21 +73,7 @@ pub fn upsert(conn: &Connection, row: &ImageRow) -> Result<(), DbError> {
                sha256 = COALESCE(excluded.sha256, images.sha256),
                size_bytes = COALESCE(excluded.size_bytes, images.size_bytes)"
         ),
-        params![
-            row.id,
-            row.name,
-            row.description,
-            row.os,
-            row.os_version,
-            row.architecture,
-            row.file_path,
-            row.format,
-            row.default_user,
-            row.source_url,
-            row.sha256,
-            row.size_bytes,
-            row.created_at
-        ],
+        values(row),
     )?;
     Ok(())
 }
@@ -77,21 +82,7 @@ pub fn upsert(conn: &Connection, row: &ImageRow) -> Result<(), DbError> {
 pub fn insert_new(conn: &Connection, row: &ImageRow) -> Result<bool, DbError> {
     let inserted = conn.execute(
         &format!("INSERT INTO images ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
-        params![
-            row.id,
-            row.name,
-            row.description,
-            row.os,
-            row.os_version,
-            row.architecture,
-            row.file_path,
-            row.format,
-            row.default_user,
-            row.source_url,
-            row.sha256,
-            row.size_bytes,
-            row.created_at
-        ],
+        values(row),
     );
     match inserted {
         Ok(_) => Ok(true),

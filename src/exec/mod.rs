@@ -92,6 +92,75 @@ impl ExecError {
     }
 }
 
+/// Runs tool commands: child processes in the service; a scripted stand-in in unit
+/// tests, so that what is built on the runners is tested without libvirt.
+pub trait Runner: fmt::Debug + Send + Sync + 'static {
+    fn run(&self, command: ToolCommand) -> futures_util::future::BoxFuture<'static, Result<ToolOutput, ExecError>>;
+}
+
+/// Child processes through duct: the service's runner.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Processes;
+
+impl Runner for Processes {
+    fn run(&self, command: ToolCommand) -> futures_util::future::BoxFuture<'static, Result<ToolOutput, ExecError>> {
+        Box::pin(run(command))
+    }
+}
+
+/// A runner that answers from a script and records what it was asked, for unit tests
+/// of the code above the runners.
+#[cfg(test)]
+pub mod scripted {
+    use std::sync::Mutex;
+
+    use super::{ExecError, Runner, ToolCommand, ToolOutput};
+
+    /// Answers: the first rule whose text is in the command line wins.
+    #[derive(Debug, Default)]
+    pub struct Scripted {
+        rules: Mutex<Vec<(String, Result<String, String>)>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        /// Commands containing `pattern` print `stdout` and succeed.
+        pub fn ok(self, pattern: &str, stdout: &str) -> Self {
+            self.rules.lock().unwrap().push((pattern.into(), Ok(stdout.into())));
+            self
+        }
+        /// Commands containing `pattern` print `stderr` and exit 1.
+        pub fn fail(self, pattern: &str, stderr: &str) -> Self {
+            self.rules.lock().unwrap().push((pattern.into(), Err(stderr.into())));
+            self
+        }
+        /// Every command line run so far.
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Runner for Scripted {
+        fn run(&self, command: ToolCommand) -> futures_util::future::BoxFuture<'static, Result<ToolOutput, ExecError>> {
+            let line = command.to_string();
+            self.calls.lock().unwrap().push(line.clone());
+            let answer =
+                self.rules.lock().unwrap().iter().find(|(p, _)| line.contains(p.as_str())).map(|(_, a)| a.clone());
+            Box::pin(async move {
+                match answer {
+                    Some(Ok(stdout)) => Ok(ToolOutput { stdout, stderr: String::new() }),
+                    Some(Err(stderr)) => Err(ExecError::Failed { command: line, code: Some(1), stderr }),
+                    None => Err(ExecError::Failed {
+                        command: line.clone(),
+                        code: Some(127),
+                        stderr: format!("error: no scripted answer for `{line}`"),
+                    }),
+                }
+            })
+        }
+    }
+}
+
 /// Runs a command to completion on a blocking thread.
 pub async fn run(command: ToolCommand) -> Result<ToolOutput, ExecError> {
     tokio::task::spawn_blocking(move || run_blocking(&command)).await.expect("the process runner does not panic")

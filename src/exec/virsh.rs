@@ -1,14 +1,16 @@
 //! `virsh` as a child process: typed calls, typed errors, and parsers of its output.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ExecError, ToolCommand};
+use super::{ExecError, Processes, Runner, ToolCommand};
 
 #[derive(Debug, Clone)]
 pub struct Virsh {
     uri: String,
     timeout: Duration,
+    runner: Arc<dyn Runner>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +29,12 @@ pub enum VirshError {
 
 impl Virsh {
     pub fn new(uri: impl Into<String>, timeout: Duration) -> Self {
-        Self { uri: uri.into(), timeout }
+        Self::with_runner(uri, timeout, Arc::new(Processes))
+    }
+
+    /// A virsh whose commands `runner` runs (a scripted one in unit tests).
+    pub fn with_runner(uri: impl Into<String>, timeout: Duration, runner: Arc<dyn Runner>) -> Self {
+        Self { uri: uri.into(), timeout, runner }
     }
 
     pub fn uri(&self) -> &str {
@@ -42,7 +49,7 @@ impl Virsh {
 
     /// Runs `virsh ARGS` and returns its stdout.
     pub async fn run(&self, args: &[&str]) -> Result<String, VirshError> {
-        super::run(self.command(args)).await.map(|out| out.stdout).map_err(|err| self.classify(err))
+        self.runner.run(self.command(args)).await.map(|out| out.stdout).map_err(|err| self.classify(err))
     }
 
     fn classify(&self, err: ExecError) -> VirshError {
@@ -171,7 +178,7 @@ impl Virsh {
         let cmd = ToolCommand::new("virsh", std::time::Duration::from_secs(timeout_secs + 10))
             .args(["--quiet", "--connect", self.uri.as_str(), "event", "--domain", name, "--event", event])
             .args(["--timeout", timeout.as_str()]);
-        let out = super::run(cmd).await.map_err(|err| self.classify(err))?;
+        let out = self.runner.run(cmd).await.map_err(|err| self.classify(err))?;
         Ok(out.stdout.contains(&format!("event '{event}'")))
     }
     /// Every domain with its state, in one call: `list --all`.
@@ -362,6 +369,28 @@ mod tests {
         assert_eq!(leases[0].hostname.as_deref(), Some("i-1a2b3c4d"));
         assert_eq!(leases[1].hostname, None);
         assert!(parse_dhcp_leases("").is_empty());
+    }
+
+    // REQ-REL-002: what virsh says is told apart: libvirt down, an object missing, a failure.
+    #[tokio::test]
+    async fn failures_are_classified_from_what_virsh_says() {
+        use crate::exec::scripted::Scripted;
+        let script = Arc::new(
+            Scripted::default()
+                .fail("version", "error: failed to connect to the hypervisor\nerror: Failed to connect socket")
+                .fail("net-info gone", "error: failed to get network 'gone'\nerror: Network not found: no network with matching name 'gone'")
+                .ok("domstate i-1", "shut off\n\n")
+                .fail("domstate i-2", "error: failed to get domain 'i-2'")
+                .fail("start i-3", "error: internal error: process exited while connecting to monitor"),
+        );
+        let virsh = Virsh::with_runner("qemu:///system", Duration::from_secs(5), script.clone());
+        assert!(matches!(virsh.version().await, Err(VirshError::Unreachable { .. })));
+        assert_eq!(virsh.net_info("gone").await.unwrap(), None);
+        assert_eq!(virsh.domstate_if_defined("i-1").await.unwrap().as_deref(), Some("shut off"));
+        assert_eq!(virsh.domstate_if_defined("i-2").await.unwrap(), None);
+        let Err(VirshError::Failed(failed)) = virsh.start("i-3").await else { panic!("not a plain failure") };
+        assert!(failed.to_string().contains("process exited"), "{failed}");
+        assert_eq!(script.calls()[0], "virsh --quiet --connect qemu:///system version");
     }
 
     #[test]

@@ -161,6 +161,53 @@ mod tests {
         assert_eq!(started.ip, Some(Some("192.168.100.10".into())));
     }
 
+    // REQ-INST-013: every stored state × every state virsh reports (None: no such
+    // domain), for an idle row; the expected new state, or None for no change.
+    #[test]
+    fn the_reconciliation_table() {
+        use State::*;
+        const DOMAINS: [Option<&str>; 9] = [
+            None,
+            Some("running"),
+            Some("idle"),
+            Some("paused"),
+            Some("in shutdown"),
+            Some("shut off"),
+            Some("crashed"),
+            Some("pmsuspended"),
+            Some("no state"),
+        ];
+        let table: [(State, [Option<State>; 9]); 6] = [
+            (Pending, [None; 9]),
+            (
+                Running,
+                [Some(Error), None, None, None, None, Some(Stopped), Some(Stopped), Some(Stopped), Some(Stopped)],
+            ),
+            (Stopping, [None; 9]),
+            (
+                Stopped,
+                [Some(Error), Some(Running), Some(Running), Some(Running), Some(Running), None, None, None, None],
+            ),
+            (Error, [None; 9]),
+            (Terminated, [None; 9]),
+        ];
+        assert_eq!(table.map(|(s, _)| s), crate::instances::state::ALL_STATES, "a state is missing from the table");
+        for (stored, expected) in table {
+            for (domain, want) in DOMAINS.iter().zip(expected) {
+                let change = reconcile(&row(stored.as_str(), None), *domain, Some("192.168.100.10"));
+                let got = change.as_ref().and_then(|c| c.state.as_ref()).map(|(s, _)| *s);
+                assert_eq!(got, want, "{stored} with the domain {domain:?}");
+                // The address follows: a lease only for what ends running, never for the rest.
+                let ends_running = want.unwrap_or(stored) == Running;
+                let ip = change.and_then(|c| c.ip);
+                match stored {
+                    Running | Stopped if ends_running => assert_eq!(ip, Some(Some("192.168.100.10".into()))),
+                    _ => assert_eq!(ip, None, "{stored} with the domain {domain:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn work_in_flight_and_final_states_are_left_to_their_owners() {
         for state in ["pending", "stopping", "error", "terminated"] {
