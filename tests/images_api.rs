@@ -589,3 +589,23 @@ async fn a_stalled_upload_is_dropped_and_leaves_nothing() {
     let (status, body) = upload(&service, "stalled", "", std::fs::read(&good).unwrap().into()).await;
     assert_eq!(status, 201, "{body}");
 }
+
+// An import killed between recording its row and placing its file leaves the row alone:
+// it shows as unavailable, is deleted through the API, and the name is free again.
+#[tokio::test]
+async fn a_row_left_without_its_file_can_be_deleted_and_the_name_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = start(&tmp.path().join("data"), "http://127.0.0.1:9");
+    let good = tmp.path().join("good.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", good.to_str().unwrap(), "64M"]);
+    let (status, body) = upload(&service, "half", "", std::fs::read(&good).unwrap().into()).await;
+    assert_eq!(status, 201, "{body}");
+    std::fs::remove_file(service.data_dir.join("images/half.qcow2")).unwrap();
+    let left = image(&service, "half").await;
+    assert_eq!(left["available"], false);
+    assert!(left["unavailable_reason"].as_str().unwrap().contains("missing"), "{left}");
+    let response = client().delete(service.api("/images/half")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    let (status, body) = upload(&service, "half", "", std::fs::read(&good).unwrap().into()).await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -319,8 +319,6 @@ impl Images {
         drop(staging);
         let (sha256, size) = pull::sha256_file(partial.path()).await?;
         let dest = self.paths.imported_image(&request.name);
-        import::place(partial.path(), &dest)?;
-        let placed = import::Owned::new(dest.clone());
         let row = ImageRow {
             id,
             name: request.name.clone(),
@@ -336,11 +334,18 @@ impl Images {
             size_bytes: Some(size as i64),
             created_at: timestamp_now(),
         };
+        // The row first, then the file: a process killed in between leaves a row whose
+        // file is missing, which shows as unavailable and can be deleted through the API,
+        // rather than a file without a row that blocks the name for good.
         let stored = row.clone();
         if !self.db.call(move |conn| rows::insert_new(conn, &stored)).await? {
             return Err(duplicate(&request.name));
         }
-        placed.keep();
+        if let Err(e) = import::place(partial.path(), &dest) {
+            let id = row.id.clone();
+            self.db.call(move |conn| rows::delete(conn, &id)).await?;
+            return Err(e);
+        }
         tracing::info!(image = %row.name, id = %row.id, from = %what, size, "image imported");
         Ok(self.describe(row))
     }
