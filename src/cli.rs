@@ -302,10 +302,7 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, config: &crat
             }
             ImagesCommand::Pull { name } => {
                 let Some(entry) = images.catalog_lookup(&name) else {
-                    return Err(crate::error::AppError::NotFound {
-                        code: "ImageNotFound",
-                        message: format!("{name:?} is not in the catalog (ec2local images list)"),
-                    });
+                    return Err(crate::error::ImageError::NotInCatalog(name).into());
                 };
                 eprintln!("pulling {} from {}", entry.name, entry.url);
                 images

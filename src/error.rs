@@ -1,14 +1,24 @@
-//! The error every service returns to its callers (API and CLI). Each variant carries
-//! a stable `code` for clients; `api::error` is the one place that maps it to HTTP.
+//! The error every service returns to its callers (API and CLI): a refusal of one
+//! service (its own enum, codes as variants), a host condition, or a failure of a lower
+//! layer kept with its source. `api::error` is the one place that maps it to HTTP.
 
 use crate::db::DbError;
 use crate::exec::ExecError;
 use crate::exec::qemu_img::QemuImgError;
 use crate::exec::virsh::VirshError;
+pub use crate::images::error::ImageError;
+pub use crate::instances::error::InstanceError;
+pub use crate::keypairs::error::KeyPairError;
 use crate::render::RenderError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    KeyPair(#[from] KeyPairError),
     /// libvirt cannot be reached; the request may succeed once it is back.
     #[error("{0}")]
     LibvirtUnavailable(String),
@@ -18,22 +28,29 @@ pub enum AppError {
     /// libvirt's QEMU user cannot reach the data dir; the message says the fix.
     #[error("{0}")]
     DataDirUnreachable(String),
-    #[error("{message}")]
-    NotFound { code: &'static str, message: String },
-    #[error("{message}")]
-    InvalidInput { code: &'static str, message: String },
-    /// The request is valid but conflicts with the current state of things.
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    /// What was sent is larger than the service takes (or its disk can hold).
-    #[error("{message}")]
-    TooLarge { code: &'static str, message: String },
-    /// The data dir's disk filled up while writing; nothing half-written is kept.
+    /// The data dir's disk cannot hold what was asked for; nothing half-written is kept.
     #[error("{0}")]
     InsufficientStorage(String),
-    /// The caller stopped sending in the middle of a request.
-    #[error("{0}")]
-    RequestTimeout(String),
+    /// A virsh command failed for a reason other than libvirt being away.
+    #[error(transparent)]
+    Virsh(VirshError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    QemuImg(#[from] QemuImgError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A file operation that failed, with what it was doing.
+    #[error("{doing}: {source}")]
+    File { doing: String, source: std::io::Error },
+    /// Work moved off the runtime panicked or was cancelled.
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A state ec2local should never reach; the message says which.
     #[error("{0}")]
     Internal(String),
 }
@@ -41,16 +58,22 @@ pub enum AppError {
 impl AppError {
     pub fn code(&self) -> &'static str {
         match self {
+            AppError::Instance(e) => e.code(),
+            AppError::Image(e) => e.code(),
+            AppError::KeyPair(e) => e.code(),
             AppError::LibvirtUnavailable(_) => "LibvirtUnavailable",
             AppError::NetworkUnavailable(_) => "NetworkUnavailable",
             AppError::DataDirUnreachable(_) => "DataDirUnreachable",
-            AppError::NotFound { code, .. }
-            | AppError::InvalidInput { code, .. }
-            | AppError::Conflict { code, .. }
-            | AppError::TooLarge { code, .. } => code,
             AppError::InsufficientStorage(_) => "InsufficientStorage",
-            AppError::RequestTimeout(_) => "RequestTimeout",
-            AppError::Internal(_) => "InternalError",
+            AppError::Virsh(_)
+            | AppError::Db(_)
+            | AppError::Exec(_)
+            | AppError::QemuImg(_)
+            | AppError::Render(_)
+            | AppError::Io(_)
+            | AppError::File { .. }
+            | AppError::Task(_)
+            | AppError::Internal(_) => "InternalError",
         }
     }
 }
@@ -59,37 +82,7 @@ impl From<VirshError> for AppError {
     fn from(err: VirshError) -> Self {
         match err {
             VirshError::Unreachable { .. } => AppError::LibvirtUnavailable(err.to_string()),
-            other => AppError::Internal(other.to_string()),
+            other => AppError::Virsh(other),
         }
-    }
-}
-
-impl From<DbError> for AppError {
-    fn from(err: DbError) -> Self {
-        AppError::Internal(err.to_string())
-    }
-}
-
-impl From<ExecError> for AppError {
-    fn from(err: ExecError) -> Self {
-        AppError::Internal(err.to_string())
-    }
-}
-
-impl From<QemuImgError> for AppError {
-    fn from(err: QemuImgError) -> Self {
-        AppError::Internal(err.to_string())
-    }
-}
-
-impl From<RenderError> for AppError {
-    fn from(err: RenderError) -> Self {
-        AppError::Internal(err.to_string())
-    }
-}
-
-impl From<std::io::Error> for AppError {
-    fn from(err: std::io::Error) -> Self {
-        AppError::Internal(err.to_string())
     }
 }

@@ -9,6 +9,7 @@ use russh::keys::ssh_key::{self, Algorithm, HashAlg, LineEnding, PrivateKey, Pub
 use crate::db::key_pairs::{self as rows, KeyPairRow};
 use crate::db::{Db, timestamp_now};
 use crate::error::AppError;
+pub use error::KeyPairError;
 use crate::paths::Paths;
 
 /// The key types of REQ-SSH-002.
@@ -139,10 +140,7 @@ pub fn validate_name(name: &str) -> Result<(), AppError> {
     if ok && !name.trim().is_empty() {
         Ok(())
     } else {
-        Err(AppError::InvalidInput {
-            code: "InvalidKeyPairName",
-            message: "a key pair name must be 1 to 255 printable ASCII characters, not only spaces".into(),
-        })
+        Err(KeyPairError::InvalidName.into())
     }
 }
 
@@ -166,7 +164,7 @@ pub struct KeyPairs {
 }
 
 fn not_found(name: &str) -> AppError {
-    AppError::NotFound { code: "KeyPairNotFound", message: format!("no key pair named {name:?}") }
+    KeyPairError::NotFound(name.to_string()).into()
 }
 
 impl KeyPairs {
@@ -178,7 +176,7 @@ impl KeyPairs {
     pub async fn import(&self, name: &str, public_key: &str) -> Result<KeyPair, AppError> {
         validate_name(name)?;
         let key = parse_public_key(public_key)
-            .map_err(|e| AppError::InvalidInput { code: "InvalidKeyFormat", message: e.to_string() })?;
+            .map_err(|e| KeyPairError::InvalidKeyFormat(e.to_string()))?;
         self.insert(name, key, None).await
     }
 
@@ -186,14 +184,15 @@ impl KeyPairs {
     pub async fn create(&self, name: &str) -> Result<(KeyPair, PrivateKeyPem), AppError> {
         validate_name(name)?;
         let mut private = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
-            .map_err(|e| AppError::Internal(format!("generating a key: {e}")))?;
+            .map_err(|source| KeyPairError::Crypto { context: "generating a key", source })?;
         private.set_comment(name);
         let pem = private
             .to_openssh(LineEnding::LF)
-            .map_err(|e| AppError::Internal(format!("encoding a key: {e}")))?
+            .map_err(|source| KeyPairError::Crypto { context: "encoding a key", source })?
             .to_string();
         let public = private.public_key();
-        let openssh = public.to_openssh().map_err(|e| AppError::Internal(format!("encoding a key: {e}")))?;
+        let openssh =
+            public.to_openssh().map_err(|source| KeyPairError::Crypto { context: "encoding a key", source })?;
         let key = describe(public, openssh);
         let pair = self.insert(name, key, Some(PrivateKeyPem(pem.clone()))).await?;
         Ok((pair, PrivateKeyPem(pem)))
@@ -228,19 +227,9 @@ impl KeyPairs {
             .await?;
         let inserted = match outcome {
             Ok(Ok(())) => row,
-            Ok(Err(e)) => return Err(AppError::Internal(format!("storing the private key: {e}"))),
-            Err(rows::KeyPairTaken::Name) => {
-                return Err(AppError::Conflict {
-                    code: "KeyPairDuplicate",
-                    message: format!("a key pair named {:?} already exists", row.name),
-                });
-            }
-            Err(rows::KeyPairTaken::Key(existing)) => {
-                return Err(AppError::Conflict {
-                    code: "KeyPairDuplicate",
-                    message: format!("this key is already imported as {existing:?}"),
-                });
-            }
+            Ok(Err(e)) => return Err(KeyPairError::Store(e).into()),
+            Err(rows::KeyPairTaken::Name) => return Err(KeyPairError::NameTaken(row.name).into()),
+            Err(rows::KeyPairTaken::Key(existing)) => return Err(KeyPairError::KeyTaken(existing).into()),
         };
         tracing::info!(key_pair = %inserted.name, fingerprint = %inserted.fingerprint_sha256, "key pair stored");
         Ok(inserted)
@@ -275,21 +264,19 @@ impl KeyPairs {
     /// Attaches the private half of an imported key, for the web terminal.
     pub async fn attach_private_key(&self, name: &str, pem: &str) -> Result<KeyPair, AppError> {
         let pair = self.get(name).await?;
-        let private =
-            parse_private_key(pem).map_err(|message| AppError::InvalidInput { code: "InvalidPrivateKey", message })?;
-        let stored = PublicKey::from_openssh(&pair.public_key).map_err(|e| AppError::Internal(e.to_string()))?;
+        let private = parse_private_key(pem).map_err(KeyPairError::InvalidPrivateKey)?;
+        let stored = PublicKey::from_openssh(&pair.public_key)
+            .map_err(|source| KeyPairError::Crypto { context: "reading the stored public key", source })?;
         if private.public_key().key_data() != stored.key_data() {
-            return Err(AppError::InvalidInput {
-                code: "PrivateKeyMismatch",
-                message: format!("this private key does not belong to the public key of key pair {name:?}"),
-            });
+            return Err(KeyPairError::PrivateKeyMismatch(name.to_string()).into());
         }
-        let pem = private.to_openssh(LineEnding::LF).map_err(|e| AppError::Internal(e.to_string()))?.to_string();
+        let pem = private
+            .to_openssh(LineEnding::LF)
+            .map_err(|source| KeyPairError::Crypto { context: "encoding a key", source })?
+            .to_string();
         let (path, pem) = (self.paths.private_key(name), PrivateKeyPem(pem.to_string()));
         // Off the runtime: the write is fsynced.
-        tokio::task::spawn_blocking(move || write_private_key(&path, &pem))
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || write_private_key(&path, &pem)).await?.map_err(KeyPairError::Store)?;
         let owned = name.to_string();
         self.db.call(move |conn| rows::set_has_private_key(conn, &owned, true)).await?;
         self.get(name).await
@@ -403,5 +390,6 @@ fn write_private_key(path: &std::path::Path, pem: &PrivateKeyPem) -> std::io::Re
     Ok(())
 }
 
+pub mod error;
 #[cfg(test)]
 mod tests;

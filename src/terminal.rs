@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::db::Db;
 use crate::db::instances as rows;
-use crate::error::AppError;
+use crate::error::{AppError, InstanceError};
 use crate::instances::state::State;
 use crate::instances::{Instance, Instances};
 use crate::keypairs::{KeyPairs, LoginKey, PrivateKeyPem};
@@ -95,9 +95,8 @@ pub struct Target {
 
 pub async fn target(instances: &Instances, key_pairs: &KeyPairs, id: &str) -> Result<Target, TerminalError> {
     let instance = instances.get(id).await.map_err(|e| match e {
-        AppError::NotFound { message, .. } => TerminalError::new(close_code::NOT_FOUND, "InstanceNotFound", message),
-        AppError::InvalidInput { message, .. } => {
-            TerminalError::new(close_code::NOT_FOUND, "InstanceNotFound", message)
+        AppError::Instance(InstanceError::NotFound(_) | InstanceError::MalformedId(_)) => {
+            TerminalError::new(close_code::NOT_FOUND, "InstanceNotFound", e.to_string())
         }
         other => TerminalError::new(close_code::SSH_UNREACHABLE, "Unavailable", other.to_string()),
     })?;

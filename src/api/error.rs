@@ -6,7 +6,7 @@ use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
-use crate::error::AppError;
+use crate::error::{AppError, ImageError, InstanceError, KeyPairError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Object, serde::Serialize)]
 pub struct ErrorBody {
@@ -47,19 +47,68 @@ pub enum ApiError {
     InsufficientStorage(Json<ErrorBody>),
 }
 
-/// The status for each kind of service error.
+/// The status for each service error. Every variant is named, so a new refusal cannot
+/// reach a client without a status chosen for it here.
 pub fn status_of(err: &AppError) -> StatusCode {
     match err {
-        AppError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-        AppError::NotFound { .. } => StatusCode::NOT_FOUND,
-        AppError::Conflict { .. } => StatusCode::CONFLICT,
-        AppError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        AppError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-        AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-        AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        AppError::Instance(e) => instance_status(e),
+        AppError::Image(e) => image_status(e),
+        AppError::KeyPair(e) => key_pair_status(e),
         AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) | AppError::DataDirUnreachable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        AppError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+        AppError::Virsh(_)
+        | AppError::Db(_)
+        | AppError::Exec(_)
+        | AppError::QemuImg(_)
+        | AppError::Render(_)
+        | AppError::Io(_)
+        | AppError::File { .. }
+        | AppError::Task(_)
+        | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn instance_status(err: &InstanceError) -> StatusCode {
+    match err {
+        InstanceError::NotFound(_) => StatusCode::NOT_FOUND,
+        InstanceError::MalformedId(_)
+        | InstanceError::InvalidInstanceType(_)
+        | InstanceError::InvalidParameter(_)
+        | InstanceError::InvalidUserData(_) => StatusCode::BAD_REQUEST,
+        InstanceError::IncorrectState(_)
+        | InstanceError::InsufficientMemory(_)
+        | InstanceError::InsufficientDisk(_)
+        | InstanceError::AddressPoolExhausted(_) => StatusCode::CONFLICT,
+        InstanceError::NoSeedTool | InstanceError::IllegalTransition(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn image_status(err: &ImageError) -> StatusCode {
+    match err {
+        ImageError::NotFound(_) | ImageError::NotInCatalog(_) => StatusCode::NOT_FOUND,
+        ImageError::InvalidName | ImageError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ImageError::Duplicate(_)
+        | ImageError::Unavailable(_)
+        | ImageError::NotPullable(_)
+        | ImageError::PullFailed(_)
+        | ImageError::ImportInProgress(_)
+        | ImageError::InUse(_) => StatusCode::CONFLICT,
+        ImageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ImageError::UploadStalled(_) => StatusCode::REQUEST_TIMEOUT,
+    }
+}
+
+fn key_pair_status(err: &KeyPairError) -> StatusCode {
+    match err {
+        KeyPairError::NotFound(_) => StatusCode::NOT_FOUND,
+        KeyPairError::InvalidName
+        | KeyPairError::InvalidKeyFormat(_)
+        | KeyPairError::InvalidPrivateKey(_)
+        | KeyPairError::PrivateKeyMismatch(_) => StatusCode::BAD_REQUEST,
+        KeyPairError::NameTaken(_) | KeyPairError::KeyTaken(_) => StatusCode::CONFLICT,
+        KeyPairError::Crypto { .. } | KeyPairError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -251,13 +300,17 @@ mod tests {
     // REQ-REL-003
     #[test]
     fn every_service_error_has_its_status() {
-        let cases = [
-            (AppError::InvalidInput { code: "InvalidParameterValue", message: "x".into() }, 400),
-            (AppError::NotFound { code: "InvalidInstanceID.NotFound", message: "x".into() }, 404),
-            (AppError::Conflict { code: "IncorrectInstanceState", message: "x".into() }, 409),
-            (AppError::TooLarge { code: "ImageTooLarge", message: "x".into() }, 413),
+        let cases: [(AppError, u16); 14] = [
+            (InstanceError::MalformedId("x".into()).into(), 400),
+            (InstanceError::NotFound("i-0".into()).into(), 404),
+            (InstanceError::InsufficientMemory("x".into()).into(), 409),
+            (ImageError::InvalidName.into(), 400),
+            (ImageError::InUse("x".into()).into(), 409),
+            (ImageError::TooLarge("x".into()).into(), 413),
+            (ImageError::UploadStalled("x".into()).into(), 408),
+            (KeyPairError::NameTaken("k".into()).into(), 409),
+            (KeyPairError::PrivateKeyMismatch("k".into()).into(), 400),
             (AppError::InsufficientStorage("x".into()), 507),
-            (AppError::RequestTimeout("x".into()), 408),
             (AppError::Internal("x".into()), 500),
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
             (AppError::NetworkUnavailable("socket_vmnet is not running".into()), 503),

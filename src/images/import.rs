@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::error::AppError;
+use crate::error::{AppError, ImageError};
 use crate::exec::ExecError;
 use crate::exec::qemu_img::{QemuImg, QemuImgError};
 
@@ -118,7 +118,7 @@ impl Reservations {
 }
 
 fn invalid(message: String) -> AppError {
-    AppError::InvalidInput { code: "InvalidImage", message }
+    ImageError::Invalid(message).into()
 }
 
 fn gib(bytes: u64) -> f64 {
@@ -128,14 +128,12 @@ fn gib(bytes: u64) -> f64 {
 /// An upload larger than the disk can take: the request is what is too large (413).
 fn upload_too_large(size: Option<u64>, budget: u64) -> AppError {
     let size = size.map(|s| format!(" ({:.2} GiB)", gib(s))).unwrap_or_default();
-    AppError::TooLarge {
-        code: "ImageTooLarge",
-        message: format!(
-            "the uploaded image{size} does not fit: an import needs twice its size on the data dir's disk, \
-             and at most {:.2} GiB can be imported now; free some space first",
-            gib(budget)
-        ),
-    }
+    ImageError::TooLarge(format!(
+        "the uploaded image{size} does not fit: an import needs twice its size on the data dir's disk, \
+         and at most {:.2} GiB can be imported now; free some space first",
+        gib(budget)
+    ))
+    .into()
 }
 
 /// A file on this machine larger than the disk can take: the disk is short (507).
@@ -153,7 +151,7 @@ fn write_failed(path: &Path, err: std::io::Error) -> AppError {
     if err.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
         AppError::InsufficientStorage(format!("the data dir's disk is full (writing {})", path.display()))
     } else {
-        AppError::Internal(format!("writing {}: {err}", path.display()))
+        AppError::File { doing: format!("writing {}", path.display()), source: err }
     }
 }
 
@@ -190,9 +188,7 @@ pub async fn stage(source: ImportSource, staging: &Path, budget: u64, idle: Dura
     match source {
         ImportSource::File(path) => {
             let staging = staging.to_path_buf();
-            tokio::task::spawn_blocking(move || stage_file(&path, &staging, budget))
-                .await
-                .map_err(|e| AppError::Internal(e.to_string()))?
+            tokio::task::spawn_blocking(move || stage_file(&path, &staging, budget)).await?
         }
         ImportSource::Upload { body, declared_len } => stage_upload(body, declared_len, staging, budget, idle).await,
     }
@@ -277,10 +273,11 @@ async fn stage_upload(
         let n = match tokio::time::timeout(idle, body.read(&mut buf)).await {
             Ok(read) => read.map_err(|e| invalid(format!("the upload broke off after {received} bytes: {e}")))?,
             Err(_) => {
-                return Err(AppError::RequestTimeout(format!(
+                return Err(ImageError::UploadStalled(format!(
                     "the upload sent nothing for {}s after {received} bytes; it was dropped",
                     idle.as_secs()
-                )));
+                ))
+                .into());
             }
         };
         if n == 0 {
@@ -360,7 +357,7 @@ pub fn place(partial: &Path, dest: &Path) -> Result<(), AppError> {
     match std::fs::hard_link(partial, dest) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(AppError::Conflict { code: "ImageDuplicate", message: format!("{} already exists", dest.display()) })
+            Err(ImageError::Duplicate(format!("{} already exists", dest.display())).into())
         }
         Err(e) => Err(write_failed(dest, e)),
     }
@@ -432,11 +429,11 @@ mod tests {
         let staging = tmp.path().join("a");
         assert_eq!(stage_upload(body(vec![1; 3000]), Some(3000), &staging, 4096, idle).await.unwrap(), 3000);
         let err = stage_upload(body(vec![1; 10]), Some(5000), &tmp.path().join("b"), 4096, idle).await.unwrap_err();
-        assert!(matches!(err, AppError::TooLarge { .. }), "{err:?}");
+        assert!(matches!(err, AppError::Image(ImageError::TooLarge(_))), "{err:?}");
         assert!(!tmp.path().join("b").exists(), "refused before anything was written");
         // No length given: counted as it arrives.
         let err = stage_upload(body(vec![1; 5000]), None, &tmp.path().join("c"), 4096, idle).await.unwrap_err();
-        assert!(matches!(err, AppError::TooLarge { .. }), "{err:?}");
+        assert!(matches!(err, AppError::Image(ImageError::TooLarge(_))), "{err:?}");
         let err = stage_upload(body(vec![1; 100]), Some(200), &tmp.path().join("d"), 4096, idle).await.unwrap_err();
         assert!(err.to_string().contains("100 of 200"), "{err}");
         let err = stage_upload(body(vec![]), None, &tmp.path().join("e"), 4096, idle).await.unwrap_err();
@@ -445,7 +442,7 @@ mod tests {
         let (_quiet_writer, quiet) = tokio::io::duplex(64);
         let quiet_file = tmp.path().join("f");
         let stalled = stage_upload(Box::pin(quiet), None, &quiet_file, 4096, Duration::from_millis(200)).await;
-        assert!(matches!(stalled.unwrap_err(), AppError::RequestTimeout(_)));
+        assert!(matches!(stalled.unwrap_err(), AppError::Image(ImageError::UploadStalled(_))));
     }
 
     #[test]
@@ -469,7 +466,7 @@ mod tests {
         let (partial, dest) = (tmp.path().join("p"), tmp.path().join("d"));
         std::fs::write(&partial, "new").unwrap();
         std::fs::write(&dest, "someone else's").unwrap();
-        assert!(matches!(place(&partial, &dest), Err(AppError::Conflict { code: "ImageDuplicate", .. })));
+        assert!(matches!(place(&partial, &dest), Err(AppError::Image(ImageError::Duplicate(_)))));
         assert_eq!(std::fs::read_to_string(&dest).unwrap(), "someone else's");
         std::fs::remove_file(&dest).unwrap();
         place(&partial, &dest).unwrap();

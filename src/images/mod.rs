@@ -2,6 +2,7 @@
 //! verification of the files, pulls with progress, and import of local images.
 
 pub mod catalog;
+pub mod error;
 pub mod import;
 pub mod pull;
 
@@ -16,6 +17,7 @@ use pull::{PullProgress, PullState};
 use crate::db::images::{self as rows, ImageRow};
 use crate::db::{Db, timestamp_now};
 use crate::error::AppError;
+pub use error::ImageError;
 use crate::exec::qemu_img::QemuImg;
 use crate::paths::Paths;
 use crate::platform::Arch;
@@ -93,15 +95,11 @@ impl Drop for NameClaim {
 }
 
 fn duplicate(name: &str) -> AppError {
-    AppError::Conflict { code: "ImageDuplicate", message: format!("an image named {name:?} already exists") }
+    ImageError::Duplicate(format!("an image named {name:?} already exists")).into()
 }
 
 fn not_found(id: &str) -> AppError {
-    AppError::NotFound { code: "ImageNotFound", message: format!("no image with id or name {id:?}") }
-}
-
-fn invalid(message: String) -> AppError {
-    AppError::InvalidInput { code: "InvalidImage", message }
+    ImageError::NotFound(id.to_string()).into()
 }
 
 impl Images {
@@ -217,7 +215,7 @@ impl Images {
         let image = self.get(id_or_name).await?;
         match &image.unavailable_reason {
             None => Ok(image),
-            Some(reason) => Err(AppError::Conflict { code: "ImageUnavailable", message: reason.clone() }),
+            Some(reason) => Err(ImageError::Unavailable(reason.clone()).into()),
         }
     }
 
@@ -225,13 +223,11 @@ impl Images {
     pub async fn start_pull(&self, id_or_name: &str) -> Result<Image, AppError> {
         let image = self.get(id_or_name).await?;
         let Some(entry) = self.catalog_entry(&image.row.id).cloned() else {
-            return Err(AppError::Conflict {
-                code: "ImageNotPullable",
-                message: format!(
-                    "image {} was imported, not from the catalog: there is nothing to pull",
-                    image.row.name
-                ),
-            });
+            return Err(ImageError::NotPullable(format!(
+                "image {} was imported, not from the catalog: there is nothing to pull",
+                image.row.name
+            ))
+            .into());
         };
         {
             let mut pulls = self.pulls.lock().unwrap();
@@ -267,7 +263,7 @@ impl Images {
         };
         let downloaded = pull::download(&self.http, entry, &files, progress).await.map_err(|e| {
             tracing::warn!(image = %entry.name, error = %e, "pull failed");
-            AppError::Conflict { code: "ImagePullFailed", message: e.to_string() }
+            ImageError::PullFailed(e.to_string())
         })?;
         let (id, sha, size) = (entry.id.clone(), downloaded.sha256.clone(), downloaded.size_bytes as i64);
         self.db.call(move |conn| rows::set_file_facts(conn, &id, Some(&sha), Some(size))).await?;
@@ -288,8 +284,7 @@ impl Images {
     pub async fn import(&self, request: ImportRequest, source: ImportSource) -> Result<Image, AppError> {
         let this = self.clone();
         tokio::spawn(async move { this.import_to_end(request, source).await })
-            .await
-            .map_err(|e| AppError::Internal(format!("the import stopped: {e}")))?
+            .await?
     }
 
     async fn import_to_end(&self, request: ImportRequest, source: ImportSource) -> Result<Image, AppError> {
@@ -356,7 +351,7 @@ impl Images {
         validate_image_name(&request.name)?;
         let architecture = request.architecture.clone().unwrap_or_else(|| self.arch.libvirt_name().to_string());
         if !["x86_64", "aarch64"].contains(&architecture.as_str()) {
-            return Err(invalid(format!("architecture {architecture:?} is not one of x86_64, aarch64")));
+            return Err(ImageError::Invalid(format!("architecture {architecture:?} is not one of x86_64, aarch64")).into());
         }
         let id = catalog::image_id(&request.name, &architecture);
         let claim = self.claim_name(&request.name)?;
@@ -368,10 +363,7 @@ impl Images {
     fn claim_name(&self, name: &str) -> Result<NameClaim, AppError> {
         let mut importing = self.importing.lock().unwrap();
         if !importing.insert(name.to_string()) {
-            return Err(AppError::Conflict {
-                code: "ImageImportInProgress",
-                message: format!("an import of {name:?} is already in progress"),
-            });
+            return Err(ImageError::ImportInProgress(name.to_string()).into());
         }
         Ok(NameClaim { importing: self.importing.clone(), name: name.to_string() })
     }
@@ -403,10 +395,11 @@ impl Images {
         let id = image.row.id.clone();
         let users = self.db.call(move |conn| rows::instances_using(conn, &id)).await?;
         if users > 0 {
-            return Err(AppError::Conflict {
-                code: "ImageInUse",
-                message: format!("image {} is used by {users} instance(s); terminate them first", image.row.name),
-            });
+            return Err(ImageError::InUse(format!(
+                "image {} is used by {users} instance(s); terminate them first",
+                image.row.name
+            ))
+            .into());
         }
         // Off the runtime: unlinking a multi-GB image can take a while.
         match tokio::fs::remove_file(&image.row.file_path).await {
@@ -434,10 +427,7 @@ pub fn validate_image_name(name: &str) -> Result<(), AppError> {
     if ok {
         Ok(())
     } else {
-        Err(AppError::InvalidInput {
-            code: "InvalidImageName",
-            message: "an image name must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', not starting with '.'".into(),
-        })
+        Err(ImageError::InvalidName.into())
     }
 }
 

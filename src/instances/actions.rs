@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use super::recovery::Domain;
 use super::state::{Action, Event, IncorrectState, Plan, State, Status, plan};
 use super::{Inner, Instance, Instances, Ticket, parse_id, status_of};
-use crate::error::AppError;
+use crate::error::{AppError, InstanceError};
 
 fn incorrect(e: IncorrectState) -> AppError {
-    AppError::Conflict { code: "IncorrectInstanceState", message: e.to_string() }
+    InstanceError::IncorrectState(e).into()
 }
 
 /// How an action's work ends: the event, its reason, and whether the instance's
@@ -219,7 +219,7 @@ impl Inner {
             if let Err(e) = self.virsh.reboot(id).await {
                 tracing::debug!(instance = %id, error = %e, "reboot request not taken");
             }
-            if watcher.await.map_err(|e| AppError::Internal(e.to_string()))?? {
+            if watcher.await?? {
                 return Ok(false);
             }
         }

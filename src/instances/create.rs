@@ -7,7 +7,7 @@ use super::state::{Event, Status};
 use super::{Inner, Instance, Instances, LaunchRequest, blocking, types};
 use crate::db::instances::{self as rows, InstanceRow};
 use crate::db::timestamp_now;
-use crate::error::AppError;
+use crate::error::{AppError, InstanceError};
 use crate::exec::iso;
 use crate::ids::InstanceId;
 use crate::images::Image;
@@ -18,9 +18,6 @@ pub const MAX_NAME_CHARS: usize = 255;
 /// How long a failed launch keeps trying to record its failure (the disk may be full).
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(600);
 
-fn bad(code: &'static str, message: impl Into<String>) -> AppError {
-    AppError::InvalidInput { code, message: message.into() }
-}
 
 impl Instances {
     /// Validates and records a launch, answers with the `pending` instance, and builds
@@ -29,25 +26,27 @@ impl Instances {
         let inner = self.inner();
         let instance_type = types::find(&req.instance_type).ok_or_else(|| {
             let known: Vec<&str> = types::INSTANCE_TYPES.iter().map(|t| t.name).collect();
-            bad(
-                "InvalidInstanceType",
-                format!("unknown instance type {:?}; one of {}", req.instance_type, known.join(", ")),
-            )
+            InstanceError::InvalidInstanceType(format!(
+                "unknown instance type {:?}; one of {}",
+                req.instance_type,
+                known.join(", ")
+            ))
         })?;
         let name = req.name.clone().unwrap_or_default();
         if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-            return Err(bad(
-                "InvalidParameterValue",
-                "the name must be at most 255 characters, without control characters",
-            ));
+            return Err(InstanceError::InvalidParameter(
+                "the name must be at most 255 characters, without control characters".into(),
+            )
+            .into());
         }
         if let Some(user_data) = &req.user_data
             && user_data.len() > MAX_USER_DATA_BYTES
         {
-            return Err(bad(
-                "InvalidUserData.Malformed",
-                format!("user data is {} bytes; the limit is 16 KiB", user_data.len()),
-            ));
+            return Err(InstanceError::InvalidUserData(format!(
+                "user data is {} bytes; the limit is 16 KiB",
+                user_data.len()
+            ))
+            .into());
         }
         let public_key = match &req.key_name {
             Some(key_name) => Some(inner.key_pairs.get(key_name).await?.public_key),
@@ -61,7 +60,7 @@ impl Instances {
         let available_memory_mib = self.check_capacity(instance_type.disk_gib).await?;
         let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         if inner.iso_tool.is_none() {
-            return Err(AppError::Internal("no ISO tool to build the cloud-init seed; run `ec2local doctor`".into()));
+            return Err(InstanceError::NoSeedTool.into());
         }
 
         let network = inner.network.clone();
@@ -119,18 +118,16 @@ impl Instances {
         let (row, (ticket, guard)) = match recorded {
             Ok(recorded) => recorded,
             Err(rows::LaunchRefusal::Memory(message)) => {
-                return Err(AppError::Conflict { code: "InsufficientMemory", message });
+                return Err(InstanceError::InsufficientMemory(message).into());
             }
             Err(rows::LaunchRefusal::NoAddress) => {
                 let config = inner.network.config();
-                return Err(AppError::Conflict {
-                    code: "AddressPoolExhausted",
-                    message: format!(
-                        "all {} addresses of network {} are in use; terminate an instance first",
-                        config.dhcp_size(),
-                        config.name
-                    ),
-                });
+                return Err(InstanceError::AddressPoolExhausted(format!(
+                    "all {} addresses of network {} are in use; terminate an instance first",
+                    config.dhcp_size(),
+                    config.name
+                ))
+                .into());
             }
         };
         tracing::info!(instance = %row.id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
@@ -176,16 +173,14 @@ impl Instances {
         const GIB: u64 = 1024 * MIB;
         let needed = (disk_gib + limits.disk_headroom_gib) * GIB;
         if host.disk_available_bytes <= needed {
-            return Err(AppError::Conflict {
-                code: "InsufficientDisk",
-                message: format!(
-                    "the data directory's disk has {:.1} GiB free; this instance needs more than {} GiB ({} GiB disk + {} GiB headroom)",
-                    host.disk_available_bytes as f64 / GIB as f64,
-                    disk_gib + limits.disk_headroom_gib,
-                    disk_gib,
-                    limits.disk_headroom_gib
-                ),
-            });
+            return Err(InstanceError::InsufficientDisk(format!(
+                "the data directory's disk has {:.1} GiB free; this instance needs more than {} GiB ({} GiB disk + {} GiB headroom)",
+                host.disk_available_bytes as f64 / GIB as f64,
+                disk_gib + limits.disk_headroom_gib,
+                disk_gib,
+                limits.disk_headroom_gib
+            ))
+            .into());
         }
         Ok(host.memory_available_bytes / MIB)
     }
@@ -203,12 +198,10 @@ pub fn check_memory(available_mib: u64, launching_mib: u64, min_available_mib: u
     } else {
         String::new()
     };
-    Err(AppError::Conflict {
-        code: "InsufficientMemory",
-        message: format!(
-            "the host has {uncommitted} MiB of memory available{launching}; new instances need at least {min_available_mib} MiB free"
-        ),
-    })
+    Err(InstanceError::InsufficientMemory(format!(
+        "the host has {uncommitted} MiB of memory available{launching}; new instances need at least {min_available_mib} MiB free"
+    ))
+    .into())
 }
 
 impl Inner {
@@ -330,12 +323,16 @@ mod tests {
     #[test]
     fn memory_promised_to_launching_instances_is_not_available() {
         assert!(check_memory(4096, 0, 4096).is_ok());
-        let Err(AppError::Conflict { code, message }) = check_memory(4095, 0, 4096) else { panic!("accepted") };
-        assert_eq!(code, "InsufficientMemory");
+        let Err(AppError::Instance(InstanceError::InsufficientMemory(message))) = check_memory(4095, 0, 4096) else {
+            panic!("accepted")
+        };
         assert_eq!(message, "the host has 4095 MiB of memory available; new instances need at least 4096 MiB free");
         // 12 GiB free, but an 8 GiB instance is still booting: 4 GiB is all that is left.
         assert!(check_memory(12288, 8192, 4096).is_ok());
-        let Err(AppError::Conflict { message, .. }) = check_memory(12288, 9216, 4096) else { panic!("accepted") };
+        let Err(AppError::Instance(InstanceError::InsufficientMemory(message))) = check_memory(12288, 9216, 4096)
+        else {
+            panic!("accepted")
+        };
         assert!(
             message.contains("3072 MiB of memory available (12288 MiB, less 9216 MiB for instances still launching)")
         );

@@ -5,6 +5,7 @@
 //! restart or a libvirt outage cut short (`recovery`).
 
 pub mod create;
+pub mod error;
 pub mod monitor;
 pub mod recovery;
 pub mod state;
@@ -23,7 +24,7 @@ use state::{Event, State, Status, Task};
 use crate::config::Limits;
 use crate::db::Db;
 use crate::db::instances::{self as rows, InstanceRow, StatusWrite};
-use crate::error::AppError;
+use crate::error::{AppError, InstanceError};
 use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
 use crate::ids::InstanceId;
@@ -178,14 +179,11 @@ impl Drop for Ticket {
 }
 
 pub(crate) fn not_found(id: &str) -> AppError {
-    AppError::NotFound { code: "InvalidInstanceID.NotFound", message: format!("no instance {id}") }
+    InstanceError::NotFound(id.to_string()).into()
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<InstanceId, AppError> {
-    id.parse().map_err(|e: crate::ids::InvalidInstanceId| AppError::InvalidInput {
-        code: "InvalidInstanceID.Malformed",
-        message: e.to_string(),
-    })
+    id.parse().map_err(|e: crate::ids::InvalidInstanceId| InstanceError::MalformedId(e.to_string()).into())
 }
 
 /// What instances are built with: the services and tools they drive.
@@ -259,9 +257,7 @@ impl Instances {
         let instance_id = parse_id(id)?;
         self.inner.row(&instance_id.to_string()).await?;
         let path = self.inner.paths.instance_console_log(&instance_id);
-        let tail = tokio::task::spawn_blocking(move || read_tail(&path, CONSOLE_TAIL_BYTES))
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))??;
+        let tail = tokio::task::spawn_blocking(move || read_tail(&path, CONSOLE_TAIL_BYTES)).await??;
         Ok(String::from_utf8_lossy(&tail).into_owned())
     }
 
@@ -356,7 +352,7 @@ impl Inner {
         reason: Option<String>,
         release_address: bool,
     ) -> Result<Option<Status>, AppError> {
-        let to = from.after(event).map_err(|e| AppError::Internal(e.to_string()))?;
+        let to = from.after(event).map_err(InstanceError::from)?;
         let now = crate::db::timestamp_now();
         let started = to == Status::idle(State::Running) && matches!(from.task, Some(Task::Launching | Task::Starting));
         let key = id.to_string();
@@ -412,16 +408,16 @@ impl Inner {
     }
 
     pub(crate) fn instance_id(row: &InstanceRow) -> Result<InstanceId, AppError> {
-        row.id.parse().map_err(|e: crate::ids::InvalidInstanceId| AppError::Internal(e.to_string()))
+        row.id
+            .parse()
+            .map_err(|e: crate::ids::InvalidInstanceId| AppError::Internal(format!("a stored instance id: {e}")))
     }
 
     /// Refuses, before anything changes, when QEMU could not reach the instance files.
     pub(crate) async fn check_data_dir(&self) -> Result<(), AppError> {
         let Some(qemu_user) = self.config.qemu_user.clone() else { return Ok(()) };
         let root = self.paths.root().to_path_buf();
-        let problem = tokio::task::spawn_blocking(move || crate::qemu_access::problem(&root, &qemu_user))
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))?;
+        let problem = tokio::task::spawn_blocking(move || crate::qemu_access::problem(&root, &qemu_user)).await?;
         match problem {
             None => Ok(()),
             Some(p) => Err(AppError::DataDirUnreachable(format!("{p}; fix: {}", p.fix()))),
@@ -433,7 +429,7 @@ impl Inner {
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, AppError> {
-    Ok(tokio::task::spawn_blocking(work).await.map_err(|e| AppError::Internal(e.to_string()))??)
+    Ok(tokio::task::spawn_blocking(work).await??)
 }
 
 #[cfg(test)]

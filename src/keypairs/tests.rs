@@ -84,12 +84,10 @@ async fn duplicates_by_name_or_by_key_are_409_and_change_nothing() {
     let first = keys.import("laptop", &public).await.unwrap();
     assert!(!first.created_at.is_empty() && first.fingerprint_md5.contains(':'));
     let same_name = keys.import("laptop", &other).await.unwrap_err();
-    assert!(matches!(same_name, AppError::Conflict { code: "KeyPairDuplicate", .. }), "{same_name:?}");
+    assert!(matches!(same_name, AppError::KeyPair(KeyPairError::NameTaken(_))), "{same_name:?}");
     let same_key = keys.import("desktop", &public).await.unwrap_err();
     match same_key {
-        AppError::Conflict { code: "KeyPairDuplicate", message } => {
-            assert!(message.contains("\"laptop\""), "{message}")
-        }
+        AppError::KeyPair(KeyPairError::KeyTaken(existing)) => assert_eq!(existing, "laptop"),
         other => panic!("{other:?}"),
     }
     let all = keys.list().await.unwrap();
@@ -121,8 +119,8 @@ async fn create_stores_a_private_key_0600_that_matches_and_delete_removes_both()
 
     keys.delete("generated").await.unwrap();
     assert!(!file.exists());
-    assert!(matches!(keys.get("generated").await.unwrap_err(), AppError::NotFound { .. }));
-    assert!(matches!(keys.delete("generated").await.unwrap_err(), AppError::NotFound { .. }));
+    assert!(matches!(keys.get("generated").await.unwrap_err(), AppError::KeyPair(KeyPairError::NotFound(_))));
+    assert!(matches!(keys.delete("generated").await.unwrap_err(), AppError::KeyPair(KeyPairError::NotFound(_))));
 }
 
 #[tokio::test]
@@ -133,15 +131,15 @@ async fn a_private_key_is_attached_only_when_it_matches() {
     let (_, stranger) = keygen(tmp.path(), "ecdsa", Some(256));
     keys.import("imported", &public).await.unwrap();
     let mismatch = keys.attach_private_key("imported", &stranger).await.unwrap_err();
-    assert!(matches!(mismatch, AppError::InvalidInput { code: "PrivateKeyMismatch", .. }), "{mismatch:?}");
+    assert!(matches!(mismatch, AppError::KeyPair(KeyPairError::PrivateKeyMismatch(_))), "{mismatch:?}");
     assert!(!keys.get("imported").await.unwrap().has_private_key);
     let garbage = keys.attach_private_key("imported", "not a key").await.unwrap_err();
-    assert!(matches!(garbage, AppError::InvalidInput { code: "InvalidPrivateKey", .. }), "{garbage:?}");
+    assert!(matches!(garbage, AppError::KeyPair(KeyPairError::InvalidPrivateKey(_))), "{garbage:?}");
     let attached = keys.attach_private_key("imported", &private).await.unwrap();
     assert!(attached.has_private_key);
     assert!(keys.private_key("imported").await.unwrap().is_some());
     let missing = keys.attach_private_key("nobody", &private).await.unwrap_err();
-    assert!(matches!(missing, AppError::NotFound { .. }));
+    assert!(matches!(missing, AppError::KeyPair(KeyPairError::NotFound(_))));
 }
 
 // REQ-TERM-012

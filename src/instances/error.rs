@@ -1,0 +1,49 @@
+//! What the instance service refuses, each with the stable code clients match on.
+
+use super::state::{IllegalTransition, IncorrectState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("no instance {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MalformedId(String),
+    #[error("{0}")]
+    InvalidInstanceType(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    InvalidUserData(String),
+    #[error(transparent)]
+    IncorrectState(#[from] IncorrectState),
+    #[error("{0}")]
+    InsufficientMemory(String),
+    #[error("{0}")]
+    InsufficientDisk(String),
+    #[error("{0}")]
+    AddressPoolExhausted(String),
+    /// None of mkisofs, genisoimage or hdiutil is installed.
+    #[error("no ISO tool to build the cloud-init seed; run `ec2local doctor`")]
+    NoSeedTool,
+    /// A move the lifecycle does not have: a bug, never the caller's doing.
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+}
+
+impl InstanceError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            InstanceError::NotFound(_) => "InvalidInstanceID.NotFound",
+            InstanceError::MalformedId(_) => "InvalidInstanceID.Malformed",
+            InstanceError::InvalidInstanceType(_) => "InvalidInstanceType",
+            InstanceError::InvalidParameter(_) => "InvalidParameterValue",
+            InstanceError::InvalidUserData(_) => "InvalidUserData.Malformed",
+            InstanceError::IncorrectState(_) => "IncorrectInstanceState",
+            InstanceError::InsufficientMemory(_) => "InsufficientMemory",
+            InstanceError::InsufficientDisk(_) => "InsufficientDisk",
+            InstanceError::AddressPoolExhausted(_) => "AddressPoolExhausted",
+            InstanceError::NoSeedTool => "NoSeedTool",
+            InstanceError::IllegalTransition(_) => "InternalError",
+        }
+    }
+}
