@@ -9,8 +9,8 @@ use russh::keys::ssh_key::{self, Algorithm, HashAlg, LineEnding, PrivateKey, Pub
 use crate::db::key_pairs::{self as rows, KeyPairRow};
 use crate::db::{Db, timestamp_now};
 use crate::error::AppError;
-pub use error::KeyPairError;
 use crate::paths::Paths;
+pub use error::KeyPairError;
 
 /// The key types of REQ-SSH-002.
 pub const SUPPORTED_TYPES: [&str; 5] =
@@ -137,11 +137,7 @@ fn describe(key: &PublicKey, openssh: String) -> ValidPublicKey {
 /// Key pair names: 1–255 printable ASCII characters (REQ-SSH-004).
 pub fn validate_name(name: &str) -> Result<(), AppError> {
     let ok = !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    if ok && !name.trim().is_empty() {
-        Ok(())
-    } else {
-        Err(KeyPairError::InvalidName.into())
-    }
+    if ok && !name.trim().is_empty() { Ok(()) } else { Err(KeyPairError::InvalidName.into()) }
 }
 
 /// A stored key pair (the row is the domain value: nothing about it needs hiding).
@@ -175,8 +171,7 @@ impl KeyPairs {
     /// Imports a public key (EC2 ImportKeyPair).
     pub async fn import(&self, name: &str, public_key: &str) -> Result<KeyPair, AppError> {
         validate_name(name)?;
-        let key = parse_public_key(public_key)
-            .map_err(|e| KeyPairError::InvalidKeyFormat(e.to_string()))?;
+        let key = parse_public_key(public_key).map_err(|e| KeyPairError::InvalidKeyFormat(e.to_string()))?;
         self.insert(name, key, None).await
     }
 

@@ -116,23 +116,41 @@ pub mod scripted {
 
     use super::{ExecError, Runner, ToolCommand, ToolOutput};
 
-    /// Answers: the first rule whose text is in the command line wins.
+    /// Answers: the first rule whose text is in the command line wins; a rule made with
+    /// `once` answers one command and is gone, so a later rule can say what comes next.
     #[derive(Debug, Default)]
     pub struct Scripted {
-        rules: Mutex<Vec<(String, Result<String, String>)>>,
+        rules: Mutex<Vec<Rule>>,
         calls: Mutex<Vec<String>>,
     }
 
+    #[derive(Debug)]
+    struct Rule {
+        pattern: String,
+        answer: Result<String, String>,
+        once: bool,
+    }
+
     impl Scripted {
+        fn rule(self, pattern: &str, answer: Result<String, String>, once: bool) -> Self {
+            self.rules.lock().unwrap().push(Rule { pattern: pattern.into(), answer, once });
+            self
+        }
         /// Commands containing `pattern` print `stdout` and succeed.
         pub fn ok(self, pattern: &str, stdout: &str) -> Self {
-            self.rules.lock().unwrap().push((pattern.into(), Ok(stdout.into())));
-            self
+            self.rule(pattern, Ok(stdout.into()), false)
         }
         /// Commands containing `pattern` print `stderr` and exit 1.
         pub fn fail(self, pattern: &str, stderr: &str) -> Self {
-            self.rules.lock().unwrap().push((pattern.into(), Err(stderr.into())));
-            self
+            self.rule(pattern, Err(stderr.into()), false)
+        }
+        /// The next command containing `pattern` prints `stdout` and succeeds.
+        pub fn once(self, pattern: &str, stdout: &str) -> Self {
+            self.rule(pattern, Ok(stdout.into()), true)
+        }
+        /// How many commands run so far contain `pattern`.
+        pub fn count(&self, pattern: &str) -> usize {
+            self.calls.lock().unwrap().iter().filter(|c| c.contains(pattern)).count()
         }
         /// Every command line run so far.
         pub fn calls(&self) -> Vec<String> {
@@ -144,8 +162,11 @@ pub mod scripted {
         fn run(&self, command: ToolCommand) -> futures_util::future::BoxFuture<'static, Result<ToolOutput, ExecError>> {
             let line = command.to_string();
             self.calls.lock().unwrap().push(line.clone());
-            let answer =
-                self.rules.lock().unwrap().iter().find(|(p, _)| line.contains(p.as_str())).map(|(_, a)| a.clone());
+            let answer = {
+                let mut rules = self.rules.lock().unwrap();
+                let found = rules.iter().position(|r| line.contains(r.pattern.as_str()));
+                found.map(|i| if rules[i].once { rules.remove(i).answer } else { rules[i].answer.clone() })
+            };
             Box::pin(async move {
                 match answer {
                     Some(Ok(stdout)) => Ok(ToolOutput { stdout, stderr: String::new() }),

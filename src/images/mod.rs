@@ -17,10 +17,10 @@ use pull::{PullProgress, PullState};
 use crate::db::images::{self as rows, ImageRow};
 use crate::db::{Db, timestamp_now};
 use crate::error::AppError;
-pub use error::ImageError;
 use crate::exec::qemu_img::QemuImg;
 use crate::paths::Paths;
 use crate::platform::Arch;
+pub use error::ImageError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
@@ -283,8 +283,7 @@ impl Images {
     /// request) cannot stop it between writing a file and recording it.
     pub async fn import(&self, request: ImportRequest, source: ImportSource) -> Result<Image, AppError> {
         let this = self.clone();
-        tokio::spawn(async move { this.import_to_end(request, source).await })
-            .await?
+        tokio::spawn(async move { this.import_to_end(request, source).await }).await?
     }
 
     async fn import_to_end(&self, request: ImportRequest, source: ImportSource) -> Result<Image, AppError> {
@@ -351,7 +350,9 @@ impl Images {
         validate_image_name(&request.name)?;
         let architecture = request.architecture.clone().unwrap_or_else(|| self.arch.libvirt_name().to_string());
         if !["x86_64", "aarch64"].contains(&architecture.as_str()) {
-            return Err(ImageError::Invalid(format!("architecture {architecture:?} is not one of x86_64, aarch64")).into());
+            return Err(
+                ImageError::Invalid(format!("architecture {architecture:?} is not one of x86_64, aarch64")).into()
+            );
         }
         let id = catalog::image_id(&request.name, &architecture);
         let claim = self.claim_name(&request.name)?;
@@ -424,11 +425,7 @@ pub fn validate_image_name(name: &str) -> Result<(), AppError> {
         && name.len() <= 64
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ImageError::InvalidName.into())
-    }
+    if ok { Ok(()) } else { Err(ImageError::InvalidName.into()) }
 }
 
 #[cfg(test)]

@@ -33,9 +33,9 @@ impl Instances {
         let from = status_of(&inner.row(&id).await?);
         let Plan::Proceed(to) = plan(action, from).map_err(incorrect)? else { return Ok(None) };
         // REQ-REL-003: refuse with 503 while libvirt is down, before anything changes.
-        inner.virsh.version().await?;
+        inner.deps.virsh.version().await?;
         if action == Action::Start {
-            inner.network.check_usable().await?;
+            inner.deps.network.check_usable().await?;
             inner.check_data_dir().await?;
         }
         let ticket = inner.ticket(&id);
@@ -95,7 +95,7 @@ impl Instances {
         let Some(admitted) = self.admit(id, Action::Start).await? else { return self.current(id).await };
         self.run_in_background(admitted, Action::Start, |inner, id| async move {
             crate::failpoint::pause("start.before-virsh").await;
-            inner.virsh.start(&id).await?;
+            inner.deps.virsh.start(&id).await?;
             Ok((Event::Finished, None, false))
         })
         .await
@@ -148,7 +148,7 @@ impl Inner {
     /// The rest of a terminate, also run by the recovery pass after a restart.
     pub(crate) async fn finish_terminate(&self, id: &str) -> Result<Ending, AppError> {
         let row = self.row(id).await?;
-        if Domain::from_domstate(self.virsh.domstate_if_defined(id).await?.as_deref()) == Domain::Up {
+        if Domain::from_domstate(self.deps.virsh.domstate_if_defined(id).await?.as_deref()) == Domain::Up {
             let forced = self.shut_down(id, self.config.terminate_grace).await?;
             tracing::info!(instance = %id, forced, "guest shut down for terminate");
         }
@@ -167,7 +167,7 @@ impl Inner {
     /// Where an instance is after its action failed: as libvirt shows it, or, when
     /// libvirt cannot tell, where it was before the action.
     async fn state_after_failure(&self, id: &str, action: Action) -> State {
-        match self.virsh.domstate_if_defined(id).await.map(|s| Domain::from_domstate(s.as_deref())) {
+        match self.deps.virsh.domstate_if_defined(id).await.map(|s| Domain::from_domstate(s.as_deref())) {
             Ok(Domain::Up) => State::Running,
             Ok(Domain::Off) => State::Stopped,
             Ok(Domain::Missing) => State::Error,
@@ -187,7 +187,7 @@ impl Inner {
         let mut next_request = Instant::now();
         loop {
             // Off (shut off, crashed) or gone: nothing left to shut down.
-            if Domain::from_domstate(self.virsh.domstate_if_defined(id).await?.as_deref()) != Domain::Up {
+            if Domain::from_domstate(self.deps.virsh.domstate_if_defined(id).await?.as_deref()) != Domain::Up {
                 return Ok(false);
             }
             if Instant::now() >= deadline {
@@ -195,7 +195,7 @@ impl Inner {
                 return Ok(true);
             }
             if Instant::now() >= next_request {
-                if let Err(e) = self.virsh.shutdown(id).await {
+                if let Err(e) = self.deps.virsh.shutdown(id).await {
                     tracing::debug!(instance = %id, error = %e, "shutdown request not taken");
                 }
                 next_request = Instant::now() + Duration::from_secs(5);
@@ -210,20 +210,23 @@ impl Inner {
         let deadline = Instant::now() + self.config.stop_timeout;
         while Instant::now() < deadline {
             let watcher = {
-                let virsh = self.virsh.clone();
+                let virsh = self.deps.virsh.clone();
                 let id = id.to_string();
                 tokio::spawn(async move { virsh.wait_for_event(&id, "reboot", 10).await })
             };
             // Let the watcher subscribe before the request can be acted on.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if let Err(e) = self.virsh.reboot(id).await {
+            if let Err(e) = self.deps.virsh.reboot(id).await {
                 tracing::debug!(instance = %id, error = %e, "reboot request not taken");
             }
             if watcher.await?? {
                 return Ok(false);
             }
         }
-        self.virsh.reset(id).await?;
+        self.deps.virsh.reset(id).await?;
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests;

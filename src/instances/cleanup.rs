@@ -36,7 +36,7 @@ fn already_off(err: &VirshError) -> bool {
 impl Inner {
     /// Destroys a domain; one that is already off or gone is fine.
     pub(crate) async fn destroy_domain(&self, id: &str) -> Result<(), VirshError> {
-        match self.virsh.destroy(id).await {
+        match self.deps.virsh.destroy(id).await {
             Err(e) if !already_off(&e) => Err(e),
             _ => Ok(()),
         }
@@ -47,7 +47,7 @@ impl Inner {
     /// removed: a QEMU may still have them open. The caller frees the row's address
     /// with its state change once the reservation is gone.
     pub(crate) async fn remove_resources(&self, row: &InstanceRow) -> Result<(), Leftovers> {
-        let dir = self.paths.instance_dir(&Self::instance_id(row).map_err(|cause| Leftovers {
+        let dir = self.deps.paths.instance_dir(&Self::instance_id(row).map_err(|cause| Leftovers {
             items: vec!["everything (the instance id is malformed)".into()],
             cause,
             reservation_released: false,
@@ -57,7 +57,7 @@ impl Inner {
 
         let domain = async {
             self.destroy_domain(&row.id).await?;
-            match self.virsh.undefine(&row.id).await {
+            match self.deps.virsh.undefine(&row.id).await {
                 Err(VirshError::NotFound(_)) | Ok(()) => Ok(()),
                 Err(e) => Err(e),
             }
@@ -89,7 +89,7 @@ impl Inner {
 
         let mut reservation_released = true;
         if let Some(host) = Self::dhcp_host(row)
-            && let Err(e) = self.network.release(&host).await
+            && let Err(e) = self.deps.network.release(&host).await
         {
             items.push(format!("the DHCP reservation of {} for {}", host.ip, host.mac));
             cause.get_or_insert(e);

@@ -18,7 +18,6 @@ pub const MAX_NAME_CHARS: usize = 255;
 /// How long a failed launch keeps trying to record its failure (the disk may be full).
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(600);
 
-
 impl Instances {
     /// Validates and records a launch, answers with the `pending` instance, and builds
     /// it in the background (REQ-INST-001, 003..007).
@@ -49,21 +48,21 @@ impl Instances {
             .into());
         }
         let public_key = match &req.key_name {
-            Some(key_name) => Some(inner.key_pairs.get(key_name).await?.public_key),
+            Some(key_name) => Some(inner.deps.key_pairs.get(key_name).await?.public_key),
             None => None,
         };
-        let image = inner.images.resolve_for_launch(&req.image).await?;
+        let image = inner.deps.images.resolve_for_launch(&req.image).await?;
         // Refuse now, with 503, rather than accept and fail in the background.
-        inner.virsh.version().await?;
-        inner.network.check_usable().await?;
+        inner.deps.virsh.version().await?;
+        inner.deps.network.check_usable().await?;
         inner.check_data_dir().await?;
         let available_memory_mib = self.check_capacity(instance_type.disk_gib).await?;
         let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
-        if inner.iso_tool.is_none() {
+        if inner.deps.iso_tool.is_none() {
             return Err(InstanceError::NoSeedTool.into());
         }
 
-        let network = inner.network.clone();
+        let network = inner.deps.network.clone();
         let owner = inner.clone();
         let row = InstanceRow {
             id: String::new(),
@@ -91,6 +90,7 @@ impl Instances {
         // One transaction checks memory against the launches in flight, picks an unused
         // ID and a free address, and records them: concurrent launches are serialised there.
         let recorded = inner
+            .deps
             .db
             .call(move |conn| {
                 rows::record_launch(
@@ -121,7 +121,7 @@ impl Instances {
                 return Err(InstanceError::InsufficientMemory(message).into());
             }
             Err(rows::LaunchRefusal::NoAddress) => {
-                let config = inner.network.config();
+                let config = inner.deps.network.config();
                 return Err(InstanceError::AddressPoolExhausted(format!(
                     "all {} addresses of network {} are in use; terminate an instance first",
                     config.dhcp_size(),
@@ -167,7 +167,7 @@ impl Instances {
     /// available now (MiB), checked against REQ-LIM-001 when the launch is recorded.
     async fn check_capacity(&self, disk_gib: u64) -> Result<u64, AppError> {
         let limits = self.inner().config.limits;
-        let root = self.inner().paths.root().to_path_buf();
+        let root = self.inner().deps.paths.root().to_path_buf();
         let host = tokio::task::spawn_blocking(move || crate::host::read(&root)).await.expect("host read");
         const MIB: u64 = 1024 * 1024;
         const GIB: u64 = 1024 * MIB;
@@ -208,12 +208,13 @@ impl Inner {
     /// Builds the disk, seed and domain, reserves the address, defines and starts.
     async fn provision(&self, row: &InstanceRow, image: &Image) -> Result<(), AppError> {
         let id = Self::instance_id(row)?;
-        let paths = self.paths.clone();
+        let paths = self.deps.paths.clone();
         let dir_id = id;
         blocking(move || paths.ensure_instance_dir(&dir_id)).await?;
         crate::failpoint::pause("launch.before-overlay").await;
-        let disk = self.paths.instance_disk(&id);
-        self.qemu_img
+        let disk = self.deps.paths.instance_disk(&id);
+        self.deps
+            .qemu_img
             .create_overlay(
                 std::path::Path::new(&image.row.file_path),
                 &image.row.format,
@@ -222,7 +223,7 @@ impl Inner {
             )
             .await?;
 
-        let seed_dir = self.paths.instance_seed_dir(&id);
+        let seed_dir = self.deps.paths.instance_seed_dir(&id);
         let seed = cloud_init::SeedSpec {
             instance_id: row.id.clone(),
             hostname: row.id.clone(),
@@ -239,8 +240,8 @@ impl Inner {
             Ok(())
         })
         .await?;
-        let tool = self.iso_tool.expect("checked at launch");
-        iso::build_cidata(tool, &seed_dir, &self.paths.instance_cidata(&id), self.config.tool_timeout).await?;
+        let tool = self.deps.iso_tool.expect("checked at launch");
+        iso::build_cidata(tool, &seed_dir, &self.deps.paths.instance_cidata(&id), self.config.tool_timeout).await?;
         blocking(move || std::fs::remove_dir_all(&seed_dir)).await?;
 
         let spec = DomainSpec {
@@ -250,24 +251,28 @@ impl Inner {
             vcpus: row.vcpus,
             memory_mib: row.memory_mib as u64,
             mac_address: row.mac_address.clone(),
-            network: self.network.config().name.clone(),
+            network: self.deps.network.config().name.clone(),
             disk_path: disk.display().to_string(),
-            cidata_path: self.paths.instance_cidata(&id).display().to_string(),
-            console_log_path: self.paths.instance_console_log(&id).display().to_string(),
-            nvram_path: self.paths.instance_nvram(&id).display().to_string(),
-            qemu_args: self.platform.network.qemu_nic_args(&self.network.config().guest_subnet(), &row.mac_address),
+            cidata_path: self.deps.paths.instance_cidata(&id).display().to_string(),
+            console_log_path: self.deps.paths.instance_console_log(&id).display().to_string(),
+            nvram_path: self.deps.paths.instance_nvram(&id).display().to_string(),
+            qemu_args: self
+                .deps
+                .platform
+                .network
+                .qemu_nic_args(&self.deps.network.config().guest_subnet(), &row.mac_address),
         };
-        let xml_file = self.paths.instance_domain_xml(&id);
-        let xml = render::domain_xml(&spec, &self.platform)?;
+        let xml_file = self.deps.paths.instance_domain_xml(&id);
+        let xml = render::domain_xml(&spec, &self.deps.platform)?;
         let target = xml_file.clone();
         blocking(move || std::fs::write(&target, xml)).await?;
         if let Some(host) = Self::dhcp_host(row) {
-            self.network.reserve(&host).await?;
+            self.deps.network.reserve(&host).await?;
         }
         crate::failpoint::pause("launch.before-define").await;
-        self.virsh.define(&xml_file).await?;
+        self.deps.virsh.define(&xml_file).await?;
         crate::failpoint::pause("launch.before-start").await;
-        self.virsh.start(&row.id).await?;
+        self.deps.virsh.start(&row.id).await?;
         Ok(())
     }
 

@@ -13,6 +13,8 @@ pub mod types;
 
 pub(crate) mod actions;
 mod cleanup;
+#[cfg(test)]
+pub(crate) mod testbench;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,15 +128,7 @@ pub struct Instances {
 }
 
 pub(crate) struct Inner {
-    pub db: Db,
-    pub paths: Paths,
-    pub virsh: Virsh,
-    pub qemu_img: QemuImg,
-    pub images: Images,
-    pub key_pairs: KeyPairs,
-    pub network: NetworkManager,
-    pub platform: GuestPlatform,
-    pub iso_tool: Option<IsoTool>,
+    pub deps: InstanceDeps,
     pub config: InstancesConfig,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Work this process has accepted and not finished, per instance. A row with a task
@@ -202,18 +196,9 @@ pub struct InstanceDeps {
 
 impl Instances {
     pub fn new(deps: InstanceDeps, config: InstancesConfig) -> Self {
-        let InstanceDeps { db, paths, virsh, qemu_img, images, key_pairs, network, platform, iso_tool } = deps;
         Instances {
             inner: Arc::new(Inner {
-                db,
-                paths,
-                virsh,
-                qemu_img,
-                images,
-                key_pairs,
-                network,
-                platform,
-                iso_tool,
+                deps,
                 config,
                 locks: Mutex::new(HashMap::new()),
                 tickets: Arc::default(),
@@ -227,7 +212,7 @@ impl Instances {
     }
 
     pub async fn list(&self, include_terminated: bool) -> Result<Vec<Instance>, AppError> {
-        let rows = self.inner.db.call(move |c| rows::list(c, include_terminated)).await?;
+        let rows = self.inner.deps.db.call(move |c| rows::list(c, include_terminated)).await?;
         Ok(rows.into_iter().map(Instance::from_row).collect())
     }
 
@@ -238,9 +223,9 @@ impl Instances {
         let status = status_of(&row);
         // Work in flight owns the state; settled instances are compared with libvirt.
         if status.task.is_none() && matches!(status.state, State::Running | State::Stopped) {
-            let domain = self.inner.virsh.domstate_if_defined(&id).await?;
+            let domain = self.inner.deps.virsh.domstate_if_defined(&id).await?;
             let lease = if domain.as_deref() == Some("running") {
-                self.inner.network.leases().await?.into_iter().find(|l| l.mac == row.mac_address).map(|l| l.ip)
+                self.inner.deps.network.leases().await?.into_iter().find(|l| l.mac == row.mac_address).map(|l| l.ip)
             } else {
                 None
             };
@@ -256,7 +241,7 @@ impl Instances {
     pub async fn console_output(&self, id: &str) -> Result<String, AppError> {
         let instance_id = parse_id(id)?;
         self.inner.row(&instance_id.to_string()).await?;
-        let path = self.inner.paths.instance_console_log(&instance_id);
+        let path = self.inner.deps.paths.instance_console_log(&instance_id);
         let tail = tokio::task::spawn_blocking(move || read_tail(&path, CONSOLE_TAIL_BYTES)).await??;
         Ok(String::from_utf8_lossy(&tail).into_owned())
     }
@@ -292,7 +277,7 @@ impl Inner {
 
     pub(crate) async fn row(&self, id: &str) -> Result<InstanceRow, AppError> {
         let key = id.to_string();
-        self.db.call(move |c| rows::get(c, &key)).await?.ok_or_else(|| not_found(id))
+        self.deps.db.call(move |c| rows::get(c, &key)).await?.ok_or_else(|| not_found(id))
     }
 
     /// Registers work on `id` by this process (see `tickets`).
@@ -358,6 +343,7 @@ impl Inner {
         let key = id.to_string();
         let logged_reason = reason.clone().unwrap_or_default();
         let applied = self
+            .deps
             .db
             .call(move |c| {
                 rows::write_status(
@@ -394,7 +380,7 @@ impl Inner {
             // Only while the row is as the monitor saw it: a terminate that finished in
             // between must not get an address back.
             let (key, seen) = (row.id.clone(), row.state.clone());
-            self.db.call(move |c| rows::set_ip_if_idle(c, &key, &seen, ip.as_deref())).await?;
+            self.deps.db.call(move |c| rows::set_ip_if_idle(c, &key, &seen, ip.as_deref())).await?;
         }
         Ok(())
     }
@@ -416,7 +402,7 @@ impl Inner {
     /// Refuses, before anything changes, when QEMU could not reach the instance files.
     pub(crate) async fn check_data_dir(&self) -> Result<(), AppError> {
         let Some(qemu_user) = self.config.qemu_user.clone() else { return Ok(()) };
-        let root = self.paths.root().to_path_buf();
+        let root = self.deps.paths.root().to_path_buf();
         let problem = tokio::task::spawn_blocking(move || crate::qemu_access::problem(&root, &qemu_user)).await?;
         match problem {
             None => Ok(()),

@@ -78,11 +78,11 @@ impl Instances {
 
 impl Inner {
     async fn monitor_tick(&self) -> Result<(), crate::error::AppError> {
-        let instances = self.db.call(|c| rows::list(c, false)).await?;
+        let instances = self.deps.db.call(|c| rows::list(c, false)).await?;
         if instances.is_empty() {
             return Ok(());
         }
-        let (domains, leases) = tokio::join!(self.virsh.list_all(), self.network.leases());
+        let (domains, leases) = tokio::join!(self.deps.virsh.list_all(), self.deps.network.leases());
         let domains: HashMap<String, String> = domains?.into_iter().collect();
         let leases: HashMap<String, String> = leases?.into_iter().map(|l| (l.mac, l.ip)).collect();
         for row in instances {
@@ -219,6 +219,68 @@ mod tests {
             busy.task = Some(task.into());
             assert_eq!(reconcile(&busy, Some("shut off"), None), None, "{task}");
             assert_eq!(reconcile(&busy, None, None), None, "{task}");
+        }
+    }
+
+    mod over_scripted_virsh {
+        use std::time::Duration;
+
+        use crate::error::AppError;
+        use crate::exec::scripted::Scripted;
+        use crate::instances::testbench::{ID, IP, LIBVIRT_DOWN, instances_over};
+
+        const LIST_HEADER: &str = " Id   Name         State\n-----------------------------\n";
+
+        // REQ-INST-015
+        #[tokio::test]
+        async fn a_tick_takes_what_libvirt_shows_for_idle_instances() {
+            let list = format!("{LIST_HEADER} -    {ID}   shut off\n");
+            let script = Scripted::default().ok(" list --all", &list).ok(" net-dhcp-leases ", "");
+            let bench = instances_over(script, Duration::from_secs(1)).with_instance("running").await;
+            bench.instances.inner().monitor_tick().await.unwrap();
+            let row = bench.row().await;
+            assert_eq!(row.state, "stopped");
+            assert_eq!(row.state_reason.as_deref(), Some("the guest was shut down from inside or outside ec2local"));
+            assert_eq!(row.ip_address, None);
+
+            // A running guest's lease becomes its address.
+            let list = format!("{LIST_HEADER} 3    {ID}   running\n");
+            let leases = format!(" 2026-11-26 20:00:00   52:54:1a:2b:3c:4d   ipv4   {IP}/24   {ID}   -\n");
+            let script = Scripted::default().ok(" list --all", &list).ok(" net-dhcp-leases ", &leases);
+            let bench = instances_over(script, Duration::from_secs(1)).with_instance("running").await;
+            bench
+                .instances
+                .inner()
+                .deps
+                .db
+                .call(|c| crate::db::instances::set_ip_if_idle(c, ID, "running", None))
+                .await
+                .unwrap();
+            bench.instances.inner().monitor_tick().await.unwrap();
+            assert_eq!(bench.row().await.ip_address.as_deref(), Some(IP));
+        }
+
+        // REQ-REL-003
+        #[tokio::test]
+        async fn a_tick_without_libvirt_changes_nothing_and_asks_for_recovery_later() {
+            let script = Scripted::default().fail(" list --all", LIBVIRT_DOWN).ok(" net-dhcp-leases ", "");
+            let bench = instances_over(script, Duration::from_secs(1)).with_instance("running").await;
+            let err = bench.instances.inner().monitor_tick().await.unwrap_err();
+            assert!(matches!(err, AppError::LibvirtUnavailable(_)), "{err:?}");
+            let row = bench.row().await;
+            assert_eq!((row.state.as_str(), row.ip_address.as_deref()), ("running", Some(IP)));
+        }
+
+        // REQ-INST-015
+        #[tokio::test]
+        async fn a_tick_leaves_instances_with_work_in_flight_alone() {
+            let list = format!("{LIST_HEADER} -    {ID}   shut off\n");
+            let script = Scripted::default().ok(" list --all", &list).ok(" net-dhcp-leases ", "");
+            let bench =
+                instances_over(script, Duration::from_secs(1)).with_busy_instance("pending", Some("starting")).await;
+            bench.instances.inner().monitor_tick().await.unwrap();
+            let row = bench.row().await;
+            assert_eq!((row.state.as_str(), row.task.as_deref()), ("pending", Some("starting")));
         }
     }
 }

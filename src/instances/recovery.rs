@@ -88,7 +88,7 @@ impl Instances {
     pub async fn recover_interrupted(&self) -> Result<(), AppError> {
         let inner = self.inner();
         inner.recovery_wanted.store(false, Ordering::SeqCst);
-        let busy = inner.db.call(|c| rows::list_busy(c)).await?;
+        let busy = inner.deps.db.call(|c| rows::list_busy(c)).await?;
         for row in busy {
             let Some(ticket) = inner.ticket_if_free(&row.id) else { continue };
             let lock = inner.lock(&row.id);
@@ -109,7 +109,7 @@ impl Instances {
 impl Inner {
     async fn recover(&self, row: &InstanceRow) -> Result<(), AppError> {
         let status = status_of(row);
-        let domain = Domain::from_domstate(self.virsh.domstate_if_defined(&row.id).await?.as_deref());
+        let domain = Domain::from_domstate(self.deps.virsh.domstate_if_defined(&row.id).await?.as_deref());
         let decision = decide(status, domain, row.launched_at.is_some());
         if decision != Recovery::Leave {
             tracing::warn!(instance = %row.id, %status, ?domain, ?decision, "settling work cut short by a restart or an outage");
@@ -123,7 +123,7 @@ impl Inner {
             Recovery::Settle(state, why) => {
                 self.transition(&row.id, status, Event::Settled(state), reason(why)).await?;
             }
-            Recovery::ResumeLaunch => match self.virsh.start(&row.id).await {
+            Recovery::ResumeLaunch => match self.deps.virsh.start(&row.id).await {
                 Ok(()) => {
                     let why = "the service restarted during the launch; the launch was finished";
                     self.transition(&row.id, status, Event::Finished, reason(why)).await?;
@@ -258,6 +258,45 @@ mod tests {
         }
         for state in ALL_STATES {
             assert_eq!(decide(Status::idle(state), Domain::Missing, true), Recovery::Leave);
+        }
+    }
+
+    mod over_scripted_virsh {
+        use std::time::Duration;
+
+        use crate::error::AppError;
+        use crate::exec::scripted::Scripted;
+        use crate::instances::testbench::{LIBVIRT_DOWN, instances_over};
+
+        // REQ-REL-001
+        #[tokio::test]
+        async fn the_pass_settles_work_a_restart_cut_short_where_libvirt_shows_it() {
+            let script = Scripted::default().ok(" domstate ", "shut off\n");
+            let bench =
+                instances_over(script, Duration::from_secs(1)).with_busy_instance("stopping", Some("stopping")).await;
+            bench.instances.recover_interrupted().await.unwrap();
+            let row = bench.row().await;
+            assert_eq!((row.state.as_str(), row.task), ("stopped", None));
+
+            let script = Scripted::default().ok(" domstate ", "running\n");
+            let bench =
+                instances_over(script, Duration::from_secs(1)).with_busy_instance("pending", Some("starting")).await;
+            bench.instances.recover_interrupted().await.unwrap();
+            let row = bench.row().await;
+            assert_eq!((row.state.as_str(), row.task), ("running", None));
+        }
+
+        // REQ-REL-001, REQ-REL-003
+        #[tokio::test]
+        async fn the_pass_without_libvirt_keeps_the_row_for_the_next_pass() {
+            let script = Scripted::default().fail(" domstate ", LIBVIRT_DOWN);
+            let bench =
+                instances_over(script, Duration::from_secs(1)).with_busy_instance("stopping", Some("stopping")).await;
+            let err = bench.instances.recover_interrupted().await.unwrap_err();
+            assert!(matches!(err, AppError::LibvirtUnavailable(_)), "{err:?}");
+            let row = bench.row().await;
+            assert_eq!((row.state.as_str(), row.task.as_deref()), ("stopping", Some("stopping")));
+            assert!(bench.instances.recovery_wanted(), "the dropped ticket asks for another pass");
         }
     }
 }
