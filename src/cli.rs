@@ -265,74 +265,77 @@ async fn images(command: ImagesCommand, data_dir: Option<PathBuf>, config: &crat
             }
         };
     }
-    let Some(root) = data_dir.or_else(Paths::default_root) else {
-        eprintln!("ec2local: no home directory; pass --data-dir or set EC2_AS_SERVICE_HOME");
-        return ExitCode::FAILURE;
-    };
-    let paths = Paths::new(root);
-    let opened = paths
-        .ensure()
-        .map_err(|e| e.to_string())
-        .and_then(|()| crate::db::Db::open(&paths.database()).map_err(|e| e.to_string()));
-    let db = match opened {
-        Ok(db) => db,
+    let images = match local_images(data_dir, config) {
+        Ok(images) => images,
         Err(err) => {
             eprintln!("ec2local: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let images = crate::images::Images::new(
-        db,
-        paths,
-        Host::detect().arch,
-        config,
-        crate::exec::qemu_img::QemuImg::new(std::time::Duration::from_secs(3600)),
-    );
-    let result = async {
-        images.sync_catalog().await?;
-        match command {
-            ImagesCommand::List => {
-                for image in images.list().await? {
-                    let state = if image.available { "available".to_string() } else { "unavailable".to_string() };
-                    println!("{:<14} {:<20} {:<8} {}", image.row.id, image.row.name, image.row.architecture, state);
-                    if let Some(reason) = image.unavailable_reason {
-                        println!("{:<14} {reason}", "");
-                    }
-                }
-            }
-            ImagesCommand::Pull { name } => {
-                let Some(entry) = images.catalog_lookup(&name) else {
-                    return Err(crate::error::ImageError::NotInCatalog(name).into());
-                };
-                eprintln!("pulling {} from {}", entry.name, entry.url);
-                images
-                    .pull(&entry, |p| {
-                        use std::io::Write;
-                        eprint!("\r\x1b[2K{} {:<9} {}", entry.name, p.state.as_str(), p.render_line());
-                        let _ = std::io::stderr().flush();
-                    })
-                    .await?;
-                eprintln!();
-                println!("{} is ready", entry.name);
-            }
-            ImagesCommand::Upload { .. } => unreachable!("handled above, without the database"),
-            ImagesCommand::Import { file, facts } => {
-                // A path typed on the command line is relative to where it was typed.
-                let source = crate::images::ImportSource::File(std::path::absolute(&file).unwrap_or(file));
-                let image = images.import(facts.into_request(), source).await?;
-                println!("imported {} as {}", image.row.name, image.row.id);
-            }
-        }
-        Ok::<(), crate::error::AppError>(())
-    }
-    .await;
-    match result {
+    match images_locally(command, &images).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("\nec2local: {err}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The image service over the data dir's own database, for commands run without a service.
+fn local_images(
+    data_dir: Option<PathBuf>,
+    config: &crate::images::ImagesConfig,
+) -> Result<crate::images::Images, String> {
+    let root =
+        data_dir.or_else(Paths::default_root).ok_or("no home directory; pass --data-dir or set EC2_AS_SERVICE_HOME")?;
+    let paths = Paths::new(root);
+    paths.ensure().map_err(|e| e.to_string())?;
+    let db = crate::db::Db::open(&paths.database()).map_err(|e| e.to_string())?;
+    Ok(crate::images::Images::new(
+        db,
+        paths,
+        Host::detect().arch,
+        config,
+        crate::exec::qemu_img::QemuImg::new(std::time::Duration::from_secs(3600)),
+    ))
+}
+
+async fn images_locally(command: ImagesCommand, images: &crate::images::Images) -> Result<(), crate::error::AppError> {
+    images.sync_catalog().await?;
+    match command {
+        ImagesCommand::List => {
+            for image in images.list().await? {
+                let state = if image.available { "available" } else { "unavailable" };
+                println!("{:<14} {:<20} {:<8} {}", image.row.id, image.row.name, image.row.architecture, state);
+                if let Some(reason) = image.unavailable_reason {
+                    println!("{:<14} {reason}", "");
+                }
+            }
+        }
+        ImagesCommand::Pull { name } => {
+            let Some(entry) = images.catalog_lookup(&name) else {
+                return Err(crate::error::ImageError::NotInCatalog(name).into());
+            };
+            eprintln!("pulling {} from {}", entry.name, entry.url);
+            images
+                .pull(&entry, |p| {
+                    use std::io::Write;
+                    eprint!("\r\x1b[2K{} {:<9} {}", entry.name, p.state.as_str(), p.render_line());
+                    let _ = std::io::stderr().flush();
+                })
+                .await?;
+            eprintln!();
+            println!("{} is ready", entry.name);
+        }
+        ImagesCommand::Upload { .. } => unreachable!("sent to the service, without the database"),
+        ImagesCommand::Import { file, facts } => {
+            // A path typed on the command line is relative to where it was typed.
+            let source = crate::images::ImportSource::File(std::path::absolute(&file).unwrap_or(file));
+            let image = images.import(facts.into_request(), source).await?;
+            println!("imported {} as {}", image.row.name, image.row.id);
+        }
+    }
+    Ok(())
 }
 
 /// Streams `file` to `PUT /api/images/{name}/file` with a progress line on stderr;
@@ -343,6 +346,9 @@ async fn upload_image(
     file: &std::path::Path,
 ) -> Result<String, String> {
     let name = request.name.as_str();
+    crate::images::validate_image_name(name).map_err(|e| e.to_string())?;
+    let opened = tokio::fs::File::open(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+    let total = opened.metadata().await.map_err(|e| format!("{}: {e}", file.display()))?.len();
     let about = [
         ("description", &request.description),
         ("os", &request.os),
@@ -350,32 +356,6 @@ async fn upload_image(
         ("architecture", &request.architecture),
         ("default_user", &request.default_user),
     ];
-    use futures_util::StreamExt;
-    use tokio::io::AsyncReadExt;
-    let opened = tokio::fs::File::open(file).await.map_err(|e| format!("{}: {e}", file.display()))?;
-    let total = opened.metadata().await.map_err(|e| format!("{}: {e}", file.display()))?.len();
-    let started = std::time::Instant::now();
-    let chunks = futures_util::stream::unfold((opened, 0u64), move |(mut f, sent)| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                let sent = sent + n as u64;
-                let rate = sent as f64 / started.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
-                eprint!(
-                    "\r\x1b[2Kuploading {:.1} / {:.1} MiB {:>4.0}%  {rate:.1} MiB/s",
-                    sent as f64 / (1024.0 * 1024.0),
-                    total as f64 / (1024.0 * 1024.0),
-                    100.0 * sent as f64 / total.max(1) as f64
-                );
-                Some((Ok::<_, std::io::Error>(buf), (f, sent)))
-            }
-            Err(e) => Some((Err(e), (f, sent))),
-        }
-    })
-    .boxed();
-    crate::images::validate_image_name(name).map_err(|e| e.to_string())?;
     let query: Vec<(&str, &str)> = about.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
     let base = reqwest::Url::parse(endpoint).map_err(|e| format!("endpoint {endpoint}: {e}"))?;
     let url_of = |segments: &[&str]| {
@@ -410,7 +390,7 @@ async fn upload_image(
         .put(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .header(reqwest::header::CONTENT_LENGTH, total)
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(reqwest::Body::wrap_stream(read_with_progress(opened, total)))
         .send()
         .await
         .map_err(|e| format!("could not upload to {url}: {e} (is `ec2local serve` running there?)"))?;
@@ -422,6 +402,36 @@ async fn upload_image(
     } else {
         Err(body["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP {status}")))
     }
+}
+
+/// The file in 1 MiB chunks, with a progress line on stderr as they are taken.
+fn read_with_progress(
+    file: tokio::fs::File,
+    total: u64,
+) -> futures_util::stream::BoxStream<'static, std::io::Result<Vec<u8>>> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    futures_util::stream::unfold((file, 0u64), move |(mut f, sent)| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                let sent = sent + n as u64;
+                let rate = sent as f64 / started.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
+                eprint!(
+                    "\r\x1b[2Kuploading {:.1} / {:.1} MiB {:>4.0}%  {rate:.1} MiB/s",
+                    sent as f64 / (1024.0 * 1024.0),
+                    total as f64 / (1024.0 * 1024.0),
+                    100.0 * sent as f64 / total.max(1) as f64
+                );
+                Some((Ok(buf), (f, sent)))
+            }
+            Err(e) => Some((Err(e), (f, sent))),
+        }
+    })
+    .boxed()
 }
 
 #[cfg(test)]

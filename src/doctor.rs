@@ -98,63 +98,11 @@ pub async fn run_checks(
     data_dir: Option<&Path>,
     vmnet_socket: Option<&Path>,
 ) -> Vec<Check> {
-    let mut checks = Vec::new();
-    let program = |name: &str, tool: HostTool| -> Check {
-        match find_program(name) {
-            Some(path) => {
-                Check { name: name.into(), ok: true, detail: path.display().to_string(), fix: None, required: true }
-            }
-            None => Check {
-                name: name.into(),
-                ok: false,
-                detail: "not found on PATH".into(),
-                fix: Some(host.install_hint(tool)),
-                required: true,
-            },
-        }
-    };
-    checks.push(program("virsh", HostTool::Virsh));
-    checks.push(program("qemu-img", HostTool::QemuImg));
-    checks.push(program(host.qemu_system_binary(), HostTool::QemuSystem));
-    checks.push(match iso::choose_tool(host.iso_tools(), |p| find_program(p).is_some()) {
-        Some(tool) => {
-            Check { name: "ISO tool".into(), ok: true, detail: tool.program().into(), fix: None, required: true }
-        }
-        None => Check {
-            name: "ISO tool".into(),
-            ok: false,
-            detail: format!(
-                "none of {} found",
-                host.iso_tools().iter().map(|t| t.program()).collect::<Vec<_>>().join(", ")
-            ),
-            fix: Some(host.install_hint(HostTool::IsoTool)),
-            required: true,
-        },
-    });
-
+    let mut checks = tool_checks(host);
     let virsh = Virsh::new(libvirt_uri, Duration::from_secs(10));
-    let libvirt_reachable = virsh.version().await;
-    let libvirt_ok = libvirt_reachable.is_ok();
-    checks.push(match libvirt_reachable {
-        Ok(v) => Check {
-            name: "libvirt".into(),
-            ok: true,
-            detail: format!(
-                "{libvirt_uri}: {}, {}",
-                v.library.unwrap_or_default(),
-                v.hypervisor.unwrap_or_else(|| "no hypervisor".into())
-            ),
-            fix: None,
-            required: true,
-        },
-        Err(err) => Check {
-            name: "libvirt".into(),
-            ok: false,
-            detail: err.to_string(),
-            fix: Some(format!("{}   (or: {})", host.libvirt_start_hint(), host.install_hint(HostTool::Libvirtd))),
-            required: true,
-        },
-    });
+    let libvirt = libvirt_check(host, &virsh, libvirt_uri).await;
+    let libvirt_ok = libvirt.ok;
+    checks.push(libvirt);
 
     let probe = crate::host::probe_accelerators(host).await;
     let mode = host.network_mode(&VmnetProbe::read(vmnet_socket, libvirt_uri));
@@ -178,6 +126,68 @@ pub async fn run_checks(
         checks.push(data_dir_check(dir, &qemu_user));
     }
     checks
+}
+
+/// The programs ec2local runs: virsh, qemu-img, QEMU, and one ISO tool.
+fn tool_checks(host: Host) -> Vec<Check> {
+    let program = |name: &str, tool: HostTool| -> Check {
+        match find_program(name) {
+            Some(path) => {
+                Check { name: name.into(), ok: true, detail: path.display().to_string(), fix: None, required: true }
+            }
+            None => Check {
+                name: name.into(),
+                ok: false,
+                detail: "not found on PATH".into(),
+                fix: Some(host.install_hint(tool)),
+                required: true,
+            },
+        }
+    };
+    let iso = match iso::choose_tool(host.iso_tools(), |p| find_program(p).is_some()) {
+        Some(tool) => {
+            Check { name: "ISO tool".into(), ok: true, detail: tool.program().into(), fix: None, required: true }
+        }
+        None => Check {
+            name: "ISO tool".into(),
+            ok: false,
+            detail: format!(
+                "none of {} found",
+                host.iso_tools().iter().map(|t| t.program()).collect::<Vec<_>>().join(", ")
+            ),
+            fix: Some(host.install_hint(HostTool::IsoTool)),
+            required: true,
+        },
+    };
+    vec![
+        program("virsh", HostTool::Virsh),
+        program("qemu-img", HostTool::QemuImg),
+        program(host.qemu_system_binary(), HostTool::QemuSystem),
+        iso,
+    ]
+}
+
+async fn libvirt_check(host: Host, virsh: &Virsh, libvirt_uri: &str) -> Check {
+    match virsh.version().await {
+        Ok(v) => Check {
+            name: "libvirt".into(),
+            ok: true,
+            detail: format!(
+                "{libvirt_uri}: {}, {}",
+                v.library.unwrap_or_default(),
+                v.hypervisor.unwrap_or_else(|| "no hypervisor".into())
+            ),
+            fix: None,
+            required: true,
+        },
+        Err(err) => Check {
+            name: "libvirt".into(),
+            ok: false,
+            detail: err.to_string(),
+            fix: Some(format!("{}   (or: {})", host.libvirt_start_hint(), host.install_hint(HostTool::Libvirtd))),
+            required: true,
+        },
+    }
 }
 
 fn accelerator_check(host: Host, probe: AcceleratorProbe) -> Check {

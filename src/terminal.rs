@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, client};
 use tokio::sync::mpsc;
 
@@ -183,9 +183,25 @@ pub async fn connect(
     key: &PrivateKeyPem,
     options: &SshOptions,
 ) -> Result<Session, TerminalError> {
-    let id = target.instance.id.clone();
     let key = crate::keypairs::parse_private_key(&key.0)
         .map_err(|why| TerminalError::new(close_code::AUTH_FAILED, "InvalidPrivateKey", why))?;
+    let mut handle = open_pinned(db, target, options).await?;
+    log_in(&mut handle, &target.instance.login_user, key).await?;
+    let ssh_err = |e: russh::Error| TerminalError::new(close_code::SSH_UNREACHABLE, "SshFailed", format!("SSH: {e}"));
+    let channel = handle.channel_open_session().await.map_err(ssh_err)?;
+    channel.request_pty(true, "xterm-256color", options.cols, options.rows, 0, 0, &[]).await.map_err(ssh_err)?;
+    channel.request_shell(true).await.map_err(ssh_err)?;
+    Ok(Session { handle, channel })
+}
+
+/// Connects to the guest's SSH server, refusing a host key other than the one seen on
+/// the first connection (which is pinned then).
+async fn open_pinned(
+    db: &Db,
+    target: &Target,
+    options: &SshOptions,
+) -> Result<client::Handle<HostKeyCheck>, TerminalError> {
+    let id = target.instance.id.clone();
     let expected = {
         let id = id.clone();
         db.call(move |c| rows::host_key(c, &id))
@@ -202,7 +218,7 @@ pub async fn connect(
     let handler = HostKeyCheck { expected: expected.clone(), seen: seen.clone() };
     let address = (target.ip.as_str(), 22);
     let connecting = tokio::time::timeout(Duration::from_secs(15), client::connect(config, address, handler)).await;
-    let mut handle = match connecting {
+    let handle = match connecting {
         Ok(Ok(handle)) => handle,
         Ok(Err(e)) => {
             let seen = seen.lock().unwrap().take();
@@ -236,15 +252,19 @@ pub async fn connect(
     if expected.is_none()
         && let Some(fingerprint) = first_seen
     {
-        let id = id.clone();
         let _ = db.call(move |c| rows::set_host_key(c, &id, &fingerprint)).await;
     }
+    Ok(handle)
+}
+
+async fn log_in(handle: &mut client::Handle<HostKeyCheck>, user: &str, key: PrivateKey) -> Result<(), TerminalError> {
     let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
-    let user = target.instance.login_user.clone();
-    let auth =
-        handle.authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await.map_err(
-            |e| TerminalError::new(close_code::AUTH_FAILED, "AuthFailed", format!("SSH authentication failed: {e}")),
-        )?;
+    let auth = handle
+        .authenticate_publickey(user.to_string(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+        .await
+        .map_err(|e| {
+        TerminalError::new(close_code::AUTH_FAILED, "AuthFailed", format!("SSH authentication failed: {e}"))
+    })?;
     if !auth.success() {
         return Err(TerminalError::new(
             close_code::AUTH_FAILED,
@@ -252,11 +272,7 @@ pub async fn connect(
             format!("the guest refused the key for user {user}: is it the instance's key pair?"),
         ));
     }
-    let ssh_err = |e: russh::Error| TerminalError::new(close_code::SSH_UNREACHABLE, "SshFailed", format!("SSH: {e}"));
-    let channel = handle.channel_open_session().await.map_err(ssh_err)?;
-    channel.request_pty(true, "xterm-256color", options.cols, options.rows, 0, 0, &[]).await.map_err(ssh_err)?;
-    channel.request_shell(true).await.map_err(ssh_err)?;
-    Ok(Session { handle, channel })
+    Ok(())
 }
 
 impl Session {

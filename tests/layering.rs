@@ -153,3 +153,52 @@ fn transactions_are_opened_only_in_db() {
     let found = offenders(|line| line.contains(".transaction()"), |path| path.starts_with("src/db/"));
     assert!(found.is_empty(), "open transactions in src/db:\n{}", found.join("\n"));
 }
+
+/// Where a function that starts on a line (`fn name`, any visibility) ends: the first
+/// later line that closes it at the same indentation.
+fn function_lengths(lines: &[(usize, String)]) -> Vec<(String, usize, usize)> {
+    let mut found = Vec::new();
+    for (i, (start, line)) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let indent = &line[..line.len() - code.len()];
+        let signature = ["fn ", "pub fn ", "pub(crate) fn ", "async fn ", "pub async fn ", "pub(crate) async fn "]
+            .iter()
+            .find_map(|p| code.strip_prefix(p));
+        let Some(rest) = signature else { continue };
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let closing = format!("{indent}}}");
+        if let Some((end, _)) = lines[i + 1..].iter().find(|(_, l)| *l == closing) {
+            found.push((name, *start, end - start + 1));
+        }
+    }
+    found
+}
+
+#[test]
+fn functions_and_files_stay_short() {
+    const MAX_FUNCTION_LINES: usize = 80;
+    const MAX_FILE_LINES: usize = 500;
+    let mut long = Vec::new();
+    for (path, lines) in production_sources() {
+        let last = lines.last().map_or(0, |(n, _)| *n);
+        if last > MAX_FILE_LINES {
+            long.push(format!("{}: {last} lines of production code", path.display()));
+        }
+        for (name, start, length) in function_lengths(&lines) {
+            if length > MAX_FUNCTION_LINES {
+                long.push(format!("{}:{start}: fn {name} is {length} lines", path.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these at their natural steps:\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_length_rule_measures_functions() {
+    let lines: Vec<(usize, String)> = ["pub async fn outer() {", "    fn inner() {", "    }", "    x", "}"]
+        .iter()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.to_string()))
+        .collect();
+    assert_eq!(function_lengths(&lines), [("outer".to_string(), 1, 5), ("inner".to_string(), 2, 2)]);
+}

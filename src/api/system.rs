@@ -148,6 +148,35 @@ pub struct LeaseDto {
     pub expiry: String,
 }
 
+/// What keeps a reachable libvirt from serving instances, each with its fix.
+fn problems(report: &HealthReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(n) = &report.network {
+        if let Some(c) = &n.conflict {
+            problems.push(format!("network {} conflicts: {c}; to free the name: {}", n.name, n.fix_conflict()));
+        }
+        if let Some(p) = &n.problem {
+            problems.push(format!("network {}: {p}", n.name));
+        } else if !n.active && n.conflict.is_none() {
+            problems.push(format!("network {} is not active", n.name));
+        }
+    }
+    if let Some(p) = &report.storage_pool {
+        if let Some(c) = &p.conflict {
+            problems.push(format!("storage pool {} conflicts: {c}; to free the name: {}", p.name, p.fix_conflict()));
+        } else if !p.active {
+            problems.push(format!("storage pool {} is not active", p.name));
+        }
+    }
+    if let Some(e) = &report.libvirt.error {
+        problems.push(e.clone());
+    }
+    if let Some(p) = &report.data_dir_problem {
+        problems.push(format!("{p}; fix: {}", p.fix()));
+    }
+    problems
+}
+
 fn health_dto(report: HealthReport) -> (bool, Health) {
     let healthy = report.is_healthy();
     let (status, code, message) = if healthy {
@@ -159,35 +188,7 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
             Some(report.libvirt.error.clone().unwrap_or_else(|| "libvirt is unreachable".into())),
         )
     } else {
-        let mut problems = Vec::new();
-        if let Some(n) = &report.network {
-            if let Some(c) = &n.conflict {
-                problems.push(format!("network {} conflicts: {c}; to free the name: {}", n.name, n.fix_conflict()));
-            }
-            if let Some(p) = &n.problem {
-                problems.push(format!("network {}: {p}", n.name));
-            } else if !n.active && n.conflict.is_none() {
-                problems.push(format!("network {} is not active", n.name));
-            }
-        }
-        if let Some(p) = &report.storage_pool {
-            if let Some(c) = &p.conflict {
-                problems.push(format!(
-                    "storage pool {} conflicts: {c}; to free the name: {}",
-                    p.name,
-                    p.fix_conflict()
-                ));
-            } else if !p.active {
-                problems.push(format!("storage pool {} is not active", p.name));
-            }
-        }
-        if let Some(e) = &report.libvirt.error {
-            problems.push(e.clone());
-        }
-        if let Some(p) = &report.data_dir_problem {
-            problems.push(format!("{p}; fix: {}", p.fix()));
-        }
-        ("degraded", Some("InfrastructureNotReady"), Some(problems.join("; ")))
+        ("degraded", Some("InfrastructureNotReady"), Some(problems(&report).join("; ")))
     };
     let health = Health {
         status: status.into(),

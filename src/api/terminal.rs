@@ -128,63 +128,80 @@ async fn refuse(socket: WebSocketStream, e: &TerminalError) {
     let _ = sink.send(Message::Close(Some((CloseCode::from(e.code), reason)))).await;
 }
 
+type Sink = futures_util::stream::SplitSink<WebSocketStream, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocketStream>;
+
 async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: SshOptions) {
     let (mut sink, mut stream) = socket.split();
-    let key_name = target.instance.key_name.clone().unwrap_or_default();
-    let key = match target.key.clone() {
-        LoginKey::Stored(key) => key,
-        unknown => {
-            let (reason, why) = match unknown {
-                LoginKey::Replaced => (
-                    "key_replaced",
-                    format!(
-                        "key pair {key_name:?} was deleted and made again after this instance was launched; \
-                         its key now does not open this instance. Give the private key it was launched with"
-                    ),
-                ),
-                LoginKey::Deleted => (
-                    "key_deleted",
-                    format!("key pair {key_name:?} was deleted after this instance was launched; give its private key"),
-                ),
-                _ => ("key_not_stored", format!("ec2local has only the public half of key pair {key_name:?}")),
-            };
-            let ask = serde_json::json!({
-                "type": "auth_required",
-                "reason": reason,
-                "key_name": key_name,
-                "message": format!("{why}; send it as {{\"type\":\"auth\",\"private_key\":...}} (used for this session only)"),
-            });
-            let _ = sink.send(Message::Text(ask.to_string())).await;
-            match wait_for_key(&mut stream).await {
-                Some(key) => key,
-                None => {
-                    let e = TerminalError {
-                        code: close_code::AUTH_FAILED,
-                        name: "NoPrivateKey",
-                        message: "no private key was given for this instance".into(),
-                    };
-                    return refuse(sink.reunite(stream).expect("same socket"), &e).await;
-                }
-            }
-        }
+    let key = match login_key(&mut sink, &mut stream, &target).await {
+        Ok(key) => key,
+        Err(e) => return refuse(sink.reunite(stream).expect("same socket"), &e).await,
     };
     let session = match ssh_terminal::connect(&app.db, &target, &key, &options).await {
         Ok(session) => session,
         Err(e) => return refuse(sink.reunite(stream).expect("same socket"), &e).await,
     };
     tracing::info!(instance = %target.instance.id, "terminal session opened");
-
     let (client_tx, client_rx) = mpsc::channel::<ClientMsg>(64);
-    let (server_tx, mut server_rx) = mpsc::channel::<ServerMsg>(16);
+    let (server_tx, server_rx) = mpsc::channel::<ServerMsg>(16);
     let relay = tokio::spawn(async move {
         let _task = Counted::task();
         session.relay(client_rx, server_tx).await;
     });
+    let close = pump(&mut sink, &mut stream, client_tx, server_rx, app.config.terminal_keepalive).await;
+    let _ = relay.await;
+    if let Some((code, reason)) = close.clone() {
+        let _ = sink.send(Message::Close(Some((CloseCode::from(code), reason)))).await;
+    }
+    tracing::info!(instance = %target.instance.id, close = ?close, "terminal session closed");
+}
 
-    let interval = app.config.terminal_keepalive;
+/// The key to log in with: the one the service holds, or one the user sends after
+/// being told why it is needed (used for this session only).
+async fn login_key(sink: &mut Sink, stream: &mut Stream, target: &Target) -> Result<PrivateKeyPem, TerminalError> {
+    let key_name = target.instance.key_name.clone().unwrap_or_default();
+    let (reason, why) = match target.key.clone() {
+        LoginKey::Stored(key) => return Ok(key),
+        LoginKey::Replaced => (
+            "key_replaced",
+            format!(
+                "key pair {key_name:?} was deleted and made again after this instance was launched; \
+                 its key now does not open this instance. Give the private key it was launched with"
+            ),
+        ),
+        LoginKey::Deleted => (
+            "key_deleted",
+            format!("key pair {key_name:?} was deleted after this instance was launched; give its private key"),
+        ),
+        LoginKey::NotStored => {
+            ("key_not_stored", format!("ec2local has only the public half of key pair {key_name:?}"))
+        }
+    };
+    let ask = serde_json::json!({
+        "type": "auth_required",
+        "reason": reason,
+        "key_name": key_name,
+        "message": format!("{why}; send it as {{\"type\":\"auth\",\"private_key\":...}} (used for this session only)"),
+    });
+    let _ = sink.send(Message::Text(ask.to_string())).await;
+    wait_for_key(stream).await.ok_or_else(|| TerminalError {
+        code: close_code::AUTH_FAILED,
+        name: "NoPrivateKey",
+        message: "no private key was given for this instance".into(),
+    })
+}
+
+/// Carries keystrokes and resizes to the SSH session and its output back, pinging the
+/// client every `interval`. Returns the close frame to send, None when the client left.
+async fn pump(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    client_tx: mpsc::Sender<ClientMsg>,
+    mut server_rx: mpsc::Receiver<ServerMsg>,
+    interval: Duration,
+) -> Option<(u16, String)> {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_pong = Instant::now();
-    let mut close: Option<(u16, String)> = Some((close_code::NORMAL, "session ended".into()));
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
@@ -205,11 +222,11 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                 Some(Ok(_)) => {}
                 // The client left: no close frame to send back.
-                Some(Err(_)) | None => { close = None; break; }
+                Some(Err(_)) | None => return None,
             },
             out = server_rx.recv() => match out {
                 Some(ServerMsg::Output(bytes)) => {
-                    if sink.send(Message::Binary(bytes)).await.is_err() { close = None; break; }
+                    if sink.send(Message::Binary(bytes)).await.is_err() { return None; }
                 }
                 Some(ServerMsg::Exit(status)) => {
                     let exit = serde_json::json!({"type": "exit", "status": status});
@@ -221,23 +238,17 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
             _ = ping.tick() => {
                 // Three missed pongs: a busy client may read a ping late, behind output.
                 if last_pong.elapsed() > interval * 3 + Duration::from_secs(1) {
-                    close = Some((close_code::TIMEOUT, "the client stopped answering keep-alive pings".into()));
-                    break;
+                    return Some((close_code::TIMEOUT, "the client stopped answering keep-alive pings".into()));
                 }
-                if sink.send(Message::Ping(b"ec2local".to_vec())).await.is_err() { close = None; break; }
+                if sink.send(Message::Ping(b"ec2local".to_vec())).await.is_err() { return None; }
             }
         }
     }
-    drop(client_tx);
-    let _ = relay.await;
-    if let Some((code, reason)) = close.clone() {
-        let _ = sink.send(Message::Close(Some((CloseCode::from(code), reason)))).await;
-    }
-    tracing::info!(instance = %target.instance.id, close = ?close, "terminal session closed");
+    Some((close_code::NORMAL, "session ended".into()))
 }
 
 /// The first control message must bring the key when the service has none.
-async fn wait_for_key(stream: &mut futures_util::stream::SplitStream<WebSocketStream>) -> Option<PrivateKeyPem> {
+async fn wait_for_key(stream: &mut Stream) -> Option<PrivateKeyPem> {
     let deadline = tokio::time::sleep(Duration::from_secs(120));
     tokio::pin!(deadline);
     loop {

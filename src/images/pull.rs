@@ -54,6 +54,18 @@ impl PullProgress {
         }
     }
 
+    /// Counts `bytes` more of a transfer that started at `offset`, `elapsed` seconds ago.
+    fn count(&mut self, bytes: u64, offset: u64, elapsed: f64) {
+        self.bytes_done += bytes;
+        if elapsed > 0.0 {
+            self.bytes_per_second = (self.bytes_done - offset) as f64 / elapsed;
+        }
+        self.eta_seconds = self
+            .bytes_total
+            .filter(|_| self.bytes_per_second > 0.0)
+            .map(|total| total.saturating_sub(self.bytes_done) as f64 / self.bytes_per_second);
+    }
+
     /// One line for a terminal: `312.5 MiB / 640.0 MiB  48%  12.3 MiB/s  ETA 27s`.
     pub fn render_line(&self) -> String {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -119,90 +131,104 @@ pub async fn download(
     let sums = fetch_text(client, sums_url).await?;
     let expected = checksum_for(&sums, &entry.file_name)
         .ok_or_else(|| PullError::NoChecksum { file: entry.file_name.clone(), url: sums_url.clone() })?;
+    let mut state = PullProgress::starting();
+    fetch_into_partial(client, &entry.url, &files.partial, &mut state, &mut progress).await?;
+    verify_and_place(entry, files, expected, state, progress).await
+}
 
-    let partial = files.partial.clone();
-    let mut offset = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
-    let mut request = client.get(&entry.url);
+/// Fetches the image into the partial file, resuming from what an earlier attempt left.
+async fn fetch_into_partial(
+    client: &reqwest::Client,
+    url: &str,
+    partial: &Path,
+    state: &mut PullProgress,
+    progress: &mut impl FnMut(&PullProgress),
+) -> Result<(), PullError> {
+    let mut offset = tokio::fs::metadata(partial).await.map(|m| m.len()).unwrap_or(0);
+    let mut request = client.get(url);
     if offset > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
     }
-    let response = request.send().await.map_err(|e| http_err(&entry.url, e))?;
+    let response = request.send().await.map_err(|e| http_err(url, e))?;
     let status = response.status();
-    let mut state = PullProgress::starting();
-    let complete_already = status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE && offset > 0;
-    if !complete_already {
-        if status == reqwest::StatusCode::OK {
-            offset = 0; // the server ignored the range: start over
-        } else if status != reqwest::StatusCode::PARTIAL_CONTENT {
-            return Err(http_err(&entry.url, format!("HTTP {status}")));
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(offset > 0)
-            .truncate(offset == 0)
-            .open(&partial)
-            .await
-            .map_err(io_err(&partial))?;
-        state.bytes_resumed = offset;
-        state.bytes_done = offset;
-        state.bytes_total = response.content_length().map(|len| len + offset);
-        progress(&state);
-        let started = Instant::now();
-        let mut stream = response.bytes_stream();
-        let mut last_report = Instant::now();
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    // What arrived stays for the next attempt to resume from.
-                    let _ = file.flush().await;
-                    let detail = if e.is_timeout() {
-                        format!(
-                            "the mirror stopped sending after {} bytes (no data within the read timeout); \
-                             pull again to resume",
-                            state.bytes_done
-                        )
-                    } else {
-                        format!("{e} after {} bytes; pull again to resume", state.bytes_done)
-                    };
-                    return Err(http_err(&entry.url, detail));
-                }
-            };
-            file.write_all(&chunk).await.map_err(io_err(&partial))?;
-            state.bytes_done += chunk.len() as u64;
-            let elapsed = started.elapsed().as_secs_f64();
-            if elapsed > 0.0 {
-                state.bytes_per_second = (state.bytes_done - offset) as f64 / elapsed;
+    if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 {
+        return Ok(()); // complete already
+    }
+    if status == reqwest::StatusCode::OK {
+        offset = 0; // the server ignored the range: start over
+    } else if status != reqwest::StatusCode::PARTIAL_CONTENT {
+        return Err(http_err(url, format!("HTTP {status}")));
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(offset > 0)
+        .truncate(offset == 0)
+        .open(partial)
+        .await
+        .map_err(io_err(partial))?;
+    state.bytes_resumed = offset;
+    state.bytes_done = offset;
+    state.bytes_total = response.content_length().map(|len| len + offset);
+    progress(state);
+    let started = Instant::now();
+    let mut stream = response.bytes_stream();
+    let mut last_report = Instant::now();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // What arrived stays for the next attempt to resume from.
+                let _ = file.flush().await;
+                let detail = if e.is_timeout() {
+                    format!(
+                        "the mirror stopped sending after {} bytes (no data within the read timeout); \
+                         pull again to resume",
+                        state.bytes_done
+                    )
+                } else {
+                    format!("{e} after {} bytes; pull again to resume", state.bytes_done)
+                };
+                return Err(http_err(url, detail));
             }
-            state.eta_seconds = state
-                .bytes_total
-                .filter(|_| state.bytes_per_second > 0.0)
-                .map(|total| total.saturating_sub(state.bytes_done) as f64 / state.bytes_per_second);
-            if last_report.elapsed().as_millis() >= 200 {
-                progress(&state);
-                last_report = Instant::now();
-            }
-        }
-        file.flush().await.map_err(io_err(&partial))?;
-        file.sync_all().await.map_err(io_err(&partial))?;
-        if let Some(total) = state.bytes_total
-            && state.bytes_done != total
-        {
-            return Err(http_err(&entry.url, format!("connection closed after {} of {total} bytes", state.bytes_done)));
+        };
+        file.write_all(&chunk).await.map_err(io_err(partial))?;
+        state.count(chunk.len() as u64, offset, started.elapsed().as_secs_f64());
+        if last_report.elapsed().as_millis() >= 200 {
+            progress(state);
+            last_report = Instant::now();
         }
     }
+    file.flush().await.map_err(io_err(partial))?;
+    file.sync_all().await.map_err(io_err(partial))?;
+    match state.bytes_total {
+        Some(total) if state.bytes_done != total => {
+            Err(http_err(url, format!("connection closed after {} of {total} bytes", state.bytes_done)))
+        }
+        _ => Ok(()),
+    }
+}
 
+/// Checks the whole file against the published checksum and moves it into place; a
+/// mismatch removes it, so the next pull starts clean.
+async fn verify_and_place(
+    entry: &CatalogEntry,
+    files: &PullFiles,
+    expected: String,
+    mut state: PullProgress,
+    mut progress: impl FnMut(&PullProgress),
+) -> Result<Downloaded, PullError> {
+    let partial = &files.partial;
     state.state = PullState::Verifying;
     state.eta_seconds = None;
     progress(&state);
-    let (actual, size_bytes) = sha256_file(&partial).await.map_err(io_err(&partial))?;
+    let (actual, size_bytes) = sha256_file(partial).await.map_err(io_err(partial))?;
     if actual != expected {
-        let _ = tokio::fs::remove_file(&partial).await;
+        let _ = tokio::fs::remove_file(partial).await;
         return Err(PullError::ChecksumMismatch { file: entry.file_name.clone(), expected, actual });
     }
     let path = files.dest.clone();
-    tokio::fs::rename(&partial, &path).await.map_err(io_err(&path))?;
+    tokio::fs::rename(partial, &path).await.map_err(io_err(&path))?;
     state.state = PullState::Done;
     state.bytes_done = size_bytes;
     state.bytes_total = Some(size_bytes);

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use super::state::{Event, Status};
-use super::{Inner, Instance, Instances, LaunchRequest, blocking, types};
+use tokio::sync::OwnedMutexGuard;
+
+use super::types::InstanceType;
+use super::{Inner, Instance, Instances, LaunchRequest, Ticket, blocking, types};
 use crate::db::instances::{self as rows, InstanceRow};
 use crate::db::timestamp_now;
 use crate::error::{AppError, InstanceError};
@@ -18,77 +21,50 @@ pub const MAX_NAME_CHARS: usize = 255;
 /// How long a failed launch keeps trying to record its failure (the disk may be full).
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(600);
 
+/// A recorded launch: its row, and the ownership its build holds from the first step.
+type Recorded = (InstanceRow, (Ticket, OwnedMutexGuard<()>));
+
 impl Instances {
     /// Validates and records a launch, answers with the `pending` instance, and builds
     /// it in the background (REQ-INST-001, 003..007).
     pub async fn launch(&self, req: LaunchRequest) -> Result<Instance, AppError> {
         let inner = self.inner();
-        let instance_type = types::find(&req.instance_type).ok_or_else(|| {
-            let known: Vec<&str> = types::INSTANCE_TYPES.iter().map(|t| t.name).collect();
-            InstanceError::InvalidInstanceType(format!(
-                "unknown instance type {:?}; one of {}",
-                req.instance_type,
-                known.join(", ")
-            ))
-        })?;
-        let name = req.name.clone().unwrap_or_default();
-        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-            return Err(InstanceError::InvalidParameter(
-                "the name must be at most 255 characters, without control characters".into(),
-            )
-            .into());
-        }
-        if let Some(user_data) = &req.user_data
-            && user_data.len() > MAX_USER_DATA_BYTES
-        {
-            return Err(InstanceError::InvalidUserData(format!(
-                "user data is {} bytes; the limit is 16 KiB",
-                user_data.len()
-            ))
-            .into());
-        }
+        let instance_type = validate(&req)?;
         let public_key = match &req.key_name {
             Some(key_name) => Some(inner.deps.key_pairs.get(key_name).await?.public_key),
             None => None,
         };
         let image = inner.deps.images.resolve_for_launch(&req.image).await?;
-        // Refuse now, with 503, rather than accept and fail in the background.
+        let available_memory_mib = self.check_host(&instance_type).await?;
+        let row = new_row(req, &instance_type, &image, public_key);
+        let (row, ownership) = self.record(row, available_memory_mib).await?;
+        tracing::info!(instance = %row.id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
+        let created = Instance::from_row(row.clone());
+        self.build_in_background(row, image, ownership);
+        Ok(created)
+    }
+
+    /// Refuses now, with 503 or 409, rather than accept and fail in the background.
+    /// Returns the memory available (MiB) for the check made when the launch is recorded.
+    async fn check_host(&self, instance_type: &InstanceType) -> Result<u64, AppError> {
+        let inner = self.inner();
         inner.deps.virsh.version().await?;
         inner.deps.network.check_usable().await?;
         inner.check_data_dir().await?;
         let available_memory_mib = self.check_capacity(instance_type.disk_gib).await?;
-        let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         if inner.deps.iso_tool.is_none() {
             return Err(InstanceError::NoSeedTool.into());
         }
+        Ok(available_memory_mib)
+    }
 
+    /// One transaction checks memory against the launches in flight, picks an unused
+    /// ID and a free address, and records them: concurrent launches are serialised there.
+    async fn record(&self, row: InstanceRow, available_memory_mib: u64) -> Result<Recorded, AppError> {
+        let inner = self.inner();
+        let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         let network = inner.deps.network.clone();
         let owner = inner.clone();
-        let row = InstanceRow {
-            id: String::new(),
-            name,
-            instance_type: instance_type.name.into(),
-            vcpus: instance_type.vcpus,
-            memory_mib: instance_type.memory_mib as i64,
-            disk_gib: instance_type.disk_gib as i64,
-            image_id: image.row.id.clone(),
-            image_name: image.row.name.clone(),
-            login_user: image.row.default_user.clone(),
-            key_name: req.key_name.clone(),
-            public_key,
-            user_data: req.user_data.clone(),
-            state: Status::LAUNCHING.state.as_str().into(),
-            task: Status::LAUNCHING.task.map(|t| t.as_str().to_string()),
-            state_reason: None,
-            mac_address: String::new(),
-            reserved_ip: None,
-            ip_address: None,
-            created_at: timestamp_now(),
-            launched_at: None,
-            terminated_at: None,
-        };
-        // One transaction checks memory against the launches in flight, picks an unused
-        // ID and a free address, and records them: concurrent launches are serialised there.
         let recorded = inner
             .deps
             .db
@@ -115,24 +91,24 @@ impl Instances {
                 )
             })
             .await?;
-        let (row, (ticket, guard)) = match recorded {
-            Ok(recorded) => recorded,
-            Err(rows::LaunchRefusal::Memory(message)) => {
-                return Err(InstanceError::InsufficientMemory(message).into());
-            }
+        match recorded {
+            Ok(recorded) => Ok(recorded),
+            Err(rows::LaunchRefusal::Memory(message)) => Err(InstanceError::InsufficientMemory(message).into()),
             Err(rows::LaunchRefusal::NoAddress) => {
                 let config = inner.deps.network.config();
-                return Err(InstanceError::AddressPoolExhausted(format!(
+                Err(InstanceError::AddressPoolExhausted(format!(
                     "all {} addresses of network {} are in use; terminate an instance first",
                     config.dhcp_size(),
                     config.name
                 ))
-                .into());
+                .into())
             }
-        };
-        tracing::info!(instance = %row.id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
-        let inner = inner.clone();
-        let created = Instance::from_row(row.clone());
+        }
+    }
+
+    /// Builds the recorded instance; a failure undoes the build and says why on the row.
+    fn build_in_background(&self, row: InstanceRow, image: Image, (ticket, guard): (Ticket, OwnedMutexGuard<()>)) {
+        let inner = self.inner().clone();
         tokio::spawn(async move {
             let _guard = guard;
             match inner.provision(&row, &image).await {
@@ -160,7 +136,6 @@ impl Instances {
                 }
             }
         });
-        Ok(created)
     }
 
     /// REQ-LIM-002: enough disk on the host for one more instance. Returns the memory
@@ -183,6 +158,62 @@ impl Instances {
             .into());
         }
         Ok(host.memory_available_bytes / MIB)
+    }
+}
+
+/// The checks of the request itself: a known type, a printable name, user data in size.
+fn validate(req: &LaunchRequest) -> Result<InstanceType, AppError> {
+    let instance_type = types::find(&req.instance_type).ok_or_else(|| {
+        let known: Vec<&str> = types::INSTANCE_TYPES.iter().map(|t| t.name).collect();
+        InstanceError::InvalidInstanceType(format!(
+            "unknown instance type {:?}; one of {}",
+            req.instance_type,
+            known.join(", ")
+        ))
+    })?;
+    let name = req.name.as_deref().unwrap_or_default();
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(InstanceError::InvalidParameter(
+            "the name must be at most 255 characters, without control characters".into(),
+        )
+        .into());
+    }
+    if let Some(user_data) = &req.user_data
+        && user_data.len() > MAX_USER_DATA_BYTES
+    {
+        return Err(InstanceError::InvalidUserData(format!(
+            "user data is {} bytes; the limit is 16 KiB",
+            user_data.len()
+        ))
+        .into());
+    }
+    Ok(instance_type)
+}
+
+/// The row of a launch being accepted; its id, MAC and address are picked when it is recorded.
+fn new_row(req: LaunchRequest, instance_type: &InstanceType, image: &Image, public_key: Option<String>) -> InstanceRow {
+    InstanceRow {
+        id: String::new(),
+        name: req.name.unwrap_or_default(),
+        instance_type: instance_type.name.into(),
+        vcpus: instance_type.vcpus,
+        memory_mib: instance_type.memory_mib as i64,
+        disk_gib: instance_type.disk_gib as i64,
+        image_id: image.row.id.clone(),
+        image_name: image.row.name.clone(),
+        login_user: image.row.default_user.clone(),
+        key_name: req.key_name,
+        public_key,
+        user_data: req.user_data,
+        state: Status::LAUNCHING.state.as_str().into(),
+        task: Status::LAUNCHING.task.map(|t| t.as_str().to_string()),
+        state_reason: None,
+        mac_address: String::new(),
+        reserved_ip: None,
+        ip_address: None,
+        created_at: timestamp_now(),
+        launched_at: None,
+        terminated_at: None,
     }
 }
 

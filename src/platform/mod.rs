@@ -4,9 +4,13 @@
 //! decisions are unit-tested on any machine by injecting the host. `Host::detect` is
 //! the only place that looks at `cfg(target_os)` / `cfg(target_arch)`.
 
+mod accel;
 pub mod macos;
+mod network;
 
-use std::fmt;
+pub use accel::{Accelerator, AcceleratorProbe, AcceleratorReport, cpu_flags_have_virtualization};
+pub use network::{GuestSubnet, NetworkMode, VmnetProbe};
+
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,144 +176,7 @@ impl IsoTool {
     }
 }
 
-/// Hardware acceleration for guests; `Tcg` is QEMU's software emulation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accelerator {
-    Kvm,
-    Hvf,
-    Tcg,
-}
-
-impl Accelerator {
-    /// The libvirt domain type for it.
-    pub fn domain_type(self) -> &'static str {
-        match self {
-            Accelerator::Kvm => "kvm",
-            Accelerator::Hvf => "hvf",
-            Accelerator::Tcg => "qemu",
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Accelerator::Kvm => "kvm",
-            Accelerator::Hvf => "hvf",
-            Accelerator::Tcg => "tcg",
-        }
-    }
-}
-
-impl fmt::Display for Accelerator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Accelerator {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "kvm" => Ok(Accelerator::Kvm),
-            "hvf" => Ok(Accelerator::Hvf),
-            "tcg" | "qemu" => Ok(Accelerator::Tcg),
-            other => Err(format!("unknown accelerator {other:?}: expected kvm, hvf or tcg")),
-        }
-    }
-}
-
-/// What the host offers for acceleration, read once at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AcceleratorProbe {
-    /// `/dev/kvm` exists and can be opened read-write.
-    pub dev_kvm_usable: bool,
-    /// The CPU advertises hardware virtualisation (`vmx`/`svm` on x86). A paravirtual
-    /// `/dev/kvm` (e.g. PVM) without them cannot run a stock guest kernel.
-    pub cpu_virtualization: bool,
-    /// macOS `kern.hv_support` is 1.
-    pub hypervisor_framework: bool,
-}
-
-impl AcceleratorProbe {
-    /// What a Linux host offers: /dev/kvm and the CPU flags. (macOS asks `sysctl
-    /// kern.hv_support`, a child process: `host::probe_accelerators` runs it.)
-    pub fn read_linux() -> Self {
-        Self::from_linux_facts()
-    }
-
-    /// The probe of a macOS host from `sysctl -n kern.hv_support`'s output.
-    pub fn from_hv_support(sysctl_output: &str) -> Self {
-        Self { hypervisor_framework: sysctl_output.trim() == "1", ..Default::default() }
-    }
-
-    fn from_linux_facts() -> Self {
-        let dev_kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        Self {
-            dev_kvm_usable,
-            cpu_virtualization: cpu_flags_have_virtualization(&cpuinfo),
-            hypervisor_framework: false,
-        }
-    }
-}
-
-/// The accelerator as `ec2local doctor` explains it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceleratorReport {
-    /// `KVM` or `hvf`.
-    pub hardware: &'static str,
-    pub accelerated: bool,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-/// True when a `flags` line of /proc/cpuinfo has `vmx` or `svm`.
-pub fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
 impl Host {
-    /// Picks the accelerator: the override if given, else KVM only when `/dev/kvm` is
-    /// usable and (on x86) the CPU has vmx/svm, hvf when macOS supports it, else TCG.
-    pub fn choose_accelerator(&self, probe: AcceleratorProbe, wanted: Option<Accelerator>) -> Accelerator {
-        if let Some(accelerator) = wanted {
-            return accelerator;
-        }
-        match self.os {
-            Os::MacOs if probe.hypervisor_framework => Accelerator::Hvf,
-            Os::MacOs => Accelerator::Tcg,
-            Os::Linux => {
-                // aarch64 Linux has no vmx/svm flags; a usable /dev/kvm is enough there.
-                let cpu_ok = self.arch == Arch::Aarch64 || probe.cpu_virtualization;
-                if probe.dev_kvm_usable && cpu_ok { Accelerator::Kvm } else { Accelerator::Tcg }
-            }
-        }
-    }
-
-    /// What the host's hardware acceleration is called, whether guests get it, and if
-    /// not, why and (where there is one) the fix.
-    pub fn accelerator_report(&self, probe: AcceleratorProbe) -> AcceleratorReport {
-        let chosen = self.choose_accelerator(probe, None);
-        let accelerated = chosen != Accelerator::Tcg;
-        let detail = match (self.os, accelerated) {
-            (_, true) => format!("{chosen} available"),
-            (Os::Linux, false) if probe.dev_kvm_usable => {
-                "/dev/kvm is usable but the CPU has no vmx/svm (nested or paravirtual KVM): guests run under TCG, slowly"
-                    .into()
-            }
-            (Os::Linux, false) => "/dev/kvm is missing or not writable: guests run under TCG, slowly".into(),
-            (Os::MacOs, false) => "kern.hv_support is not 1: guests run under TCG, slowly".into(),
-        };
-        let fix = (!accelerated && self.os == Os::Linux && !probe.dev_kvm_usable)
-            .then(|| "sudo modprobe kvm_intel || sudo modprobe kvm_amd; sudo usermod -aG kvm $USER".to_string());
-        let hardware = match self.os {
-            Os::Linux => "KVM",
-            Os::MacOs => "hvf",
-        };
-        AcceleratorReport { hardware, accelerated, detail, fix }
-    }
-
     /// How guests are built on this host with this accelerator.
     pub fn guest_platform(&self, accelerator: Accelerator, emulator: PathBuf, network: NetworkMode) -> GuestPlatform {
         let efi = match (self.os, self.arch) {
@@ -349,22 +216,6 @@ impl Host {
             network,
         }
     }
-
-    /// How guests are networked: libvirt's NAT network on Linux. On macOS, where
-    /// libvirt has no network driver: socket_vmnet at the named socket, or at one found;
-    /// else QEMU's own vmnet-shared when QEMU runs as root; else socket_vmnet at its
-    /// usual path, the only way an unprivileged QEMU gets vmnet (health then says the
-    /// daemon is missing and how to start it; it may also just be starting).
-    pub fn network_mode(&self, vmnet: &VmnetProbe) -> NetworkMode {
-        if self.os == Os::Linux {
-            return NetworkMode::LibvirtNat;
-        }
-        match (&vmnet.wanted, &vmnet.found, vmnet.qemu_as_root) {
-            (Some(socket), _, _) | (None, Some(socket), _) => NetworkMode::SocketVmnet { socket: socket.clone() },
-            (None, None, true) => NetworkMode::VmnetShared,
-            (None, None, false) => NetworkMode::SocketVmnet { socket: VmnetProbe::socket_candidates().remove(0) },
-        }
-    }
 }
 
 fn homebrew_prefix() -> PathBuf {
@@ -386,83 +237,6 @@ fn is_executable(path: &Path) -> bool {
 pub struct EfiFirmware {
     pub loader: PathBuf,
     pub vars_template: PathBuf,
-}
-
-/// How guests get their network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetworkMode {
-    /// libvirt's NAT network with its dnsmasq (Linux).
-    LibvirtNat,
-    /// QEMU's own vmnet-shared netdev (macOS, where libvirt's network driver is absent).
-    /// vmnet.framework needs root, so QEMU must run as root (libvirt's system daemon).
-    VmnetShared,
-    /// The socket_vmnet daemon (root) shares vmnet on a unix socket that an unprivileged
-    /// QEMU connects to (QEMU >= 7.2 `-netdev stream`); works with `qemu:///session`.
-    SocketVmnet { socket: PathBuf },
-}
-
-impl NetworkMode {
-    /// Short name used in the health report and in logs.
-    pub fn provider(&self) -> &'static str {
-        match self {
-            NetworkMode::LibvirtNat => "libvirt-nat",
-            NetworkMode::VmnetShared => "vmnet-shared",
-            NetworkMode::SocketVmnet { .. } => "socket_vmnet",
-        }
-    }
-
-    /// Whether the guest NIC is an `<interface>` of a libvirt network (else QEMU
-    /// arguments in `<qemu:commandline>` provide it).
-    pub fn uses_libvirt_network(&self) -> bool {
-        matches!(self, NetworkMode::LibvirtNat)
-    }
-
-    /// The QEMU arguments that give the guest its NIC, when libvirt does not.
-    pub fn qemu_nic_args(&self, subnet: &GuestSubnet, mac: &str) -> Vec<String> {
-        match self {
-            NetworkMode::LibvirtNat => Vec::new(),
-            NetworkMode::VmnetShared => macos::vmnet_args(subnet, mac),
-            NetworkMode::SocketVmnet { socket } => macos::socket_vmnet_args(socket, mac),
-        }
-    }
-}
-
-/// The guests' subnet as the platform's networking needs it (vmnet-shared's range).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuestSubnet {
-    pub gateway: std::net::Ipv4Addr,
-    pub netmask: std::net::Ipv4Addr,
-    /// The last address handed to guests.
-    pub last_address: std::net::Ipv4Addr,
-}
-
-/// What a macOS host offers for vmnet networking, read once at start.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VmnetProbe {
-    /// The socket the user named (`--vmnet-socket`), whether or not it exists yet.
-    pub wanted: Option<PathBuf>,
-    /// A socket_vmnet socket found at one of the usual paths.
-    pub found: Option<PathBuf>,
-    /// libvirt runs QEMU as root (system daemon), so QEMU's own vmnet can work.
-    pub qemu_as_root: bool,
-}
-
-impl VmnetProbe {
-    /// Where socket_vmnet puts its socket: Homebrew's prefix, then a source install's.
-    pub fn socket_candidates() -> Vec<PathBuf> {
-        vec![homebrew_prefix().join("var/run/socket_vmnet"), PathBuf::from("/var/run/socket_vmnet")]
-    }
-
-    /// Looks for a socket at the usual places; `wanted` is taken as given.
-    pub fn read(wanted: Option<&Path>, libvirt_uri: &str) -> Self {
-        use std::os::unix::fs::FileTypeExt;
-        let is_socket = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
-        Self {
-            wanted: wanted.map(Path::to_path_buf),
-            found: Self::socket_candidates().into_iter().find(|p| is_socket(p)),
-            qemu_as_root: is_system_uri(libvirt_uri),
-        }
-    }
 }
 
 /// Whether `uri` names libvirt's system daemon (QEMU runs as root or as libvirt's own
