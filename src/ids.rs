@@ -71,6 +71,12 @@ impl FromStr for InstanceId {
     }
 }
 
+/// EC2's long resource ids: `prefix-` and 17 lowercase hex digits (`r-…`, `key-…`).
+pub fn long_id(prefix: &str) -> String {
+    let hex = random_hex(9);
+    format!("{prefix}-{}", &hex[..17])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

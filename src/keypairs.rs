@@ -143,6 +143,50 @@ pub fn validate_name(name: &str) -> Result<(), AppError> {
 /// A stored key pair (the row is the domain value: nothing about it needs hiding).
 pub use crate::db::key_pairs::KeyPairRow as KeyPair;
 
+/// The kinds of key pair CreateKeyPair makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Ed25519,
+    Rsa,
+}
+
+/// An RSA private key as EC2 hands it out (PKCS#1 PEM) and EC2's fingerprint of a key
+/// it made: the SHA-1 of the private key's PKCS#8 DER, colon-separated.
+fn aws_rsa_private(keypair: &ssh_key::private::RsaKeypair) -> Result<(String, String), KeyPairError> {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::pkcs8::EncodePrivateKey;
+    use sha1::Digest;
+    let fail = |what: &str, e: String| KeyPairError::Encoding(format!("{what}: {e}"));
+    let key = rsa::RsaPrivateKey::try_from(keypair).map_err(|e| fail("converting the RSA key", e.to_string()))?;
+    let pem = key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).map_err(|e| fail("encoding PKCS#1", e.to_string()))?;
+    let der = key.to_pkcs8_der().map_err(|e| fail("encoding PKCS#8", e.to_string()))?;
+    Ok((pem.to_string(), colon_hex(&sha1::Sha1::digest(der.as_bytes()))))
+}
+
+fn colon_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The fingerprint EC2 shows for a pair: for RSA made here, the one stored at creation;
+/// for imported RSA, the MD5 of the public key's DER (SubjectPublicKeyInfo); for
+/// ed25519 (and the ECDSA keys EC2 lacks), the base64 SHA-256 of the key, padded.
+pub fn ec2_fingerprint(pair: &KeyPair) -> String {
+    if let Some(stored) = &pair.ec2_fingerprint {
+        return stored.clone();
+    }
+    let Ok(public) = PublicKey::from_openssh(&pair.public_key) else { return pair.fingerprint_md5.clone() };
+    if let Some(rsa_key) = public.key_data().rsa() {
+        use rsa::pkcs8::EncodePublicKey;
+        let der = rsa::RsaPublicKey::try_from(rsa_key).ok().and_then(|k| k.to_public_key_der().ok());
+        if let Some(der) = der {
+            return colon_hex(&md5::compute(der.as_bytes()).0);
+        }
+    }
+    let sha256 = public.fingerprint(HashAlg::Sha256).to_string();
+    let unpadded = sha256.trim_start_matches("SHA256:");
+    format!("{unpadded}{}", "=".repeat((4 - unpadded.len() % 4) % 4))
+}
+
 /// A private key in OpenSSH PEM form. Never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKeyPem(pub String);
@@ -172,24 +216,38 @@ impl KeyPairs {
     pub async fn import(&self, name: &str, public_key: &str) -> Result<KeyPair, AppError> {
         validate_name(name)?;
         let key = parse_public_key(public_key).map_err(|e| KeyPairError::InvalidKeyFormat(e.to_string()))?;
-        self.insert(name, key, None).await
+        self.insert(name, key, None, None).await
     }
 
-    /// Creates a new ed25519 pair (EC2 CreateKeyPair); the private key is returned once.
-    pub async fn create(&self, name: &str) -> Result<(KeyPair, PrivateKeyPem), AppError> {
+    /// Creates a new pair (EC2 CreateKeyPair); the private key is returned once: an
+    /// ed25519 key in OpenSSH's format, or a 2048-bit RSA key as PKCS#1 PEM, as EC2 gives.
+    pub async fn create(&self, name: &str, kind: KeyKind) -> Result<(KeyPair, PrivateKeyPem), AppError> {
         validate_name(name)?;
-        let mut private = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
-            .map_err(|source| KeyPairError::Crypto { context: "generating a key", source })?;
+        let crypto = |context| move |source| KeyPairError::Crypto { context, source };
+        let (private, pem, ec2_fingerprint) = match kind {
+            KeyKind::Ed25519 => {
+                let private = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+                    .map_err(crypto("generating a key"))?;
+                let pem = private.to_openssh(LineEnding::LF).map_err(crypto("encoding a key"))?.to_string();
+                (private, pem, None)
+            }
+            KeyKind::Rsa => {
+                // Prime search is CPU work: off the runtime.
+                let keypair = tokio::task::spawn_blocking(|| {
+                    ssh_key::private::RsaKeypair::random(&mut russh::keys::key::safe_rng(), 2048)
+                })
+                .await?
+                .map_err(crypto("generating a key"))?;
+                let (pem, sha1) = aws_rsa_private(&keypair)?;
+                (PrivateKey::from(keypair), pem, Some(sha1))
+            }
+        };
+        let mut private = private;
         private.set_comment(name);
-        let pem = private
-            .to_openssh(LineEnding::LF)
-            .map_err(|source| KeyPairError::Crypto { context: "encoding a key", source })?
-            .to_string();
         let public = private.public_key();
-        let openssh =
-            public.to_openssh().map_err(|source| KeyPairError::Crypto { context: "encoding a key", source })?;
+        let openssh = public.to_openssh().map_err(crypto("encoding a key"))?;
         let key = describe(public, openssh);
-        let pair = self.insert(name, key, Some(PrivateKeyPem(pem.clone()))).await?;
+        let pair = self.insert(name, key, Some(PrivateKeyPem(pem.clone())), ec2_fingerprint).await?;
         Ok((pair, PrivateKeyPem(pem)))
     }
 
@@ -198,6 +256,7 @@ impl KeyPairs {
         name: &str,
         key: ValidPublicKey,
         private: Option<PrivateKeyPem>,
+        ec2_fingerprint: Option<String>,
     ) -> Result<KeyPair, AppError> {
         let row = KeyPairRow {
             name: name.to_string(),
@@ -207,6 +266,8 @@ impl KeyPairs {
             fingerprint_sha256: key.fingerprint_sha256,
             has_private_key: private.is_some(),
             created_at: timestamp_now(),
+            key_pair_id: crate::ids::long_id("key"),
+            ec2_fingerprint,
         };
         let private_file = self.paths.private_key(name);
         let stored = row.clone();

@@ -77,10 +77,13 @@ fn instance_status(err: &InstanceError) -> StatusCode {
         | InstanceError::InvalidInstanceType(_)
         | InstanceError::InvalidParameter(_)
         | InstanceError::InvalidUserData(_) => StatusCode::BAD_REQUEST,
+        InstanceError::InvalidTag(_) | InstanceError::InvalidCount(_) => StatusCode::BAD_REQUEST,
         InstanceError::IncorrectState(_)
         | InstanceError::InsufficientMemory(_)
         | InstanceError::InsufficientDisk(_)
-        | InstanceError::AddressPoolExhausted(_) => StatusCode::CONFLICT,
+        | InstanceError::AddressPoolExhausted(_)
+        | InstanceError::OperationNotPermitted(_)
+        | InstanceError::IdempotentParameterMismatch(_) => StatusCode::CONFLICT,
         InstanceError::NoSeedTool | InstanceError::IllegalTransition(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -108,7 +111,9 @@ fn key_pair_status(err: &KeyPairError) -> StatusCode {
         | KeyPairError::InvalidPrivateKey(_)
         | KeyPairError::PrivateKeyMismatch(_) => StatusCode::BAD_REQUEST,
         KeyPairError::NameTaken(_) | KeyPairError::KeyTaken(_) => StatusCode::CONFLICT,
-        KeyPairError::Crypto { .. } | KeyPairError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        KeyPairError::Crypto { .. } | KeyPairError::Store(_) | KeyPairError::Encoding(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 

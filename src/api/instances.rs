@@ -162,13 +162,16 @@ impl InstancesApi {
         Ok(Json(app.instances.get(&id.0).await?.into()))
     }
 
-    /// Start a stopped instance. 409 `IncorrectInstanceState` otherwise.
+    /// Start a stopped instance; one running or starting already is answered as it is
+    /// (as EC2 does). 409 `IncorrectInstanceState` from any other state.
     #[oai(path = "/instances/:id/start", method = "post")]
     async fn start(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Accepted, ApiError> {
         Ok(Accepted::Accepted(Json(app.instances.start(&id.0).await?.into())))
     }
 
-    /// Shut a running instance's guest OS down (forced off after the stop timeout).
+    /// Shut a running instance's guest OS down (forced off after the stop timeout); one
+    /// stopped or stopping already is answered as it is. 409 `OperationNotPermitted` while
+    /// its `disableApiStop` attribute is set (EC2's ModifyInstanceAttribute).
     #[oai(path = "/instances/:id/stop", method = "post")]
     async fn stop(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Accepted, ApiError> {
         Ok(Accepted::Accepted(Json(app.instances.stop(&id.0).await?.into())))
@@ -180,7 +183,8 @@ impl InstancesApi {
         Ok(Accepted::Accepted(Json(app.instances.reboot(&id.0).await?.into())))
     }
 
-    /// Terminate: stop, delete the disk, seed and domain, release the address.
+    /// Terminate: stop, delete the disk, seed and domain, release the address. 409
+    /// `OperationNotPermitted` while its `disableApiTermination` attribute is set.
     #[oai(path = "/instances/:id", method = "delete")]
     async fn terminate(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Accepted, ApiError> {
         Ok(Accepted::Accepted(Json(app.instances.terminate(&id.0).await?.into())))

@@ -88,7 +88,7 @@ impl KeyPairsApi {
         let dto = match body.public_key {
             Some(public_key) => app.key_pairs.import(&body.name.0, &public_key.0).await?.into(),
             None => {
-                let (pair, private) = app.key_pairs.create(&body.name.0).await?;
+                let (pair, private) = app.key_pairs.create(&body.name.0, crate::keypairs::KeyKind::Ed25519).await?;
                 KeyPairDto { private_key: Some(private.0), ..pair.into() }
             }
         };

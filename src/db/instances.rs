@@ -30,11 +30,17 @@ pub struct InstanceRow {
     pub created_at: String,
     pub launched_at: Option<String>,
     pub terminated_at: Option<String>,
+    /// The reservation it was launched in (with the others of one RunInstances call).
+    pub reservation_id: Option<String>,
+    /// Refuses terminate (EC2's DisableApiTermination).
+    pub disable_api_termination: bool,
+    /// Refuses stop (EC2's DisableApiStop).
+    pub disable_api_stop: bool,
 }
 
 const COLUMNS: &str = "id, name, instance_type, vcpus, memory_mib, disk_gib, image_id, image_name, login_user, \
     key_name, public_key, user_data, state, state_reason, mac_address, reserved_ip, ip_address, created_at, \
-    launched_at, terminated_at, task";
+    launched_at, terminated_at, task, reservation_id, disable_api_termination, disable_api_stop";
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow {
@@ -59,6 +65,9 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         launched_at: row.get(18)?,
         terminated_at: row.get(19)?,
         task: row.get(20)?,
+        reservation_id: row.get(21)?,
+        disable_api_termination: row.get(22)?,
+        disable_api_stop: row.get(23)?,
     })
 }
 
@@ -66,7 +75,7 @@ pub fn insert(conn: &Connection, r: &InstanceRow) -> Result<(), DbError> {
     conn.execute(
         &format!(
             "INSERT INTO instances ({COLUMNS}) VALUES
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
         ),
         params![
             r.id,
@@ -89,7 +98,10 @@ pub fn insert(conn: &Connection, r: &InstanceRow) -> Result<(), DbError> {
             r.created_at,
             r.launched_at,
             r.terminated_at,
-            r.task
+            r.task,
+            r.reservation_id,
+            r.disable_api_termination,
+            r.disable_api_stop
         ],
     )?;
     Ok(())
@@ -120,6 +132,7 @@ pub fn record_launch<T>(
     admit: impl FnOnce(u64) -> Result<(), String>,
     new_id: impl Fn() -> (String, String),
     pick_address: impl FnOnce(&[Ipv4Addr]) -> Option<Ipv4Addr>,
+    tags: &[(String, String)],
     claim: impl FnOnce(&str) -> T,
 ) -> Result<Result<(InstanceRow, T), LaunchRefusal>, DbError> {
     let tx = conn.transaction()?;
@@ -140,6 +153,7 @@ pub fn record_launch<T>(
     row.reserved_ip = Some(ip.to_string());
     let claimed = claim(&row.id);
     insert(&tx, &row)?;
+    super::tags::put(&tx, std::slice::from_ref(&row.id), tags)?;
     tx.commit()?;
     Ok(Ok((row, claimed)))
 }
@@ -241,4 +255,34 @@ pub fn host_key(conn: &Connection, id: &str) -> Result<Option<String>, DbError> 
 pub fn set_host_key(conn: &Connection, id: &str, fingerprint: &str) -> Result<(), DbError> {
     conn.execute("UPDATE instances SET host_key = ?2 WHERE id = ?1 AND host_key IS NULL", params![id, fingerprint])?;
     Ok(())
+}
+
+/// Sets what is given of the instance's protection against terminate and stop.
+pub fn set_protection(
+    conn: &Connection,
+    id: &str,
+    termination: Option<bool>,
+    stop: Option<bool>,
+) -> Result<bool, DbError> {
+    let changed = conn.execute(
+        "UPDATE instances SET disable_api_termination = COALESCE(?2, disable_api_termination),
+                              disable_api_stop = COALESCE(?3, disable_api_stop)
+         WHERE id = ?1",
+        params![id, termination, stop],
+    )?;
+    Ok(changed == 1)
+}
+
+/// Renames an instance (its Name tag).
+pub fn set_name(conn: &Connection, id: &str, name: &str) -> Result<(), DbError> {
+    conn.execute("UPDATE instances SET name = ?2 WHERE id = ?1", params![id, name])?;
+    Ok(())
+}
+
+/// The instances of one reservation, in launch order.
+pub fn in_reservation(conn: &Connection, reservation_id: &str) -> Result<Vec<InstanceRow>, DbError> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {COLUMNS} FROM instances WHERE reservation_id = ?1 ORDER BY created_at, id"))?;
+    let rows = stmt.query_map([reservation_id], from_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
 }

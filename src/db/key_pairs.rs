@@ -13,9 +13,15 @@ pub struct KeyPairRow {
     pub fingerprint_sha256: String,
     pub has_private_key: bool,
     pub created_at: String,
+    /// `key-` + 17 hex, EC2's KeyPairId.
+    pub key_pair_id: String,
+    /// The fingerprint EC2 shows, when it cannot be computed from the public key (an
+    /// RSA pair made here: the SHA-1 of its private key).
+    pub ec2_fingerprint: Option<String>,
 }
 
-const COLUMNS: &str = "name, key_type, public_key, fingerprint_md5, fingerprint_sha256, has_private_key, created_at";
+const COLUMNS: &str = "name, key_type, public_key, fingerprint_md5, fingerprint_sha256, has_private_key, created_at, \
+    key_pair_id, ec2_fingerprint";
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyPairRow> {
     Ok(KeyPairRow {
@@ -26,12 +32,14 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyPairRow> {
         fingerprint_sha256: row.get(4)?,
         has_private_key: row.get(5)?,
         created_at: row.get(6)?,
+        key_pair_id: row.get(7)?,
+        ec2_fingerprint: row.get(8)?,
     })
 }
 
 pub fn insert(conn: &Connection, row: &KeyPairRow) -> Result<(), DbError> {
     conn.execute(
-        &format!("INSERT INTO key_pairs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!("INSERT INTO key_pairs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
         params![
             row.name,
             row.key_type,
@@ -39,7 +47,9 @@ pub fn insert(conn: &Connection, row: &KeyPairRow) -> Result<(), DbError> {
             row.fingerprint_md5,
             row.fingerprint_sha256,
             row.has_private_key,
-            row.created_at
+            row.created_at,
+            row.key_pair_id,
+            row.ec2_fingerprint
         ],
     )?;
     Ok(())

@@ -4,6 +4,8 @@
 pub mod images;
 pub mod instances;
 pub mod key_pairs;
+pub mod reservations;
+pub mod tags;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,11 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 /// Migrations in order; migration N brings the schema to `user_version` N.
-const MIGRATIONS: &[(u32, &str)] =
-    &[(1, include_str!("migrations/0001_initial.sql")), (2, include_str!("migrations/0002_instance_task.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_instance_task.sql")),
+    (3, include_str!("migrations/0003_ec2_api.sql")),
+];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -103,6 +108,42 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
 mod tests {
     use super::*;
 
+    // REQ-REL-001
+    #[tokio::test]
+    async fn instances_and_key_pairs_of_an_older_schema_gain_reservations_and_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (version, sql) in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", version).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO key_pairs (name, key_type, public_key, fingerprint_md5, fingerprint_sha256, created_at)
+                 VALUES ('old', 'ssh-ed25519', 'ssh-ed25519 AAAA', 'aa', 'SHA256:x', 't');
+                 INSERT INTO instances (id, instance_type, vcpus, memory_mib, disk_gib, image_id, state, mac_address, created_at)
+                 VALUES ('i-0000abcd', 't2.nano', 1, 512, 8, 'ami-1', 'running', '52:54:00:00:ab:cd', 't');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let (reservation, key_id, reservations): (String, String, i64) = db
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT (SELECT reservation_id FROM instances), (SELECT key_pair_id FROM key_pairs),
+                            (SELECT COUNT(*) FROM reservations WHERE id = (SELECT reservation_id FROM instances))",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert!(reservation.starts_with("r-") && reservation.len() == 19, "{reservation}");
+        assert!(key_id.starts_with("key-") && key_id.len() == 21, "{key_id}");
+        assert_eq!(reservations, 1);
+    }
+
     #[tokio::test]
     async fn a_new_database_gets_the_whole_schema_with_mode_0600() {
         let tmp = tempfile::tempdir().unwrap();
@@ -117,7 +158,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(tables, ["images", "instances", "key_pairs"]);
+        assert_eq!(tables, ["images", "instance_tags", "instances", "key_pairs", "reservations"]);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 

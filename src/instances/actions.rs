@@ -13,6 +13,33 @@ fn incorrect(e: IncorrectState) -> AppError {
     InstanceError::IncorrectState(e).into()
 }
 
+/// How a stop treats the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// ACPI shutdown; forced off only after the stop timeout.
+    Graceful,
+    /// Powered off at once, like pulling the plug.
+    PowerOff,
+}
+
+/// Terminate and stop are refused while the instance is protected against them.
+fn refuse_if_protected(row: &crate::db::instances::InstanceRow, action: Action) -> Result<(), AppError> {
+    let (protected, attribute) = match action {
+        Action::Terminate => (row.disable_api_termination, "disableApiTermination"),
+        Action::Stop => (row.disable_api_stop, "disableApiStop"),
+        Action::Start | Action::Reboot => (false, ""),
+    };
+    if protected {
+        return Err(InstanceError::OperationNotPermitted(format!(
+            "instance {} may not be {}; clear its {attribute} attribute first",
+            row.id,
+            if action == Action::Terminate { "terminated" } else { "stopped" }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// How an action's work ends: the event, its reason, and whether the instance's
 /// address is free (its DHCP reservation is gone).
 pub(crate) type Ending = (Event, Option<String>, bool);
@@ -30,8 +57,10 @@ impl Instances {
     async fn admit(&self, id: &str, action: Action) -> Result<Option<Admitted>, AppError> {
         let inner = self.inner();
         let id = parse_id(id)?.to_string();
-        let from = status_of(&inner.row(&id).await?);
+        let row = inner.row(&id).await?;
+        let from = status_of(&row);
         let Plan::Proceed(to) = plan(action, from).map_err(incorrect)? else { return Ok(None) };
+        refuse_if_protected(&row, action)?;
         // REQ-REL-003: refuse with 503 while libvirt is down, before anything changes.
         inner.deps.virsh.version().await?;
         if action == Action::Start {
@@ -103,10 +132,20 @@ impl Instances {
 
     /// REQ-INST-010: stopping, a graceful shutdown of the guest OS, stopped.
     pub async fn stop(&self, id: &str) -> Result<Instance, AppError> {
+        self.stop_with(id, StopMode::Graceful).await
+    }
+
+    /// A stop that asks the guest first (and forces it off after the stop timeout), or
+    /// that powers it off at once (EC2's `Force`).
+    pub async fn stop_with(&self, id: &str, mode: StopMode) -> Result<Instance, AppError> {
         let Some(admitted) = self.admit(id, Action::Stop).await? else { return self.current(id).await };
-        self.run_in_background(admitted, Action::Stop, |inner, id| async move {
+        self.run_in_background(admitted, Action::Stop, move |inner, id| async move {
             crate::failpoint::pause("stop.before-shutdown").await;
-            let forced = inner.shut_down(&id, inner.config.stop_timeout).await?;
+            let grace = match mode {
+                StopMode::Graceful => inner.config.stop_timeout,
+                StopMode::PowerOff => Duration::ZERO,
+            };
+            let forced = inner.shut_down(&id, grace).await? && mode == StopMode::Graceful;
             let reason = forced.then(|| {
                 format!(
                     "the guest did not shut down within {}s and was forced off",

@@ -22,31 +22,19 @@ pub const MAX_NAME_CHARS: usize = 255;
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(600);
 
 /// A recorded launch: its row, and the ownership its build holds from the first step.
-type Recorded = (InstanceRow, (Ticket, OwnedMutexGuard<()>));
+pub(super) type Recorded = (InstanceRow, (Ticket, OwnedMutexGuard<()>));
 
 impl Instances {
     /// Validates and records a launch, answers with the `pending` instance, and builds
     /// it in the background (REQ-INST-001, 003..007).
     pub async fn launch(&self, req: LaunchRequest) -> Result<Instance, AppError> {
-        let inner = self.inner();
-        let instance_type = validate(&req)?;
-        let public_key = match &req.key_name {
-            Some(key_name) => Some(inner.deps.key_pairs.get(key_name).await?.public_key),
-            None => None,
-        };
-        let image = inner.deps.images.resolve_for_launch(&req.image).await?;
-        let available_memory_mib = self.check_host(&instance_type).await?;
-        let row = new_row(req, &instance_type, &image, public_key);
-        let (row, ownership) = self.record(row, available_memory_mib).await?;
-        tracing::info!(instance = %row.id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
-        let created = Instance::from_row(row.clone());
-        self.build_in_background(row, image, ownership);
-        Ok(created)
+        let mut reservation = self.run(super::run::RunRequest::one(req)).await?;
+        Ok(reservation.instances.remove(0))
     }
 
     /// Refuses now, with 503 or 409, rather than accept and fail in the background.
     /// Returns the memory available (MiB) for the check made when the launch is recorded.
-    async fn check_host(&self, instance_type: &InstanceType) -> Result<u64, AppError> {
+    pub(super) async fn check_host(&self, instance_type: &InstanceType) -> Result<u64, AppError> {
         let inner = self.inner();
         inner.deps.virsh.version().await?;
         inner.deps.network.check_usable().await?;
@@ -60,7 +48,12 @@ impl Instances {
 
     /// One transaction checks memory against the launches in flight, picks an unused
     /// ID and a free address, and records them: concurrent launches are serialised there.
-    async fn record(&self, row: InstanceRow, available_memory_mib: u64) -> Result<Recorded, AppError> {
+    pub(super) async fn record(
+        &self,
+        row: InstanceRow,
+        available_memory_mib: u64,
+        tags: Vec<(String, String)>,
+    ) -> Result<Recorded, AppError> {
         let inner = self.inner();
         let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         let network = inner.deps.network.clone();
@@ -81,6 +74,7 @@ impl Instances {
                         (id.to_string(), id.mac_address())
                     },
                     |taken| network.first_free_address(taken),
+                    &tags,
                     // Owned before the row exists: the recovery pass never sees this launch
                     // without its owner, and the build holds the lock from its first step.
                     |id| {
@@ -107,7 +101,12 @@ impl Instances {
     }
 
     /// Builds the recorded instance; a failure undoes the build and says why on the row.
-    fn build_in_background(&self, row: InstanceRow, image: Image, (ticket, guard): (Ticket, OwnedMutexGuard<()>)) {
+    pub(super) fn build_in_background(
+        &self,
+        row: InstanceRow,
+        image: Image,
+        (ticket, guard): (Ticket, OwnedMutexGuard<()>),
+    ) {
         let inner = self.inner().clone();
         tokio::spawn(async move {
             let _guard = guard;
@@ -162,7 +161,7 @@ impl Instances {
 }
 
 /// The checks of the request itself: a known type, a printable name, user data in size.
-fn validate(req: &LaunchRequest) -> Result<InstanceType, AppError> {
+pub(super) fn validate(req: &LaunchRequest) -> Result<InstanceType, AppError> {
     let instance_type = types::find(&req.instance_type).ok_or_else(|| {
         let known: Vec<&str> = types::INSTANCE_TYPES.iter().map(|t| t.name).collect();
         InstanceError::InvalidInstanceType(format!(
@@ -191,7 +190,12 @@ fn validate(req: &LaunchRequest) -> Result<InstanceType, AppError> {
 }
 
 /// The row of a launch being accepted; its id, MAC and address are picked when it is recorded.
-fn new_row(req: LaunchRequest, instance_type: &InstanceType, image: &Image, public_key: Option<String>) -> InstanceRow {
+pub(super) fn new_row(
+    req: LaunchRequest,
+    instance_type: &InstanceType,
+    image: &Image,
+    public_key: Option<String>,
+) -> InstanceRow {
     InstanceRow {
         id: String::new(),
         name: req.name.unwrap_or_default(),
@@ -214,6 +218,9 @@ fn new_row(req: LaunchRequest, instance_type: &InstanceType, image: &Image, publ
         created_at: timestamp_now(),
         launched_at: None,
         terminated_at: None,
+        reservation_id: None,
+        disable_api_termination: false,
+        disable_api_stop: false,
     }
 }
 

@@ -22,6 +22,17 @@ pub enum InstanceError {
     InsufficientDisk(String),
     #[error("{0}")]
     AddressPoolExhausted(String),
+    /// Protected against this action (DisableApiTermination / DisableApiStop).
+    #[error("{0}")]
+    OperationNotPermitted(String),
+    /// A client token used before with other launch parameters.
+    #[error("{0}")]
+    IdempotentParameterMismatch(String),
+    #[error("{0}")]
+    InvalidTag(String),
+    /// MinCount/MaxCount out of range.
+    #[error("{0}")]
+    InvalidCount(String),
     /// None of mkisofs, genisoimage or hdiutil is installed.
     #[error("no ISO tool to build the cloud-init seed; run `ec2local doctor`")]
     NoSeedTool,
@@ -42,8 +53,23 @@ impl InstanceError {
             InstanceError::InsufficientMemory(_) => "InsufficientMemory",
             InstanceError::InsufficientDisk(_) => "InsufficientDisk",
             InstanceError::AddressPoolExhausted(_) => "AddressPoolExhausted",
+            InstanceError::OperationNotPermitted(_) => "OperationNotPermitted",
+            InstanceError::IdempotentParameterMismatch(_) => "IdempotentParameterMismatch",
+            InstanceError::InvalidTag(_) | InstanceError::InvalidCount(_) => "InvalidParameterValue",
             InstanceError::NoSeedTool => "NoSeedTool",
             InstanceError::IllegalTransition(_) => "InternalError",
         }
+    }
+}
+
+impl InstanceError {
+    /// Whether the host, not the request, is short (memory, disk or addresses).
+    pub fn is_capacity(&self) -> bool {
+        matches!(
+            self,
+            InstanceError::InsufficientMemory(_)
+                | InstanceError::InsufficientDisk(_)
+                | InstanceError::AddressPoolExhausted(_)
+        )
     }
 }

@@ -13,6 +13,10 @@ pub mod types;
 
 pub(crate) mod actions;
 mod cleanup;
+pub mod run;
+pub mod tags;
+
+pub use actions::StopMode;
 #[cfg(test)]
 pub(crate) mod testbench;
 
@@ -61,6 +65,13 @@ pub struct Instance {
     pub created_at: String,
     pub launched_at: Option<String>,
     pub terminated_at: Option<String>,
+    pub user_data: Option<String>,
+    /// The reservation (the launch request) it came from.
+    pub reservation_id: Option<String>,
+    /// Refuses terminate until cleared.
+    pub disable_api_termination: bool,
+    /// Refuses stop until cleared.
+    pub disable_api_stop: bool,
 }
 
 /// The lifecycle status stored in a row. A row the state machine cannot read (edited by
@@ -94,6 +105,10 @@ impl Instance {
             created_at: row.created_at,
             launched_at: row.launched_at,
             terminated_at: row.terminated_at,
+            user_data: row.user_data,
+            reservation_id: row.reservation_id,
+            disable_api_termination: row.disable_api_termination,
+            disable_api_stop: row.disable_api_stop,
         }
     }
 }

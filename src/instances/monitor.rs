@@ -132,6 +132,9 @@ mod tests {
             launched_at: None,
             terminated_at: None,
             task: None,
+            reservation_id: None,
+            disable_api_termination: false,
+            disable_api_stop: false,
         }
     }
 

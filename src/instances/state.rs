@@ -143,6 +143,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// "started", "stopped", …: for messages.
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Action::Start => "started",
+            Action::Stop => "stopped",
+            Action::Reboot => "rebooted",
+            Action::Terminate => "terminated",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Start => "start",
@@ -171,8 +181,6 @@ pub struct IllegalTransition {
 fn hint(action: Action, from: Status) -> &'static str {
     match (action, from.state, from.task) {
         (_, _, Some(Task::Terminating)) => ": it is being terminated",
-        (Action::Start, State::Running, _) => ": it is already running",
-        (Action::Stop, State::Stopped, _) => ": it is already stopped",
         (_, State::Pending, _) => ": wait until it is running",
         (_, State::Stopping, _) => ": wait until it is stopped",
         (_, State::Running, Some(Task::Rebooting)) => ": it is rebooting",
@@ -193,7 +201,17 @@ pub enum Plan {
 
 /// Checks a user's action against the current status.
 pub fn plan(action: Action, from: Status) -> Result<Plan, IncorrectState> {
-    if action == Action::Terminate && from.state == State::Terminated {
+    // As EC2: asking for the state an instance is in, or on its way to, is no error.
+    let already = match action {
+        Action::Terminate => from.state == State::Terminated,
+        Action::Start => {
+            from == Status::idle(State::Running)
+                || matches!(from.task, Some(Task::Starting | Task::Launching | Task::Rebooting))
+        }
+        Action::Stop => from == Status::idle(State::Stopped) || from.task == Some(Task::Stopping),
+        Action::Reboot => false,
+    };
+    if already {
         return Ok(Plan::AlreadyDone);
     }
     from.after(Event::Begin(action)).map(Plan::Proceed).map_err(|_| IncorrectState { action, from })
@@ -262,6 +280,9 @@ mod tests {
             let proceed = |state, task| Some(Plan::Proceed(Status::busy(state, task)));
             match (action, from.state, from.task) {
                 (Terminate, Terminated, _) => Some(Plan::AlreadyDone),
+                (Start, Running, None) | (Stop, Stopped, None) => Some(Plan::AlreadyDone),
+                (Start, _, Some(Task::Starting | Task::Launching | Task::Rebooting)) => Some(Plan::AlreadyDone),
+                (Stop, _, Some(Task::Stopping)) => Some(Plan::AlreadyDone),
                 (Terminate, _, Some(Task::Terminating)) => None,
                 (Terminate, s, _) => proceed(s, Task::Terminating),
                 (_, _, Some(_)) => None,
@@ -276,8 +297,8 @@ mod tests {
                 assert_eq!(plan(action, from).ok(), expected(action, from), "{action:?} from {from}");
             }
         }
-        let err = plan(Start, Status::idle(Running)).unwrap_err();
-        assert_eq!(err.to_string(), "cannot start an instance that is running: it is already running");
+        let err = plan(Start, Status::idle(Terminated)).unwrap_err();
+        assert_eq!(err.to_string(), "cannot start an instance that is terminated: it is terminated");
         let err = plan(Stop, Status::busy(Running, Task::Rebooting)).unwrap_err();
         assert_eq!(err.to_string(), "cannot stop an instance that is running: it is rebooting");
     }

@@ -110,6 +110,9 @@ impl Bench {
             created_at: crate::db::timestamp_now(),
             launched_at: None,
             terminated_at: None,
+            reservation_id: None,
+            disable_api_termination: false,
+            disable_api_stop: false,
         };
         self.instances.inner().deps.db.call(move |c| rows::insert(c, &row)).await.unwrap();
         std::fs::create_dir_all(self.instance_dir()).unwrap();

@@ -21,6 +21,8 @@ pub enum KeyPairError {
     Crypto { context: &'static str, source: ssh_key::Error },
     #[error("storing the private key: {0}")]
     Store(#[source] std::io::Error),
+    #[error("{0}")]
+    Encoding(String),
 }
 
 use russh::keys::ssh_key;
@@ -34,7 +36,7 @@ impl KeyPairError {
             KeyPairError::NameTaken(_) | KeyPairError::KeyTaken(_) => "KeyPairDuplicate",
             KeyPairError::InvalidPrivateKey(_) => "InvalidPrivateKey",
             KeyPairError::PrivateKeyMismatch(_) => "PrivateKeyMismatch",
-            KeyPairError::Crypto { .. } | KeyPairError::Store(_) => "InternalError",
+            KeyPairError::Crypto { .. } | KeyPairError::Store(_) | KeyPairError::Encoding(_) => "InternalError",
         }
     }
 }

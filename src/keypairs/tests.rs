@@ -101,7 +101,7 @@ async fn create_stores_a_private_key_0600_that_matches_and_delete_removes_both()
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let keys = service(tmp.path()).await;
-    let (pair, pem) = keys.create("generated").await.unwrap();
+    let (pair, pem) = keys.create("generated", KeyKind::Ed25519).await.unwrap();
     assert_eq!(pair.key_type, "ssh-ed25519");
     assert!(pair.has_private_key);
     assert!(pem.0.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
@@ -147,7 +147,7 @@ async fn a_private_key_is_attached_only_when_it_matches() {
 async fn a_stored_key_logs_into_only_the_instances_launched_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let keys = service(tmp.path()).await;
-    let (first, pem) = keys.create("deploy").await.unwrap();
+    let (first, pem) = keys.create("deploy", KeyKind::Ed25519).await.unwrap();
     let launched_with = first.public_key.clone();
     assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::Stored(pem));
 
@@ -155,7 +155,7 @@ async fn a_stored_key_logs_into_only_the_instances_launched_with_it() {
     // instance launched with the old one.
     keys.delete("deploy").await.unwrap();
     assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::Deleted);
-    let (second, new_pem) = keys.create("deploy").await.unwrap();
+    let (second, new_pem) = keys.create("deploy", KeyKind::Ed25519).await.unwrap();
     assert_ne!(second.fingerprint_sha256, first.fingerprint_sha256);
     assert_eq!(keys.login_key("deploy", &launched_with).await.unwrap(), LoginKey::Replaced);
     assert_eq!(keys.login_key("deploy", &second.public_key).await.unwrap(), LoginKey::Stored(new_pem));
@@ -209,4 +209,56 @@ fn private_keys_are_read_in_the_forms_users_have_them() {
     assert!(parse_private_key(&encrypted_pem).unwrap_err().contains("passphrase"));
     assert!(parse_private_key(&public).unwrap_err().contains("public key"));
     assert!(parse_private_key("hello").unwrap_err().contains("BEGIN OPENSSH PRIVATE KEY"));
+}
+
+/// `openssl ARGS` reading `input`, its standard output.
+fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
+}
+
+/// The hex digest of `openssl DIGEST -c` ("MD5(stdin)= aa:bb…").
+fn openssl_digest(digest: &str, input: &[u8]) -> String {
+    let out = String::from_utf8(openssl(&[digest, "-c"], input)).unwrap();
+    out.rsplit(' ').next().unwrap().trim().to_string()
+}
+
+// The fingerprints EC2 shows, checked against the commands AWS documents for them.
+#[tokio::test]
+async fn ec2_fingerprints_are_the_ones_aws_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = service(tmp.path()).await;
+
+    // Imported RSA: MD5 of the public key's DER.
+    let (public, _) = keygen(tmp.path(), "rsa", Some(2048));
+    let pem_file = tmp.path().join("rsa-2048");
+    Command::new("ssh-keygen").args(["-q", "-p", "-N", "", "-m", "PEM", "-f"]).arg(&pem_file).status().unwrap();
+    let pem = std::fs::read(&pem_file).unwrap();
+    let der = openssl(&["rsa", "-pubout", "-outform", "DER"], &pem);
+    let imported = keys.import("imported-rsa", &public).await.unwrap();
+    assert_eq!(ec2_fingerprint(&imported), openssl_digest("md5", &der));
+
+    // RSA made here: SHA-1 of the private key's PKCS#8 DER, and the key is PKCS#1 PEM.
+    let (made, private) = keys.create("made-rsa", KeyKind::Rsa).await.unwrap();
+    assert!(private.0.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "{}", private.0);
+    let pkcs8 = openssl(&["pkcs8", "-inform", "PEM", "-outform", "DER", "-topk8", "-nocrypt"], private.0.as_bytes());
+    assert_eq!(ec2_fingerprint(&made), openssl_digest("sha1", &pkcs8));
+    assert_eq!(made.key_type, "ssh-rsa");
+    assert!(made.key_pair_id.starts_with("key-") && made.key_pair_id.len() == 21);
+    assert!(parse_private_key(&private.0).is_ok(), "the terminal can use it");
+
+    // ed25519: base64 SHA-256, padded (ssh-keygen prints it unpadded).
+    let (public, _) = keygen(tmp.path(), "ed25519", None);
+    let sha256 = keygen_fingerprint(tmp.path(), &public, "sha256");
+    let imported = keys.import("imported-ed25519", &public).await.unwrap();
+    assert_eq!(ec2_fingerprint(&imported), format!("{}=", sha256.trim_start_matches("SHA256:")));
 }
