@@ -1,6 +1,7 @@
 //! HTTP: the JSON API under /api (poem-openapi), Swagger UI at /docs, the spec at
 //! /openapi.json. Handlers parse and call services; `error` picks every status.
 
+pub mod ec2;
 pub mod error;
 pub mod host_guard;
 pub mod images;
@@ -64,7 +65,8 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
         .nest("/api", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
-        .at("/", get(ui::index))
+        // The web UI, and the EC2 Query API the AWS tools send to the endpoint's root.
+        .at("/", get(ec2::get_root).post(ec2::post_root))
         .at("/assets/:name", get(ui::assets))
         .catch_all_error(error::json_error_response)
         .data(app)

@@ -17,6 +17,10 @@ fn asset(name: &str) -> Option<Response> {
 
 #[handler]
 pub fn index() -> Response {
+    index_page()
+}
+
+pub fn index_page() -> Response {
     asset("index.html").expect("index.html is embedded")
 }
 

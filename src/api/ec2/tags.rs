@@ -1,0 +1,93 @@
+//! CreateTags, DeleteTags and DescribeTags, on instances (the only tagged resources).
+
+use super::Call;
+use super::error::Ec2Error;
+use super::form::wildcard_match;
+
+fn instance_resources(call: &Call<'_>) -> Result<Vec<String>, Ec2Error> {
+    let ids = call.params.list("ResourceId");
+    if ids.is_empty() {
+        return Err(Ec2Error::missing("ResourceId"));
+    }
+    if let Some(other) = ids.iter().find(|id| !id.starts_with("i-")) {
+        return Err(Ec2Error::client(
+            "InvalidID",
+            format!("The ID '{other}' is not valid: only instances take tags here"),
+        ));
+    }
+    Ok(ids)
+}
+
+pub async fn create_tags(call: &Call<'_>) -> Result<String, Ec2Error> {
+    let ids = instance_resources(call)?;
+    let mut tags = Vec::new();
+    for tag in call.params.structs("Tag") {
+        tags.push((tag.require("Key")?.to_string(), tag.get("Value").unwrap_or_default().to_string()));
+    }
+    if call.params.bool("DryRun")? == Some(true) {
+        crate::instances::tags::validate(&tags)?;
+        for id in &ids {
+            call.app.instances.get(id).await?;
+        }
+        return Err(Ec2Error::dry_run());
+    }
+    call.app.instances.create_tags(&ids, &tags).await?;
+    Ok(call.respond(|x| x.bool("return", true)))
+}
+
+pub async fn delete_tags(call: &Call<'_>) -> Result<String, Ec2Error> {
+    let ids = instance_resources(call)?;
+    let keys: Vec<(String, Option<String>)> = call
+        .params
+        .structs("Tag")
+        .into_iter()
+        .filter_map(|t| Some((t.get("Key")?.to_string(), t.get("Value").map(str::to_string))))
+        .collect();
+    if call.params.bool("DryRun")? == Some(true) {
+        for id in &ids {
+            call.app.instances.get(id).await?;
+        }
+        return Err(Ec2Error::dry_run());
+    }
+    call.app.instances.delete_tags(&ids, &keys).await?;
+    Ok(call.respond(|x| x.bool("return", true)))
+}
+
+pub async fn describe_tags(call: &Call<'_>) -> Result<String, Ec2Error> {
+    let filters = call.params.filters(&["resource-id", "resource-type", "key", "value"])?;
+    let instances = call.app.instances.list(false).await?;
+    let tags = call.app.instances.tags(&instances).await?;
+    let mut shown = Vec::new();
+    for (id, pairs) in &tags {
+        for (key, value) in pairs {
+            let mut keep = true;
+            for f in &filters {
+                let field = match f.name.as_str() {
+                    "resource-id" => id.as_str(),
+                    "resource-type" => "instance",
+                    "key" => key.as_str(),
+                    "value" => value.as_str(),
+                    other => {
+                        return Err(Ec2Error::client(
+                            "InvalidParameterValue",
+                            format!("The filter '{other}' is invalid"),
+                        ));
+                    }
+                };
+                keep &= f.values.iter().any(|pattern| wildcard_match(pattern, field));
+            }
+            if keep {
+                shown.push((id, key, value));
+            }
+        }
+    }
+    call.stop_if_dry_run()?;
+    Ok(call.respond(|x| {
+        x.set("tagSet", shown, |x, (id, key, value)| {
+            x.text("resourceId", id);
+            x.text("resourceType", "instance");
+            x.text("key", key);
+            x.text("value", value);
+        })
+    }))
+}
