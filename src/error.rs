@@ -31,6 +31,15 @@ pub enum AppError {
     /// The data dir's disk cannot hold what was asked for; nothing half-written is kept.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// Ours: a lower layer failed, or a state ec2local should never reach. Kept with its
+    /// source; clients get a 500.
+    #[error(transparent)]
+    Failed(#[from] Failure),
+}
+
+/// What failed inside ec2local or a tool it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
     /// A virsh command failed for a reason other than libvirt being away.
     #[error(transparent)]
     Virsh(VirshError),
@@ -55,7 +64,24 @@ pub enum AppError {
     Internal(String),
 }
 
+/// Each lower layer's error is one of ours.
+macro_rules! failure_from {
+    ($($source:ty),*) => {$(
+        impl From<$source> for AppError {
+            fn from(err: $source) -> Self {
+                AppError::Failed(err.into())
+            }
+        }
+    )*};
+}
+failure_from!(DbError, ExecError, QemuImgError, RenderError, std::io::Error, tokio::task::JoinError);
+
 impl AppError {
+    /// A state ec2local should never reach.
+    pub fn internal(message: impl Into<String>) -> Self {
+        AppError::Failed(Failure::Internal(message.into()))
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             AppError::Instance(e) => e.code(),
@@ -65,15 +91,7 @@ impl AppError {
             AppError::NetworkUnavailable(_) => "NetworkUnavailable",
             AppError::DataDirUnreachable(_) => "DataDirUnreachable",
             AppError::InsufficientStorage(_) => "InsufficientStorage",
-            AppError::Virsh(_)
-            | AppError::Db(_)
-            | AppError::Exec(_)
-            | AppError::QemuImg(_)
-            | AppError::Render(_)
-            | AppError::Io(_)
-            | AppError::File { .. }
-            | AppError::Task(_)
-            | AppError::Internal(_) => "InternalError",
+            AppError::Failed(_) => "InternalError",
         }
     }
 }
@@ -82,7 +100,7 @@ impl From<VirshError> for AppError {
     fn from(err: VirshError) -> Self {
         match err {
             VirshError::Unreachable { .. } => AppError::LibvirtUnavailable(err.to_string()),
-            other => AppError::Virsh(other),
+            other => AppError::Failed(Failure::Virsh(other)),
         }
     }
 }

@@ -25,6 +25,10 @@ async fn boto3_and_the_aws_cli_drive_real_guests() {
         ("EC2LOCAL_MONITOR_INTERVAL_SECS".to_string(), "2".to_string()),
     ];
     env.extend(common::own_network("ec2api", 86));
+    // Three addresses: a run of five gets three (tests/ec2/test_ec2.py, test_10).
+    env.push(("EC2LOCAL_DHCP_RANGE".to_string(), "10.86.0.10-10.86.0.12".to_string()));
+    // A reboot asked while the guest still boots is reset after this, not a minute.
+    env.push(("EC2LOCAL_STOP_TIMEOUT_SECS".to_string(), "20".to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let service = Service::start(&tmp.join("data"), &env);
     let image = import_test_image(&service, &bench).await;

@@ -49,6 +49,28 @@ async fn changes_from_other_sites_are_refused_and_change_nothing() {
     assert_eq!(key_pair_names(&service).await, ["k1"], "a refused delete changed something");
     let deleted = client().delete(service.api("/key-pairs/k1")).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
+    // EC2 actions: a form posted by another page is refused like any change, and so is a
+    // GET carrying the action (an <img> can send one); tools pass either way.
+    let ec2 = format!("{}/", service.url);
+    let form = "Action=ImportKeyPair&KeyName=k2&PublicKeyMaterial=".to_string() + PUBLIC_KEY;
+    let posted = client().post(&ec2).header("origin", "http://evil.example").body(form.clone()).send().await.unwrap();
+    assert_eq!(posted.status(), 403);
+    let query = format!("{ec2}?Action=DeleteKeyPair&KeyName=k1");
+    for (header, value) in
+        [("sec-fetch-site", "cross-site"), ("sec-fetch-site", "same-site"), ("origin", "http://evil.example")]
+    {
+        let loaded = client().get(&query).header(header, value).send().await.unwrap();
+        assert_eq!(loaded.status(), 403, "{header}: {value}");
+    }
+    assert!(key_pair_names(&service).await.is_empty(), "a refused EC2 call changed something");
+    let by_tool = client()
+        .post(&ec2)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("Action=DescribeKeyPairs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_tool.status(), 200);
     // Reading stays open: a cross-site GET cannot read the answer anyway (no CORS).
     let read = client().get(service.api("/key-pairs")).header("origin", "http://evil.example").send().await.unwrap();
     assert_eq!(read.status(), 200);

@@ -58,15 +58,7 @@ pub fn status_of(err: &AppError) -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
         }
         AppError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-        AppError::Virsh(_)
-        | AppError::Db(_)
-        | AppError::Exec(_)
-        | AppError::QemuImg(_)
-        | AppError::Render(_)
-        | AppError::Io(_)
-        | AppError::File { .. }
-        | AppError::Task(_)
-        | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        AppError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -316,7 +308,7 @@ mod tests {
             (KeyPairError::NameTaken("k".into()).into(), 409),
             (KeyPairError::PrivateKeyMismatch("k".into()).into(), 400),
             (AppError::InsufficientStorage("x".into()), 507),
-            (AppError::Internal("x".into()), 500),
+            (AppError::internal("x"), 500),
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
             (AppError::NetworkUnavailable("socket_vmnet is not running".into()), 503),
             (AppError::DataDirUnreachable("QEMU cannot traverse /root".into()), 503),

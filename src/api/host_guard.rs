@@ -50,9 +50,29 @@ pub fn cross_site_refused(method: &str, origin: Option<&str>, fetch_site: Option
     !origin_is_allowed(origin, port) || fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site"))
 }
 
+/// An EC2 action in a GET's query (`GET /?Action=TerminateInstances…`) changes things
+/// too, and a page can make the browser send it with an <img>. Such a GET passes only
+/// from this service's own origin, or from a tool (no Origin, no Sec-Fetch-Site); a
+/// browser marks another site's load, and another port's on localhost, as not same-origin.
+pub fn query_action_refused(origin: Option<&str>, fetch_site: Option<&str>, port: u16) -> bool {
+    let foreign_fetch =
+        fetch_site.is_some_and(|s| !s.eq_ignore_ascii_case("same-origin") && !s.eq_ignore_ascii_case("none"));
+    foreign_fetch || (origin.is_some() && !origin_is_allowed(origin, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_action_in_a_query_passes_only_from_our_origin_or_a_tool() {
+        assert!(!query_action_refused(None, None, 8000), "the aws CLI");
+        assert!(!query_action_refused(Some("http://localhost:8000"), Some("same-origin"), 8000));
+        assert!(!query_action_refused(None, Some("none"), 8000), "typed into the address bar");
+        assert!(query_action_refused(None, Some("cross-site"), 8000), "an <img> on another site");
+        assert!(query_action_refused(None, Some("same-site"), 8000), "a page on another localhost port");
+        assert!(query_action_refused(Some("http://evil.example"), None, 8000));
+    }
 
     #[test]
     fn loopback_names_with_the_right_port_pass_and_others_do_not() {

@@ -100,6 +100,18 @@ pub fn routes(app: Arc<App>, bind: SocketAddr) -> impl Endpoint {
                     ));
                     return Ok(with_security_headers(refused.response(), false));
                 }
+                let action_in_query = req.uri().path() == "/"
+                    && req.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("Action=")));
+                if action_in_query
+                    && host_guard::query_action_refused(origin.as_deref(), fetch_site.as_deref(), bind.port())
+                {
+                    let refused = error::HttpRefusal::ForbiddenOrigin(format!(
+                        "EC2 actions are taken only from tools and this service's own pages (http://localhost:{}), \
+                         not from another page",
+                        bind.port()
+                    ));
+                    return Ok(with_security_headers(refused.response(), false));
+                }
                 if is_image_upload(&req) {
                     // The body is the image's bytes, streamed to disk and held to the free
                     // space by the import itself, whatever type the client says it is.

@@ -178,8 +178,12 @@ impl Virsh {
         let cmd = ToolCommand::new("virsh", std::time::Duration::from_secs(timeout_secs + 10))
             .args(["--quiet", "--connect", self.uri.as_str(), "event", "--domain", name, "--event", event])
             .args(["--timeout", timeout.as_str()]);
-        let out = self.runner.run(cmd).await.map_err(|err| self.classify(err))?;
-        Ok(out.stdout.contains(&format!("event '{event}'")))
+        match self.runner.run(cmd).await {
+            Ok(out) => Ok(out.stdout.contains(&format!("event '{event}'"))),
+            // virsh exits 1, silently under --quiet, when the timeout passed without the event.
+            Err(ExecError::Failed { code: Some(1), ref stderr, .. }) if stderr.trim().is_empty() => Ok(false),
+            Err(err) => Err(self.classify(err)),
+        }
     }
     /// Every domain with its state, in one call: `list --all`.
     pub async fn list_all(&self) -> Result<Vec<(String, String)>, VirshError> {
@@ -391,6 +395,21 @@ mod tests {
         let Err(VirshError::Failed(failed)) = virsh.start("i-3").await else { panic!("not a plain failure") };
         assert!(failed.to_string().contains("process exited"), "{failed}");
         assert_eq!(script.calls()[0], "virsh --quiet --connect qemu:///system version");
+    }
+
+    #[tokio::test]
+    async fn an_event_wait_that_times_out_is_no_event_not_a_failure() {
+        use crate::exec::scripted::Scripted;
+        let script = Arc::new(
+            Scripted::default()
+                .fail("--domain i-quiet", "")
+                .ok("--domain i-rebooted", "event 'reboot' for domain 'i-rebooted'\n")
+                .fail("--domain i-gone", "error: failed to get domain 'i-gone'\nerror: Domain not found"),
+        );
+        let virsh = Virsh::with_runner("qemu:///system", Duration::from_secs(5), script);
+        assert!(!virsh.wait_for_event("i-quiet", "reboot", 1).await.unwrap());
+        assert!(virsh.wait_for_event("i-rebooted", "reboot", 1).await.unwrap());
+        assert!(matches!(virsh.wait_for_event("i-gone", "reboot", 1).await, Err(VirshError::NotFound(_))));
     }
 
     #[test]

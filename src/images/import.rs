@@ -151,7 +151,7 @@ fn write_failed(path: &Path, err: std::io::Error) -> AppError {
     if err.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
         AppError::InsufficientStorage(format!("the data dir's disk is full (writing {})", path.display()))
     } else {
-        AppError::File { doing: format!("writing {}", path.display()), source: err }
+        crate::error::Failure::File { doing: format!("writing {}", path.display()), source: err }.into()
     }
 }
 

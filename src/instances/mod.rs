@@ -411,7 +411,7 @@ impl Inner {
     pub(crate) fn instance_id(row: &InstanceRow) -> Result<InstanceId, AppError> {
         row.id
             .parse()
-            .map_err(|e: crate::ids::InvalidInstanceId| AppError::Internal(format!("a stored instance id: {e}")))
+            .map_err(|e: crate::ids::InvalidInstanceId| AppError::internal(format!("a stored instance id: {e}")))
     }
 
     /// Refuses, before anything changes, when QEMU could not reach the instance files.

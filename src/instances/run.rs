@@ -110,7 +110,7 @@ impl Instances {
         }
         if (instances.len() as u32) < run.min_count {
             self.undo_run(&reservation_id, &instances).await;
-            return Err(refusal.unwrap_or_else(|| AppError::Internal("no instance was launched".into())));
+            return Err(refusal.unwrap_or_else(|| AppError::internal("no instance was launched")));
         }
         if let Some(e) = refusal {
             tracing::info!(reservation = %reservation_id, launched = instances.len(), wanted = run.max_count, reason = %e, "launched fewer than asked");

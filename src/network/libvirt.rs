@@ -102,7 +102,7 @@ impl LibvirtNetwork {
     async fn has_reservation(&self, mac: &str) -> Result<bool, AppError> {
         let xml = self.virsh.net_dumpxml_inactive(&self.config.name).await?;
         let definition = NetworkDefinition::parse(&xml)
-            .map_err(|e| AppError::Internal(format!("network {}: unreadable definition: {e}", self.config.name)))?;
+            .map_err(|e| AppError::internal(format!("network {}: unreadable definition: {e}", self.config.name)))?;
         Ok(definition.hosts.iter().any(|h| h.eq_ignore_ascii_case(mac)))
     }
 

@@ -332,6 +332,24 @@ class Ec2(unittest.TestCase):
         wait("terminated", lambda: instance(iid)["State"]["Name"] == "terminated", every=2)
         ec2.delete_key_pair(KeyName="tf-key")
 
+    def test_10_a_run_takes_what_the_host_can_hold_down_to_mincount(self):
+        # The service's network has three addresses (tests/bench_ec2.rs).
+        before = {i["id"] for i in rest("/instances?include_terminated=true")}
+        code = code_of(ec2.run_instances, ImageId=IMAGE, InstanceType="t2.nano", MinCount=4, MaxCount=5)
+        self.assertEqual(code, ("InsufficientInstanceCapacity", 500))
+        taken_back = [i for i in rest("/instances?include_terminated=true") if i["id"] not in before]
+        self.assertTrue(all(i["state"] in ("terminated",) or i["task"] == "terminating" for i in taken_back), taken_back)
+        for i in taken_back:
+            wait("the refused run taken back", lambda i=i: rest(f"/instances/{i['id']}")["state"] == "terminated")
+        run = ec2.run_instances(ImageId=IMAGE, InstanceType="t2.nano", MinCount=1, MaxCount=5)
+        ids = [i["InstanceId"] for i in run["Instances"]]
+        self.assertEqual(len(ids), 3, "as many as there are addresses")
+        self.assertEqual([i["AmiLaunchIndex"] for i in run["Instances"]], [0, 1, 2])
+        reservation = ec2.describe_instances(Filters=[{"Name": "reservation-id", "Values": [run["ReservationId"]]}])
+        self.assertEqual(len(reservation["Reservations"][0]["Instances"]), 3)
+        ec2.terminate_instances(InstanceIds=ids)
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig={"Delay": 2, "MaxAttempts": 120})
+
     def test_99_every_action_answered_per_botocores_model(self):
         expected = {
             "RunInstances", "DescribeInstances", "StartInstances", "StopInstances", "RebootInstances",

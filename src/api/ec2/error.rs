@@ -125,15 +125,7 @@ impl From<AppError> for Ec2Error {
                 Ec2Error::new(503, "Unavailable", message)
             }
             AppError::InsufficientStorage(_) => ours("InsufficientInstanceCapacity"),
-            AppError::Virsh(_)
-            | AppError::Db(_)
-            | AppError::Exec(_)
-            | AppError::QemuImg(_)
-            | AppError::Render(_)
-            | AppError::Io(_)
-            | AppError::File { .. }
-            | AppError::Task(_)
-            | AppError::Internal(_) => ours("InternalError"),
+            AppError::Failed(_) => ours("InternalError"),
         }
     }
 }
@@ -151,7 +143,7 @@ mod tests {
             (KeyPairError::NameTaken("k".into()).into(), 400, "InvalidKeyPair.Duplicate"),
             (KeyPairError::InvalidKeyFormat("x".into()).into(), 400, "InvalidKeyPair.Format"),
             (AppError::LibvirtUnavailable("down".into()), 503, "Unavailable"),
-            (AppError::Internal("bug".into()), 500, "InternalError"),
+            (AppError::internal("bug"), 500, "InternalError"),
             (InstanceError::OperationNotPermitted("x".into()).into(), 400, "OperationNotPermitted"),
         ];
         for (err, status, code) in cases {

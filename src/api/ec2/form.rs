@@ -132,6 +132,15 @@ impl Params {
     }
 }
 
+/// Whether an item passes every filter (AND), each by one of its values (OR);
+/// `values_of` gives the item's values for a filter name (checked by `filters`).
+pub fn passes_all(filters: &[Filter], mut values_of: impl FnMut(&str) -> Vec<String>) -> bool {
+    filters.iter().all(|f| {
+        let values = values_of(&f.name);
+        f.values.iter().any(|pattern| values.iter().any(|v| wildcard_match(pattern, v)))
+    })
+}
+
 /// Whether `value` matches `pattern`, where `*` is any run of characters and `?` one.
 pub fn wildcard_match(pattern: &str, value: &str) -> bool {
     let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());

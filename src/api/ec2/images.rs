@@ -1,7 +1,7 @@
 //! DescribeImages: the catalog and imported images as AMIs.
 
 use super::error::Ec2Error;
-use super::form::wildcard_match;
+use super::form::passes_all;
 use super::xml::timestamp;
 use super::{Call, OWNER_ID};
 use crate::images::Image;
@@ -27,20 +27,16 @@ pub async fn describe_images(call: &Call<'_>) -> Result<String, Ec2Error> {
         let mut keep = ids.is_empty() || ids.contains(&image.row.id);
         // Every image here is the local account's own ("self").
         keep &= owners.is_empty() || owners.iter().any(|o| o == "self" || o == OWNER_ID);
-        for f in &filters {
-            let value = match f.name.as_str() {
+        keep &= passes_all(&filters, |name| {
+            vec![match name {
                 "name" => image.row.name.clone(),
                 "image-id" => image.row.id.clone(),
                 "state" => image_state(&image).to_string(),
                 "architecture" => image.row.architecture.clone(),
                 "owner-id" => OWNER_ID.to_string(),
-                "description" => image.row.description.clone(),
-                other => {
-                    return Err(Ec2Error::client("InvalidParameterValue", format!("The filter '{other}' is invalid")));
-                }
-            };
-            keep &= f.values.iter().any(|pattern| wildcard_match(pattern, &value));
-        }
+                _ => image.row.description.clone(),
+            }]
+        });
         if keep {
             shown.push(image);
         }

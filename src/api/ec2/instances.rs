@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::error::Ec2Error;
-use super::form::{Filter, Params, wildcard_match};
+use super::form::{Params, passes_all};
 use super::xml::{Xml, timestamp};
 use super::{Call, OWNER_ID};
 use crate::instances::run::{MAX_COUNT, Reservation, RunRequest};
@@ -266,14 +266,14 @@ pub async fn run_instances(call: &Call<'_>) -> Result<String, Ec2Error> {
     Ok(call.respond(|x| write_reservation(x, id, &refs, &ctx, client_token.as_deref())))
 }
 
-/// Whether an instance passes one filter (values OR'ed).
-fn passes(i: &Instance, f: &Filter, ctx: &Context) -> Result<bool, Ec2Error> {
+/// An instance's values for a filter (names checked by `Params::filters`).
+fn filter_values(i: &Instance, name: &str, ctx: &Context) -> Vec<String> {
     let tags = ctx.tags.get(&i.id);
-    let (code, name) = ec2_state(i);
+    let (code, state) = ec2_state(i);
     let one = |value: &str| -> Vec<String> { vec![value.to_string()] };
-    let candidates: Vec<String> = match f.name.as_str() {
+    match name {
         "instance-id" => one(&i.id),
-        "instance-state-name" => one(name),
+        "instance-state-name" => one(state),
         "instance-state-code" => one(&code.to_string()),
         "instance-type" => one(&i.instance_type),
         "image-id" => one(&i.image_id),
@@ -283,12 +283,11 @@ fn passes(i: &Instance, f: &Filter, ctx: &Context) -> Result<bool, Ec2Error> {
         "reservation-id" => i.reservation_id.iter().cloned().collect(),
         "tag-key" => tags.into_iter().flat_map(|t| t.keys().cloned()).collect(),
         "tag-value" => tags.into_iter().flat_map(|t| t.values().cloned()).collect(),
-        other => match other.strip_prefix("tag:") {
-            Some(key) => tags.and_then(|t| t.get(key)).cloned().into_iter().collect(),
-            None => return Err(Ec2Error::client("InvalidParameterValue", format!("The filter '{other}' is invalid"))),
-        },
-    };
-    Ok(f.values.iter().any(|pattern| candidates.iter().any(|c| wildcard_match(pattern, c))))
+        other => {
+            let key = other.strip_prefix("tag:").unwrap_or_default();
+            tags.and_then(|t| t.get(key)).cloned().into_iter().collect()
+        }
+    }
 }
 
 /// A page of a list: MaxResults (5–1000) with an opaque NextToken, the offset encoded.
@@ -352,16 +351,8 @@ pub async fn describe_instances(call: &Call<'_>) -> Result<String, Ec2Error> {
     };
     call.stop_if_dry_run()?;
     let ctx = context(call, &instances).await?;
-    let mut matching = Vec::new();
-    for i in instances {
-        let mut keep = true;
-        for f in &filters {
-            keep &= passes(&i, f, &ctx)?;
-        }
-        if keep {
-            matching.push(i);
-        }
-    }
+    let matching: Vec<Instance> =
+        instances.into_iter().filter(|i| passes_all(&filters, |name| filter_values(i, name, &ctx))).collect();
     let (shown, next) = page(matching, p)?;
     // Grouped by reservation, in the order the first of each was launched.
     let mut order: Vec<String> = Vec::new();

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::Call;
 use super::error::Ec2Error;
-use super::form::wildcard_match;
+use super::form::passes_all;
 use super::xml::{Xml, timestamp};
 use crate::keypairs::{KeyKind, KeyPair, ec2_fingerprint};
 
@@ -95,18 +95,14 @@ pub async fn describe_key_pairs(call: &Call<'_>) -> Result<String, Ec2Error> {
         let named =
             (names.is_empty() && ids.is_empty()) || names.contains(&pair.name) || ids.contains(&pair.key_pair_id);
         let mut keep = named;
-        for f in &filters {
-            let value = match f.name.as_str() {
+        keep &= passes_all(&filters, |name| {
+            vec![match name {
                 "key-name" => pair.name.clone(),
                 "key-pair-id" => pair.key_pair_id.clone(),
                 "fingerprint" => ec2_fingerprint(&pair),
-                "key-type" => key_type(&pair).to_string(),
-                other => {
-                    return Err(Ec2Error::client("InvalidParameterValue", format!("The filter '{other}' is invalid")));
-                }
-            };
-            keep &= f.values.iter().any(|pattern| wildcard_match(pattern, &value));
-        }
+                _ => key_type(&pair).to_string(),
+            }]
+        });
         if keep {
             shown.push(pair);
         }

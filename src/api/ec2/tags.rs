@@ -2,7 +2,7 @@
 
 use super::Call;
 use super::error::Ec2Error;
-use super::form::wildcard_match;
+use super::form::passes_all;
 
 fn instance_resources(call: &Call<'_>) -> Result<Vec<String>, Ec2Error> {
     let ids = call.params.list("ResourceId");
@@ -60,22 +60,14 @@ pub async fn describe_tags(call: &Call<'_>) -> Result<String, Ec2Error> {
     let mut shown = Vec::new();
     for (id, pairs) in &tags {
         for (key, value) in pairs {
-            let mut keep = true;
-            for f in &filters {
-                let field = match f.name.as_str() {
-                    "resource-id" => id.as_str(),
-                    "resource-type" => "instance",
-                    "key" => key.as_str(),
-                    "value" => value.as_str(),
-                    other => {
-                        return Err(Ec2Error::client(
-                            "InvalidParameterValue",
-                            format!("The filter '{other}' is invalid"),
-                        ));
-                    }
-                };
-                keep &= f.values.iter().any(|pattern| wildcard_match(pattern, field));
-            }
+            let keep = passes_all(&filters, |name| {
+                vec![match name {
+                    "resource-id" => id.clone(),
+                    "resource-type" => "instance".to_string(),
+                    "key" => key.clone(),
+                    _ => value.clone(),
+                }]
+            });
             if keep {
                 shown.push((id, key, value));
             }
