@@ -44,7 +44,7 @@ pub fn claim(conn: &Connection, row: &ReservationRow) -> Result<Claim, DbError> 
     }
 }
 
-fn by_token(conn: &Connection, token: &str) -> Result<Option<ReservationRow>, DbError> {
+pub fn by_token(conn: &Connection, token: &str) -> Result<Option<ReservationRow>, DbError> {
     Ok(conn
         .query_row(
             "SELECT id, client_token, request_digest, created_at FROM reservations WHERE client_token = ?1",

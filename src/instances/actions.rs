@@ -86,6 +86,7 @@ impl Instances {
     {
         let inner = self.inner().clone();
         let Admitted { id, status, ticket } = admitted;
+        let admitted_status = status;
         let task_id = id.clone();
         tokio::spawn(async move {
             let lock = inner.lock(&task_id);
@@ -111,7 +112,10 @@ impl Instances {
                 Err(e) => tracing::error!(instance = %task_id, error = %e, "could not record the end of the action"),
             }
         });
-        Ok(Instance::from_row(self.inner().row(&id).await?))
+        // As admitted: the work may already have moved the row on (a quick terminate).
+        let mut answer = Instance::from_row(self.inner().row(&id).await?);
+        (answer.state, answer.task) = (admitted_status.state, admitted_status.task);
+        Ok(answer)
     }
 
     async fn current(&self, id: &str) -> Result<Instance, AppError> {

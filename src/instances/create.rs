@@ -161,7 +161,7 @@ impl Instances {
 }
 
 /// The checks of the request itself: a known type, a printable name, user data in size.
-pub(super) fn validate(req: &LaunchRequest) -> Result<InstanceType, AppError> {
+pub fn validate(req: &LaunchRequest) -> Result<InstanceType, AppError> {
     let instance_type = types::find(&req.instance_type).ok_or_else(|| {
         let known: Vec<&str> = types::INSTANCE_TYPES.iter().map(|t| t.name).collect();
         InstanceError::InvalidInstanceType(format!(

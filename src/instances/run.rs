@@ -60,6 +60,14 @@ impl Instances {
             ))
             .into());
         }
+        // A retry is answered before anything else is checked: what made the first call
+        // succeed (a free host, the key pair, the image) may be gone by now.
+        if let Some(token) = run.client_token.clone() {
+            let earlier = self.inner().deps.db.call(move |c| reservations::by_token(c, &token)).await?;
+            if let Some(earlier) = earlier {
+                return self.answer_again(earlier, &run).await;
+            }
+        }
         tags::validate(&run.tags)?;
         let (name, other_tags) = tags::split_name(&run.tags);
         let mut launch = run.launch.clone();
@@ -130,18 +138,23 @@ impl Instances {
         let db = &self.inner().deps.db;
         match db.call(move |c| reservations::claim(c, &claim)).await? {
             Claim::New => Ok(None),
-            Claim::Taken(existing) if existing.request_digest == run.digest => {
-                let id = existing.id.clone();
-                let rows = db.call(move |c| rows::in_reservation(c, &id)).await?;
-                let instances = rows.into_iter().map(Instance::from_row).collect();
-                Ok(Some(Reservation { id: existing.id, client_token: existing.client_token, instances }))
-            }
-            Claim::Taken(_) => Err(InstanceError::IdempotentParameterMismatch(format!(
+            Claim::Taken(existing) => self.answer_again(existing, run).await.map(Some),
+        }
+    }
+
+    /// The reservation a client token made, for a request with the same parameters.
+    async fn answer_again(&self, earlier: ReservationRow, run: &RunRequest) -> Result<Reservation, AppError> {
+        if earlier.request_digest != run.digest {
+            return Err(InstanceError::IdempotentParameterMismatch(format!(
                 "client token {:?} was used with other parameters",
                 run.client_token.clone().unwrap_or_default()
             ))
-            .into()),
+            .into());
         }
+        let id = earlier.id.clone();
+        let rows = self.inner().deps.db.call(move |c| rows::in_reservation(c, &id)).await?;
+        let instances = rows.into_iter().map(Instance::from_row).collect();
+        Ok(Reservation { id: earlier.id, client_token: earlier.client_token, instances })
     }
 
     /// Takes back a run that made fewer instances than its minimum.

@@ -203,7 +203,7 @@ pub enum Plan {
 pub fn plan(action: Action, from: Status) -> Result<Plan, IncorrectState> {
     // As EC2: asking for the state an instance is in, or on its way to, is no error.
     let already = match action {
-        Action::Terminate => from.state == State::Terminated,
+        Action::Terminate => from.state == State::Terminated || from.task == Some(Task::Terminating),
         Action::Start => {
             from == Status::idle(State::Running)
                 || matches!(from.task, Some(Task::Starting | Task::Launching | Task::Rebooting))
@@ -283,7 +283,7 @@ mod tests {
                 (Start, Running, None) | (Stop, Stopped, None) => Some(Plan::AlreadyDone),
                 (Start, _, Some(Task::Starting | Task::Launching | Task::Rebooting)) => Some(Plan::AlreadyDone),
                 (Stop, _, Some(Task::Stopping)) => Some(Plan::AlreadyDone),
-                (Terminate, _, Some(Task::Terminating)) => None,
+                (Terminate, _, Some(Task::Terminating)) => Some(Plan::AlreadyDone),
                 (Terminate, s, _) => proceed(s, Task::Terminating),
                 (_, _, Some(_)) => None,
                 (Start, Stopped, None) => proceed(Pending, Task::Starting),

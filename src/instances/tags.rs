@@ -26,6 +26,9 @@ pub fn validate(tags: &[(String, String)]) -> Result<(), AppError> {
         if key.to_ascii_lowercase().starts_with("aws:") {
             return bad(format!("tag key {key:?}: keys starting with aws: are reserved"));
         }
+        if key.chars().chain(value.chars()).any(char::is_control) {
+            return bad(format!("tag {key:?}: keys and values cannot hold control characters"));
+        }
         if value.chars().count() > 256 {
             return bad(format!("the value of tag {key:?} is longer than 256 characters"));
         }
@@ -82,9 +85,26 @@ impl Instances {
         Ok(())
     }
 
-    /// Removes tags by key (and value, when given) from every instance in `ids`.
+    /// Removes tags by key (and value, when given) from every instance in `ids`; with
+    /// no keys, all of their tags, Name included (as EC2's DeleteTags).
     pub async fn delete_tags(&self, ids: &[String], keys: &[(String, Option<String>)]) -> Result<(), AppError> {
         let ids = self.existing(ids).await?;
+        if keys.is_empty() {
+            let instances: Vec<Instance> = {
+                let mut found = Vec::new();
+                for id in &ids {
+                    found.push(Instance::from_row(self.inner().row(id).await?));
+                }
+                found
+            };
+            let all = self.tags(&instances).await?;
+            let every: Vec<(String, Option<String>)> =
+                all.values().flat_map(|t| t.keys().map(|k| (k.clone(), None))).collect();
+            if every.is_empty() {
+                return Ok(());
+            }
+            return Box::pin(self.delete_tags(&ids, &every)).await;
+        }
         let (name, others): (Vec<_>, Vec<_>) = keys.iter().cloned().partition(|(k, _)| k == NAME);
         self.inner()
             .deps
@@ -146,6 +166,7 @@ mod tests {
         assert!(validate(&tag(&"k".repeat(129), "x")).is_err());
         assert!(validate(&tag("k", &"v".repeat(257))).is_err());
         assert!(validate(&tag(NAME, "web\n1")).is_err());
+        assert!(validate(&tag("env", "a\u{1}b")).is_err());
         let many: Vec<_> = (0..51).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(validate(&many).is_err());
         let (name, others) = split_name(&[("Name".into(), "a".into()), ("env".into(), "b".into())]);

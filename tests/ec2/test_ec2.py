@@ -186,6 +186,11 @@ class Ec2(unittest.TestCase):
                          ("InvalidInstanceID.NotFound", 400))
         self.assertEqual(code_of(ec2.describe_instances, MaxResults=3), ("InvalidParameterValue", 400))
         self.assertEqual(code_of(ec2.describe_instances, MaxResults=5, NextToken="forged"), ("InvalidParameterValue", 400))
+        self.assertEqual(code_of(ec2.describe_instances, NextToken="forged"), ("InvalidParameterValue", 400))
+        self.assertEqual(code_of(ec2.describe_instance_attribute, InstanceId="i-0123456789abcdef0", Attribute="userData"),
+                         ("InvalidInstanceID.NotFound", 400), "AWS's long id form names no instance here")
+        self.assertEqual(code_of(ec2.run_instances, ImageId=IMAGE, MinCount=1, MaxCount=1, InstanceType="m5.large", DryRun=True),
+                         ("InvalidParameterValue", 400), "a dry run checks what the launch would")
         self.assertEqual(code_of(ec2.describe_instances, Filters=[{"Name": "flavour", "Values": ["x"]}]),
                          ("InvalidParameterValue", 400))
         self.assertEqual(code_of(ec2.terminate_instances, InstanceIds=["i-0000beef"]), ("InvalidInstanceID.NotFound", 400))
@@ -252,6 +257,8 @@ class Ec2(unittest.TestCase):
         self.assertEqual(code_of(ec2.create_tags, Resources=[iid, "i-0000beef"], Tags=[{"Key": "a", "Value": "b"}]),
                          ("InvalidInstanceID.NotFound", 400))
         self.assertNotIn("a", {t["Key"] for t in ec2.describe_tags()["Tags"]}, "one unknown id changes nothing")
+        self.assertEqual(code_of(ec2.create_tags, Resources=[iid], Tags=[{"Key": "bell", "Value": "\x07"}]),
+                         ("InvalidParameterValue", 400))
 
     def test_07_attributes_status_types_and_console(self):
         iid = Ec2.shared["id"]
@@ -299,8 +306,16 @@ class Ec2(unittest.TestCase):
         self.assertEqual(ec2.reboot_instances(InstanceIds=[iid])["ResponseMetadata"]["HTTPStatusCode"], 200)
         wait("running after the reboot", lambda: rest(f"/instances/{iid}")["task"] is None)
         self.assertEqual(instance(iid)["State"]["Name"], "running")
-        gone = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
-        self.assertEqual(gone["CurrentState"], {"Code": 32, "Name": "shutting-down"})
+        ec2.create_tags(Resources=[iid], Tags=[{"Key": "scratch", "Value": "x"}])
+        ec2.delete_tags(Resources=[iid])
+        self.assertEqual(ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [iid]}])["Tags"], [],
+                         "DeleteTags without tags removes them all, Name too")
+        # An id given twice is one instance: terminated once, answered once.
+        gone = ec2.terminate_instances(InstanceIds=[iid, iid])["TerminatingInstances"]
+        self.assertEqual(len(gone), 1)
+        self.assertEqual(gone[0]["CurrentState"], {"Code": 32, "Name": "shutting-down"})
+        again = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"][0]
+        self.assertIn(again["CurrentState"]["Name"], ("shutting-down", "terminated"), "terminating twice is fine")
         ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 120})
         listed = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"] if i["InstanceId"] == iid]
         self.assertEqual(listed[0]["State"]["Name"], "terminated", "still listed once terminated, as on AWS")
@@ -341,7 +356,7 @@ class Ec2(unittest.TestCase):
         self.assertTrue(all(i["state"] in ("terminated",) or i["task"] == "terminating" for i in taken_back), taken_back)
         for i in taken_back:
             wait("the refused run taken back", lambda i=i: rest(f"/instances/{i['id']}")["state"] == "terminated")
-        run = ec2.run_instances(ImageId=IMAGE, InstanceType="t2.nano", MinCount=1, MaxCount=5)
+        run = ec2.run_instances(ImageId=IMAGE, InstanceType="t2.nano", MinCount=1, MaxCount=50)
         ids = [i["InstanceId"] for i in run["Instances"]]
         self.assertEqual(len(ids), 3, "as many as there are addresses")
         self.assertEqual([i["AmiLaunchIndex"] for i in run["Instances"]], [0, 1, 2])

@@ -7,12 +7,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::Call;
 use super::error::Ec2Error;
-use super::instances::{instance_ids, named};
+use super::instances::{checked_id, instance_ids, named};
 use super::xml::{Xml, timestamp};
 use crate::instances::types;
 
 pub async fn describe_instance_attribute(call: &Call<'_>) -> Result<String, Ec2Error> {
-    let id = call.params.require("InstanceId")?.to_string();
+    let id = checked_id(call.params.require("InstanceId")?)?;
     let attribute = call.params.require("Attribute")?.to_string();
     let i = call.app.instances.get(&id).await?;
     let value = |x: &mut Xml, name: &str, v: &str| x.elem(name, |x| x.text("value", v));
@@ -67,7 +67,7 @@ pub async fn describe_instance_attribute(call: &Call<'_>) -> Result<String, Ec2E
 
 pub async fn modify_instance_attribute(call: &Call<'_>) -> Result<String, Ec2Error> {
     let p = &call.params;
-    let id = p.require("InstanceId")?.to_string();
+    let id = checked_id(p.require("InstanceId")?)?;
     call.app.instances.get(&id).await?;
     // Either `DisableApiTermination.Value=true` or `Attribute=disableApiTermination&Value=true`.
     let setting = |structure: &str, attribute: &str| -> Result<Option<bool>, Ec2Error> {
@@ -113,7 +113,7 @@ pub async fn describe_instance_types(call: &Call<'_>) -> Result<String, Ec2Error
         }
     }
     call.stop_if_dry_run()?;
-    let arch = call.app.host.arch.libvirt_name();
+    let arch = super::ec2_arch(call.app.host.arch.libvirt_name());
     let shown: Vec<_> =
         types::INSTANCE_TYPES.iter().filter(|t| wanted.is_empty() || wanted.iter().any(|w| w == t.name)).collect();
     Ok(call.respond(|x| {
@@ -143,7 +143,7 @@ pub async fn describe_instance_types(call: &Call<'_>) -> Result<String, Ec2Error
 }
 
 pub async fn get_console_output(call: &Call<'_>) -> Result<String, Ec2Error> {
-    let id = call.params.require("InstanceId")?.to_string();
+    let id = checked_id(call.params.require("InstanceId")?)?;
     let output = call.app.instances.console_output(&id).await?;
     call.stop_if_dry_run()?;
     Ok(call.respond(|x| {

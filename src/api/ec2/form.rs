@@ -100,6 +100,11 @@ impl Params {
             .join("&")
     }
 
+    /// `prefix.1`, `prefix.2`, … holding `values`.
+    pub fn from_list(prefix: &str, values: &[&str]) -> Params {
+        Params(values.iter().enumerate().map(|(n, v)| (format!("{prefix}.{}", n + 1), v.to_string())).collect())
+    }
+
     #[cfg(test)]
     pub fn from_pairs(pairs: &[(&str, &str)]) -> Params {
         Params(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())

@@ -32,7 +32,7 @@ pub async fn describe_images(call: &Call<'_>) -> Result<String, Ec2Error> {
                 "name" => image.row.name.clone(),
                 "image-id" => image.row.id.clone(),
                 "state" => image_state(&image).to_string(),
-                "architecture" => image.row.architecture.clone(),
+                "architecture" => super::ec2_arch(&image.row.architecture).to_string(),
                 "owner-id" => OWNER_ID.to_string(),
                 _ => image.row.description.clone(),
             }]
@@ -51,7 +51,7 @@ pub async fn describe_images(call: &Call<'_>) -> Result<String, Ec2Error> {
             x.text("imageOwnerId", OWNER_ID);
             x.text("creationDate", &timestamp(&row.created_at));
             x.bool("isPublic", false);
-            x.text("architecture", &row.architecture);
+            x.text("architecture", super::ec2_arch(&row.architecture));
             x.text("imageType", "machine");
             x.text("name", &row.name);
             x.text("description", &row.description);

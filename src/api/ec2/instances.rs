@@ -13,7 +13,7 @@ use super::xml::{Xml, timestamp};
 use super::{Call, OWNER_ID};
 use crate::instances::run::{MAX_COUNT, Reservation, RunRequest};
 use crate::instances::state::{State, Task};
-use crate::instances::{Instance, LaunchRequest, types};
+use crate::instances::{Instance, LaunchRequest};
 
 /// Terminated instances stay listed this long, as on AWS.
 const TERMINATED_LISTED_FOR: chrono::Duration = chrono::Duration::hours(1);
@@ -62,9 +62,22 @@ pub(super) fn instance_ids(params: &Params) -> Result<Vec<String>, Ec2Error> {
     Ok(ids)
 }
 
+/// One instance id, checked: malformed, or AWS's long form (which names no instance of
+/// ours), is refused before any lookup.
+pub(super) fn checked_id(id: &str) -> Result<String, Ec2Error> {
+    let ids = instance_ids(&Params::from_list("InstanceId", &[id]))?;
+    if ids[0].len() != "i-12345678".len() {
+        return Err(Ec2Error::client("InvalidInstanceID.NotFound", format!("The instance ID '{id}' does not exist")));
+    }
+    Ok(id.to_string())
+}
+
 /// The instances named, all of them, or the error naming every unknown id.
 pub(super) async fn named(call: &Call<'_>) -> Result<Vec<Instance>, Ec2Error> {
-    let ids = instance_ids(&call.params)?;
+    let mut ids = instance_ids(&call.params)?;
+    // An id given twice is one instance (and one action on it).
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
     if ids.is_empty() {
         return Err(Ec2Error::missing("InstanceId"));
     }
@@ -130,7 +143,8 @@ fn write_instance(x: &mut Xml, i: &Instance, index: usize, ctx: &Context, client
     x.elem("monitoring", |x| x.text("state", "disabled"));
     x.opt("privateIpAddress", ip);
     x.set("groupSet", Vec::<()>::new(), |_, _| {});
-    x.text("architecture", ctx.architectures.get(&i.image_id).map(String::as_str).unwrap_or(ctx.host_arch));
+    let arch = ctx.architectures.get(&i.image_id).map(String::as_str).unwrap_or(ctx.host_arch);
+    x.text("architecture", super::ec2_arch(arch));
     x.text("rootDeviceType", "ebs");
     x.text("rootDeviceName", "/dev/sda1");
     x.text("virtualizationType", "hvm");
@@ -204,11 +218,18 @@ pub async fn run_instances(call: &Call<'_>) -> Result<String, Ec2Error> {
     let image = p.require("ImageId")?.to_string();
     let count = |key: &str| -> Result<u32, Ec2Error> {
         let n = p.int(key)?.ok_or_else(|| Ec2Error::missing(key))?;
-        u32::try_from(n).ok().filter(|n| (1..=MAX_COUNT).contains(n)).ok_or_else(|| {
-            Ec2Error::invalid_value(key, &n.to_string(), &format!("it must be between 1 and {MAX_COUNT}"))
-        })
+        u32::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| Ec2Error::invalid_value(key, &n.to_string(), "it must be at least 1"))
     };
-    let (min_count, max_count) = (count("MinCount")?, count("MaxCount")?);
+    let min_count = count("MinCount")?;
+    if min_count > MAX_COUNT {
+        let why = format!("at most {MAX_COUNT} instances are launched per request");
+        return Err(Ec2Error::invalid_value("MinCount", &min_count.to_string(), &why));
+    }
+    // As many as asked, up to the limit per request (as EC2 caps at the account's limit).
+    let max_count = count("MaxCount")?.min(MAX_COUNT);
     if min_count > max_count {
         return Err(Ec2Error::client("InvalidParameterValue", "MinCount must not be greater than MaxCount"));
     }
@@ -244,14 +265,8 @@ pub async fn run_instances(call: &Call<'_>) -> Result<String, Ec2Error> {
         disable_api_stop: p.bool("DisableApiStop")?.unwrap_or(false),
     };
     if p.bool("DryRun")? == Some(true) {
-        // Everything the launch would check, short of launching.
-        if types::find(&run.launch.instance_type).is_none() {
-            return Err(Ec2Error::invalid_value(
-                "InstanceType",
-                &run.launch.instance_type,
-                "not an instance type this host offers",
-            ));
-        }
+        // Everything the launch would check of the request, short of launching.
+        crate::instances::create::validate(&run.launch)?;
         if let Some(key) = &run.launch.key_name {
             call.app.key_pairs.get(key).await?;
         }
@@ -293,7 +308,9 @@ fn filter_values(i: &Instance, name: &str, ctx: &Context) -> Vec<String> {
 /// A page of a list: MaxResults (5–1000) with an opaque NextToken, the offset encoded.
 fn page<T>(items: Vec<T>, params: &Params) -> Result<(Vec<T>, Option<String>), Ec2Error> {
     let max = match params.int("MaxResults")? {
-        None => return Ok((items, None)),
+        // Without MaxResults everything fits one page; a token given still has to be ours.
+        None if params.get("NextToken").is_none() => return Ok((items, None)),
+        None => usize::MAX,
         Some(n) if (5..=1000).contains(&n) => n as usize,
         Some(n) => return Err(Ec2Error::invalid_value("MaxResults", &n.to_string(), "it must be between 5 and 1000")),
     };
@@ -307,7 +324,7 @@ fn page<T>(items: Vec<T>, params: &Params) -> Result<(Vec<T>, Option<String>), E
             .filter(|n| *n <= items.len())
             .ok_or_else(|| Ec2Error::invalid_value("NextToken", token, "it is not a token this service gave"))?,
     };
-    let end = (start + max).min(items.len());
+    let end = start.saturating_add(max).min(items.len());
     let next =
         (end < items.len()).then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{end}")));
     Ok((items.into_iter().skip(start).take(max).collect(), next))

@@ -28,6 +28,14 @@ use form::Params;
 pub const OWNER_ID: &str = "000000000000";
 pub const DEFAULT_REGION: &str = "us-east-1";
 
+/// An architecture as EC2 names it (`arm64`, not libvirt's `aarch64`).
+pub fn ec2_arch(libvirt_name: &str) -> &str {
+    match libvirt_name {
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// One EC2 call: its parameters, the caller's region and the id of this request.
 pub struct Call<'a> {
     pub app: &'a App,

@@ -15,6 +15,9 @@ fn instance_resources(call: &Call<'_>) -> Result<Vec<String>, Ec2Error> {
             format!("The ID '{other}' is not valid: only instances take tags here"),
         ));
     }
+    for id in &ids {
+        super::instances::checked_id(id)?;
+    }
     Ok(ids)
 }
 

@@ -43,7 +43,14 @@ impl Xml {
     }
 
     pub fn text(&mut self, name: &str, value: &str) {
-        self.elem(name, |x| x.event(Event::Text(BytesText::new(value))));
+        // XML 1.0 has no way to carry most control characters, even escaped: one echoed
+        // from a request would make the whole answer unreadable.
+        let carried: std::borrow::Cow<'_, str> = if value.chars().any(not_in_xml) {
+            value.chars().map(|c| if not_in_xml(c) { '\u{fffd}' } else { c }).collect::<String>().into()
+        } else {
+            value.into()
+        };
+        self.elem(name, |x| x.event(Event::Text(BytesText::new(&carried))));
     }
 
     pub fn opt(&mut self, name: &str, value: Option<&str>) {
@@ -83,6 +90,10 @@ impl Xml {
     }
 }
 
+fn not_in_xml(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
 /// EC2's timestamps: `2026-01-02T03:04:05.000Z`, from our RFC 3339 ones.
 pub fn timestamp(rfc3339: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(rfc3339)
@@ -108,6 +119,8 @@ mod tests {
         assert!(body.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeTagsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r-1</requestId>"), "{body}");
         assert!(body.contains("<tagSet><item><key>a&lt;b</key><value>c&amp;d</value></item></tagSet><emptySet></emptySet><flag>true</flag>"), "{body}");
         assert!(!body.contains("absent"));
+        let echoed = Xml::response("X", "r", |x| x.text("message", "id \u{1} here\n"));
+        assert!(echoed.contains("<message>id \u{fffd} here\n</message>"), "{echoed}");
     }
 
     #[test]
