@@ -386,3 +386,54 @@ pub async fn describe_instances(call: &Call<'_>) -> Result<String, Ec2Error> {
         x.opt("nextToken", next.as_deref());
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::exec::scripted::Scripted;
+    use crate::instances::testbench::instances_over;
+
+    #[tokio::test]
+    async fn only_ec2s_states_are_on_the_wire() {
+        let bench = instances_over(Scripted::default(), Duration::from_secs(1)).with_instance("error").await;
+        let mut i = Instance::from_row(bench.row().await);
+        i.state_reason = Some("launch failed: no space".into());
+        // A launch that failed never ran: terminated, with our reason.
+        assert_eq!(ec2_state(&i), (48, "terminated"));
+        assert_eq!(state_reason(&i), Some(("Server.InternalError", "launch failed: no space".to_string())));
+        // One that had run: stopped.
+        i.launched_at = Some("2026-11-26T00:00:00Z".into());
+        assert_eq!(ec2_state(&i), (80, "stopped"));
+        let cases = [
+            (State::Pending, None, (0, "pending")),
+            (State::Running, None, (16, "running")),
+            (State::Running, Some(Task::Rebooting), (16, "running")),
+            (State::Running, Some(Task::Terminating), (32, "shutting-down")),
+            (State::Stopping, Some(Task::Stopping), (64, "stopping")),
+            (State::Stopped, None, (80, "stopped")),
+            (State::Terminated, None, (48, "terminated")),
+        ];
+        for (state, task, wire) in cases {
+            (i.state, i.task) = (state, task);
+            assert_eq!(ec2_state(&i), wire, "{state:?} {task:?}");
+        }
+    }
+
+    #[test]
+    fn pages_carry_an_opaque_offset_and_refuse_forged_tokens() {
+        let items: Vec<u32> = (0..12).collect();
+        let (first, token) = page(items.clone(), &Params::from_pairs(&[("MaxResults", "5")])).unwrap();
+        assert_eq!(first, [0, 1, 2, 3, 4]);
+        let token = token.unwrap();
+        let (second, next) =
+            page(items.clone(), &Params::from_pairs(&[("MaxResults", "5"), ("NextToken", &token)])).unwrap();
+        assert_eq!((second, next.is_some()), (vec![5, 6, 7, 8, 9], true));
+        for bad in [("MaxResults", "4"), ("MaxResults", "1001")] {
+            assert_eq!(page(items.clone(), &Params::from_pairs(&[bad])).unwrap_err().code, "InvalidParameterValue");
+        }
+        let forged = Params::from_pairs(&[("NextToken", "b2Zmc2V0Ojk5OQ")]); // "offset:999"
+        assert_eq!(page(items, &forged).unwrap_err().code, "InvalidParameterValue");
+    }
+}

@@ -21,6 +21,18 @@ fn instance_resources(call: &Call<'_>) -> Result<Vec<String>, Ec2Error> {
     Ok(ids)
 }
 
+/// A dry run of a tag change: every instance must exist.
+async fn dry_run_on(call: &Call<'_>, ids: &[String]) -> Result<String, Ec2Error> {
+    let all = call.app.instances.list(true).await?;
+    if let Some(missing) = ids.iter().find(|id| !all.iter().any(|i| &i.id == *id)) {
+        return Err(Ec2Error::client(
+            "InvalidInstanceID.NotFound",
+            format!("The instance ID '{missing}' does not exist"),
+        ));
+    }
+    Err(Ec2Error::dry_run())
+}
+
 pub async fn create_tags(call: &Call<'_>) -> Result<String, Ec2Error> {
     let ids = instance_resources(call)?;
     let mut tags = Vec::new();
@@ -29,10 +41,7 @@ pub async fn create_tags(call: &Call<'_>) -> Result<String, Ec2Error> {
     }
     if call.params.bool("DryRun")? == Some(true) {
         crate::instances::tags::validate(&tags)?;
-        for id in &ids {
-            call.app.instances.get(id).await?;
-        }
-        return Err(Ec2Error::dry_run());
+        return dry_run_on(call, &ids).await;
     }
     call.app.instances.create_tags(&ids, &tags).await?;
     Ok(call.respond(|x| x.bool("return", true)))
@@ -47,10 +56,7 @@ pub async fn delete_tags(call: &Call<'_>) -> Result<String, Ec2Error> {
         .filter_map(|t| Some((t.get("Key")?.to_string(), t.get("Value").map(str::to_string))))
         .collect();
     if call.params.bool("DryRun")? == Some(true) {
-        for id in &ids {
-            call.app.instances.get(id).await?;
-        }
-        return Err(Ec2Error::dry_run());
+        return dry_run_on(call, &ids).await;
     }
     call.app.instances.delete_tags(&ids, &keys).await?;
     Ok(call.respond(|x| x.bool("return", true)))
