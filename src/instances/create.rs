@@ -139,7 +139,7 @@ impl Instances {
 
     /// REQ-LIM-002: enough disk on the host for one more instance. Returns the memory
     /// available now (MiB), checked against REQ-LIM-001 when the launch is recorded.
-    async fn check_capacity(&self, disk_gib: u64) -> Result<u64, AppError> {
+    pub(super) async fn check_capacity(&self, disk_gib: u64) -> Result<u64, AppError> {
         let limits = self.inner().config.limits;
         let root = self.inner().deps.paths.root().to_path_buf();
         let host = tokio::task::spawn_blocking(move || crate::host::read(&root)).await.expect("host read");

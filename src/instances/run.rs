@@ -92,7 +92,9 @@ impl Instances {
         let mut refusal = None;
         for n in 0..run.max_count {
             if n > 0 {
-                match self.check_host(&instance_type).await {
+                // libvirt, the network and the ISO tool were checked for the first; each
+                // further instance needs only room (memory is checked as it is recorded).
+                match self.check_capacity(instance_type.disk_gib).await {
                     Ok(memory) => available_memory_mib = memory,
                     Err(e) => {
                         refusal = Some(e);

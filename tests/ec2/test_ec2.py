@@ -353,6 +353,7 @@ class Ec2(unittest.TestCase):
         code = code_of(ec2.run_instances, ImageId=IMAGE, InstanceType="t2.nano", MinCount=4, MaxCount=5)
         self.assertEqual(code, ("InsufficientInstanceCapacity", 500))
         taken_back = [i for i in rest("/instances?include_terminated=true") if i["id"] not in before]
+        self.assertEqual(len(taken_back), 3, "three were made on the way, then taken back")
         self.assertTrue(all(i["state"] in ("terminated",) or i["task"] == "terminating" for i in taken_back), taken_back)
         for i in taken_back:
             wait("the refused run taken back", lambda i=i: rest(f"/instances/{i['id']}")["state"] == "terminated")
