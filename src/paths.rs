@@ -155,6 +155,83 @@ impl Paths {
     }
 }
 
+/// The command-line client's own files, apart from the service's data dir (the two
+/// may belong to different users):
+///
+/// ```text
+/// ~/.config/ec2local/         (or $EC2LOCAL_CLI_HOME)
+/// |-- keys/NAME              private keys of pairs created with `ec2local keys create` (0600)
+/// |-- known_hosts            instances' host keys, by instance id, as the service recorded them
+/// `-- ssh_config             `Host` entries, included from ~/.ssh/config by `ssh-config --install`
+/// ```
+#[derive(Debug, Clone)]
+pub struct CliPaths {
+    root: PathBuf,
+    home: PathBuf,
+}
+
+impl CliPaths {
+    /// From `$EC2LOCAL_CLI_HOME` or `$HOME`; None when neither is set.
+    pub fn from_env() -> Option<Self> {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)?;
+        let root = std::env::var_os("EC2LOCAL_CLI_HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".config").join("ec2local"));
+        Some(Self::new(std::path::absolute(&root).unwrap_or(root), &home))
+    }
+
+    pub fn new(root: impl Into<PathBuf>, home: &Path) -> Self {
+        Self { root: root.into(), home: home.to_path_buf() }
+    }
+
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// A key pair's private key file; names with other characters than `A-Za-z0-9._-`
+    /// are escaped (`%2F`) so that no name leaves `keys/`.
+    pub fn private_key(&self, key_name: &str) -> PathBuf {
+        let mut file = String::new();
+        for (i, byte) in key_name.bytes().enumerate() {
+            let plain = byte.is_ascii_alphanumeric() || b"_-".contains(&byte) || (byte == b'.' && i > 0);
+            if plain {
+                file.push(byte as char);
+            } else {
+                file.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        self.keys().join(file)
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.root.join("known_hosts")
+    }
+
+    pub fn ssh_config(&self) -> PathBuf {
+        self.root.join("ssh_config")
+    }
+
+    /// The user's own `~/.ssh/config`.
+    pub fn user_ssh_config(&self) -> PathBuf {
+        self.home.join(".ssh").join("config")
+    }
+
+    /// The user's own public keys, in the order `keys import` tries them.
+    pub fn user_public_keys(&self) -> Vec<PathBuf> {
+        ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"].iter().map(|f| self.home.join(".ssh").join(f)).collect()
+    }
+
+    /// Creates the directory and `keys/`, private to the user.
+    pub fn ensure(&self) -> io::Result<()> {
+        for dir in [self.root.clone(), self.keys()] {
+            fs::create_dir_all(&dir)?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +279,14 @@ mod tests {
         for kept in [paths.imported_image("deb"), paths.pull_partial("jammy.img"), paths.catalog_image("jammy.img")] {
             assert!(!Paths::is_import_leftover(&kept.file_name().unwrap().to_string_lossy()), "{kept:?}");
         }
+    }
+
+    #[test]
+    fn cli_key_files_stay_in_keys() {
+        let cli = CliPaths::new("/home/u/.config/ec2local", Path::new("/home/u"));
+        assert_eq!(cli.private_key("laptop-2.key"), Path::new("/home/u/.config/ec2local/keys/laptop-2.key"));
+        assert_eq!(cli.private_key("../x"), Path::new("/home/u/.config/ec2local/keys/%2E.%2Fx"));
+        assert_eq!(cli.private_key("a b/c"), Path::new("/home/u/.config/ec2local/keys/a%20b%2Fc"));
+        assert_eq!(cli.user_ssh_config(), Path::new("/home/u/.ssh/config"));
     }
 }

@@ -153,31 +153,43 @@ async fn a_checksum_mismatch_deletes_the_download_and_says_so() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+// REQ-IMG-001, issue 16: `ec2local images` is a client of the running service: pull with a
+// progress line, then the listing shows the image available, and catalog images never
+// pulled as "not downloaded", not as errors.
 #[tokio::test]
-async fn the_cli_pulls_with_a_progress_line() {
+async fn the_cli_pulls_through_the_service_with_a_progress_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let content = fake_image(1 << 20, 4);
     let mirror = mirror_with(&content, &content).await;
+    let service = start(&data, &mirror.url);
+    let endpoint = format!("http://127.0.0.1:{}", service.port);
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ec2local"))
-        .args(["images", "pull", "ubuntu-20.04", "--data-dir"])
-        .arg(&data)
-        .args(["--image-base-url", &mirror.url])
+        .args(["images", "pull", "ubuntu-20.04", "--endpoint", &endpoint])
         .output()
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("MiB") && stderr.contains("verifying"), "{stderr}");
+    assert!(stderr.contains("ubuntu-20.04") && stderr.contains("MiB"), "{stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("ubuntu-20.04 is ready"));
     assert!(data.join("images").join(FOCAL).is_file());
     let list = std::process::Command::new(env!("CARGO_BIN_EXE_ec2local"))
-        .args(["images", "list", "--data-dir"])
-        .arg(&data)
+        .args(["images", "ls", "--endpoint", &endpoint])
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success() && list.stderr.is_empty(), "{}", String::from_utf8_lossy(&list.stderr));
     assert!(listing.lines().any(|l| l.contains("ubuntu-20.04") && l.contains(" available")), "{listing}");
+    let jammy = listing.lines().find(|l| l.contains("ubuntu-22.04")).unwrap_or_default();
+    assert!(jammy.contains("not downloaded") && jammy.contains("ec2local images pull ubuntu-22.04"), "{listing}");
+    // Not in the catalog: a clear refusal and exit code 1.
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_ec2local"))
+        .args(["images", "pull", "no-such-image", "--endpoint", &endpoint])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no-such-image"));
 }
 
 fn qemu_img(args: &[&str]) {

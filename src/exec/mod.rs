@@ -3,6 +3,7 @@
 
 pub mod iso;
 pub mod qemu_img;
+pub mod ssh_client;
 pub mod virsh;
 
 use std::ffi::OsString;

@@ -2,6 +2,7 @@
 //! HTTP, and (for bench tests) find the test bench set up by `scripts/test`.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod mirror;
 mod ssh_options;
 
