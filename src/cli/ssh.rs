@@ -37,11 +37,15 @@ pub fn cli_paths() -> Result<CliPaths, CliError> {
 pub async fn ssh(client: &Client, args: SshArgs) -> Result<(), CliError> {
     let paths = cli_paths()?;
     let mut instance = client.instance(&args.instance).await?;
-    if instance.state != "running" {
-        return Err(CliError::Usage(format!(
-            "{} is {}; `ec2local start {}` first",
-            instance.id, instance.state, args.instance
-        )));
+    match instance.state.as_str() {
+        "running" => {}
+        "terminated" => return Err(CliError::Usage(format!("{} is terminated", instance.id))),
+        other => {
+            return Err(CliError::Usage(format!(
+                "{} is {other}; `ec2local start {}` first",
+                instance.id, args.instance
+            )));
+        }
     }
     if !instance.is_ready() {
         eprintln!("{} is not ready yet; waiting", instance.id);
