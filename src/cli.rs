@@ -305,7 +305,7 @@ async fn images_locally(command: ImagesCommand, images: &crate::images::Images) 
     match command {
         ImagesCommand::List => {
             for image in images.list().await? {
-                let state = if image.available { "available" } else { "unavailable" };
+                let state = image.availability.as_str();
                 println!("{:<14} {:<20} {:<8} {}", image.row.id, image.row.name, image.row.architecture, state);
                 if let Some(reason) = image.unavailable_reason {
                     println!("{:<14} {reason}", "");
