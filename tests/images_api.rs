@@ -75,14 +75,17 @@ async fn the_catalog_is_listed_with_missing_files_reported_at_start() {
     assert_eq!(jammy["architecture"], std::env::consts::ARCH);
     assert_eq!(jammy["default_user"], "ubuntu");
     assert_eq!(jammy["available"], false);
+    assert_eq!(jammy["availability"], "not-downloaded");
     assert_eq!(jammy["file_path"], data.join("images").join(JAMMY).display().to_string());
     assert!(jammy["description"].as_str().unwrap().contains("22.04"));
     assert!(jammy["created_at"].as_str().unwrap().ends_with('Z'));
     assert!(jammy["unavailable_reason"].as_str().unwrap().contains("ec2local images pull ubuntu-22.04"), "{jammy}");
     // The id works as well as the name.
     assert_eq!(image(&service, jammy["id"].as_str().unwrap()).await["name"], "ubuntu-22.04");
+    // Verified at start, and a catalog image nobody pulled yet is no warning.
     let log = std::fs::read_to_string(data.join("logs/app.log")).unwrap();
-    assert!(log.contains("WARN") && log.contains("base image unavailable") && log.contains("ubuntu-22.04"), "{log}");
+    assert!(log.lines().any(|l| l.contains("base image not downloaded yet") && l.contains("ubuntu-22.04")), "{log}");
+    assert!(!log.lines().any(|l| l.contains("WARN") && l.contains("ubuntu-22.04")), "{log}");
     drop(service);
 
     // A file in place is found at the next start.
@@ -111,6 +114,8 @@ async fn pull_through_the_api_shows_progress_and_verifies_the_checksum() {
     assert_eq!(done["pull"]["bytes_done"], content.len());
     assert_eq!(done["pull"]["bytes_total"], content.len());
     assert_eq!(done["available"], true);
+    assert_eq!(done["availability"], "available");
+    assert!(done.get("unavailable_reason").is_none(), "{done}");
     assert_eq!(done["sha256"], hex::encode(sha2::Sha256::digest(&content)));
     assert_eq!(done["size_bytes"], content.len());
     assert_eq!(std::fs::read(done["file_path"].as_str().unwrap()).unwrap(), content);
@@ -149,6 +154,9 @@ async fn a_checksum_mismatch_deletes_the_download_and_says_so() {
     let error = failed["pull"]["error"].as_str().unwrap();
     assert!(error.contains("checksum mismatch") && error.contains("deleted"), "{error}");
     assert_eq!(failed["available"], false);
+    // A failed pull is a problem, not the quiet "not downloaded".
+    assert_eq!(failed["availability"], "pull-failed");
+    assert!(failed["unavailable_reason"].as_str().unwrap().contains("checksum mismatch"), "{failed}");
     let leftovers: Vec<_> = std::fs::read_dir(data.join("images")).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -615,6 +623,7 @@ async fn a_row_left_without_its_file_can_be_deleted_and_the_name_reused() {
     std::fs::remove_file(service.data_dir.join("images/half.qcow2")).unwrap();
     let left = image(&service, "half").await;
     assert_eq!(left["available"], false);
+    assert_eq!(left["availability"], "missing-file");
     assert!(left["unavailable_reason"].as_str().unwrap().contains("missing"), "{left}");
     let response = client().delete(service.api("/images/half")).send().await.unwrap();
     assert_eq!(response.status(), 204);

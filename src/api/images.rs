@@ -30,6 +30,10 @@ pub struct ImageDto {
     pub created_at: String,
     /// The file is present: instances can be launched from it.
     pub available: bool,
+    /// `available`; `not-downloaded` or `downloading` for a catalog image waiting for or
+    /// in a pull (an ordinary state: pull it); `pull-failed`, `missing-file` (an imported
+    /// image's file is gone) or `other-architecture` when something is wrong.
+    pub availability: String,
     /// Why it is not available, and how to fix it.
     #[oai(skip_serializing_if_is_none)]
     pub unavailable_reason: Option<String>,
@@ -75,6 +79,7 @@ impl From<Image> for ImageDto {
             default_user: row.default_user,
             created_at: row.created_at,
             available: image.available,
+            availability: image.availability.as_str().into(),
             unavailable_reason: image.unavailable_reason,
             in_catalog: image.in_catalog,
             source_url: row.source_url,

@@ -90,8 +90,9 @@ pub struct ImageView {
     pub name: String,
     pub architecture: String,
     pub available: bool,
+    /// available, not-downloaded, downloading, pull-failed, missing-file, other-architecture.
     #[serde(default)]
-    pub in_catalog: bool,
+    pub availability: Option<String>,
     #[serde(default)]
     pub unavailable_reason: Option<String>,
     #[serde(default)]

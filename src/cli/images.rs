@@ -81,11 +81,12 @@ async fn list(client: &Client, json: bool) -> Result<(), CliError> {
     let mut table = Table::new(&["ID", "NAME", "ARCH", "STATE", "NOTE"]);
     for image in &images {
         let (state, note) = availability(image);
+        let colour = colour_of(&state);
         table.row(vec![
             image.id.as_str().into(),
             image.name.as_str().into(),
             image.architecture.as_str().into(),
-            Cell::coloured(state, colour_of(state)),
+            Cell::coloured(state, colour),
             note.into(),
         ]);
     }
@@ -94,15 +95,16 @@ async fn list(client: &Client, json: bool) -> Result<(), CliError> {
 }
 
 /// A word for the image's state and what to know about it.
-fn availability(image: &ImageView) -> (&'static str, String) {
-    match (&image.pull, image.available) {
-        (Some(pull), false) if matches!(pull.state.as_str(), "downloading" | "verifying") => {
-            ("downloading", pull_line(pull))
-        }
-        (_, true) => ("available", String::new()),
-        (Some(pull), false) if pull.state == "failed" => ("failed", pull.error.clone().unwrap_or_default()),
-        (_, false) if image.in_catalog => ("not downloaded", format!("ec2local images pull {}", image.name)),
-        (_, false) => ("missing", image.unavailable_reason.clone().unwrap_or_default()),
+fn availability(image: &ImageView) -> (String, String) {
+    let reason = image.unavailable_reason.clone().unwrap_or_default();
+    match (image.availability.as_deref(), &image.pull) {
+        (Some("available"), _) => ("available".into(), String::new()),
+        (Some("downloading"), Some(pull)) => ("downloading".into(), pull_line(pull)),
+        (Some("not-downloaded"), _) => ("not downloaded".into(), format!("ec2local images pull {}", image.name)),
+        (Some(other), _) => (other.replace('-', " "), reason),
+        // A service from before `availability`.
+        (None, _) if image.available => ("available".into(), String::new()),
+        (None, _) => ("unavailable".into(), reason),
     }
 }
 
@@ -235,13 +237,13 @@ fn read_with_progress(
 mod tests {
     use super::*;
 
-    fn image(available: bool, in_catalog: bool, pull: Option<&str>) -> ImageView {
+    fn image(availability: &str, pull: Option<&str>) -> ImageView {
         ImageView {
             id: "ami-0123abcd".into(),
             name: "ubuntu-24.04".into(),
             architecture: "x86_64".into(),
-            available,
-            in_catalog,
+            available: availability == "available",
+            availability: Some(availability.into()),
             unavailable_reason: Some("the file images/x.qcow2 is missing".into()),
             pull: pull.map(|state| PullView {
                 state: state.into(),
@@ -255,13 +257,16 @@ mod tests {
 
     #[test]
     fn a_catalog_image_never_pulled_is_not_downloaded_not_an_error() {
-        assert_eq!(availability(&image(false, true, None)).0, "not downloaded");
-        assert_eq!(availability(&image(true, true, Some("done"))).0, "available");
+        let said = |availability, pull| {
+            let (state, note) = super::availability(&image(availability, pull));
+            (state, note)
+        };
+        assert_eq!(said("not-downloaded", None), ("not downloaded".into(), "ec2local images pull ubuntu-24.04".into()));
+        assert_eq!(said("available", Some("done")), ("available".into(), String::new()));
         assert_eq!(
-            availability(&image(false, true, Some("downloading"))),
-            ("downloading", "3.0 MiB / 6.0 MiB  50%  1.0 MiB/s".into())
+            said("downloading", Some("downloading")),
+            ("downloading".into(), "3.0 MiB / 6.0 MiB  50%  1.0 MiB/s".into())
         );
-        assert_eq!(availability(&image(false, true, Some("failed"))), ("failed", "checksum mismatch".into()));
-        assert_eq!(availability(&image(false, false, None)), ("missing", "the file images/x.qcow2 is missing".into()));
+        assert_eq!(said("missing-file", None), ("missing file".into(), "the file images/x.qcow2 is missing".into()));
     }
 }

@@ -99,7 +99,7 @@ pub fn colour_of(word: &str) -> Option<Colour> {
     match word {
         "running" | "ok" | "active" | "available" => Some(Colour::Green),
         "pending" | "stopping" | "initializing" | "paused" | "downloading" | "verifying" => Some(Colour::Yellow),
-        "error" | "impaired" | "failed" | "missing" => Some(Colour::Red),
+        "error" | "impaired" | "failed" | "pull failed" | "missing file" | "other architecture" => Some(Colour::Red),
         "stopped" | "terminated" | "not-applicable" | "not downloaded" => Some(Colour::Dim),
         _ => None,
     }

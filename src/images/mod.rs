@@ -1,6 +1,7 @@
 //! Images (REQ-IMG-001..005): the built-in Ubuntu catalog for this architecture,
 //! verification of the files, pulls with progress, and import of local images.
 
+pub mod availability;
 pub mod catalog;
 pub mod error;
 pub mod import;
@@ -10,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use availability::Availability;
 use catalog::CatalogEntry;
 pub use import::ImportSource;
 use pull::{PullProgress, PullState};
@@ -27,6 +29,7 @@ pub struct Image {
     pub row: ImageRow,
     /// The file is in images/ and can back instances now.
     pub available: bool,
+    pub availability: Availability,
     pub unavailable_reason: Option<String>,
     /// Whether it comes from the built-in catalog (and can be pulled).
     pub in_catalog: bool,
@@ -131,7 +134,8 @@ impl Images {
     }
 
     /// Records the catalog in the database and checks which image files are present
-    /// (REQ-IMG-003). Missing ones are logged; they show as unavailable.
+    /// (REQ-IMG-003). Catalog images never pulled are an ordinary state, logged quietly;
+    /// a lost imported file or a failed pull is a warning. Both show as unavailable.
     pub async fn sync_catalog(&self) -> Result<(), AppError> {
         let now = timestamp_now();
         let rows: Vec<ImageRow> = self
@@ -162,10 +166,15 @@ impl Images {
             })
             .await?;
         for image in self.list().await? {
-            if image.available {
-                tracing::info!(image = %image.row.name, path = %image.row.file_path, "base image present");
-            } else {
-                tracing::warn!(image = %image.row.name, reason = image.unavailable_reason.as_deref().unwrap_or(""), "base image unavailable");
+            let (name, reason) = (&image.row.name, image.unavailable_reason.as_deref().unwrap_or(""));
+            match image.availability {
+                Availability::Available => {
+                    tracing::info!(image = %name, path = %image.row.file_path, "base image present")
+                }
+                problem if problem.is_problem() => tracing::warn!(image = %name, reason, "base image unavailable"),
+                waiting => {
+                    tracing::info!(image = %name, availability = waiting.as_str(), "base image not downloaded yet")
+                }
             }
         }
         Ok(())
@@ -174,21 +183,22 @@ impl Images {
     fn describe(&self, row: ImageRow) -> Image {
         let in_catalog = self.catalog_entry(&row.id).is_some();
         let pull = self.pulls.lock().unwrap().get(&row.id).cloned();
-        let present = std::fs::metadata(&row.file_path).is_ok_and(|m| m.is_file() && m.len() > 0);
-        let unavailable_reason = if present {
-            None
-        } else if row.architecture != self.arch.libvirt_name() {
-            Some(format!("image {} is for {}, this host is {}", row.name, row.architecture, self.arch.libvirt_name()))
-        } else if in_catalog {
-            Some(format!(
-                "image {} is not downloaded: run `ec2local images pull {}` or POST /api/images/{}/pull",
-                row.name, row.name, row.id
-            ))
-        } else {
-            Some(format!("the file of image {} is missing: {}", row.name, row.file_path))
-        };
-        let available = unavailable_reason.is_none();
-        Image { row, available, unavailable_reason, in_catalog, pull }
+        let host_architecture = self.arch.libvirt_name();
+        let availability = Availability::assess(availability::Facts {
+            file_present: std::fs::metadata(&row.file_path).is_ok_and(|m| m.is_file() && m.len() > 0),
+            in_catalog,
+            host_architecture: row.architecture == host_architecture,
+            pull: pull.as_ref().map(|p| p.state),
+        });
+        let unavailable_reason = availability.reason(&row, pull.as_ref(), host_architecture);
+        Image {
+            row,
+            available: availability == Availability::Available,
+            availability,
+            unavailable_reason,
+            in_catalog,
+            pull,
+        }
     }
 
     pub async fn list(&self) -> Result<Vec<Image>, AppError> {
@@ -431,6 +441,91 @@ pub fn validate_image_name(name: &str) -> Result<(), AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing::instrument::WithSubscriber;
+
+    /// Log lines, as a terminal would show them.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `work` logs at info and above.
+    async fn logged<F: std::future::Future>(work: F) -> (F::Output, String) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let output = work.with_subscriber(subscriber).await;
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        (output, text)
+    }
+
+    fn service(dir: &std::path::Path) -> Images {
+        let paths = Paths::new(dir);
+        paths.ensure().unwrap();
+        let db = Db::open(&paths.database()).unwrap();
+        let arch = crate::platform::Host::detect().arch;
+        Images::new(db, paths, arch, &ImagesConfig::default(), QemuImg::new(Duration::from_secs(5)))
+    }
+
+    /// An imported image's row whose file was never placed (or was removed since).
+    fn imported_without_file(images: &Images, name: &str) -> ImageRow {
+        let architecture = images.arch.libvirt_name().to_string();
+        ImageRow {
+            id: catalog::image_id(name, &architecture),
+            name: name.into(),
+            description: String::new(),
+            os: "linux".into(),
+            os_version: String::new(),
+            architecture,
+            file_path: images.paths.imported_image(name).display().to_string(),
+            format: "qcow2".into(),
+            default_user: "debian".into(),
+            source_url: None,
+            sha256: None,
+            size_bytes: None,
+            created_at: timestamp_now(),
+        }
+    }
+
+    // `ec2local images list` logs at warn to stderr: a catalog image nobody pulled yet is
+    // no warning, a lost file is.
+    #[tokio::test]
+    async fn never_pulled_catalog_images_are_quiet_and_a_lost_file_warns() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = service(dir.path());
+        let (synced, log) = logged(images.sync_catalog()).await;
+        synced.unwrap();
+        assert!(!log.contains("WARN"), "{log}");
+        assert!(log.contains("base image not downloaded yet") && log.contains("ubuntu-22.04"), "{log}");
+        let listed = images.list().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        for image in &listed {
+            assert_eq!(image.availability, Availability::NotDownloaded, "{image:?}");
+            assert!(!image.available && image.in_catalog, "{image:?}");
+            assert!(image.unavailable_reason.as_deref().unwrap().contains("is not downloaded"), "{image:?}");
+        }
+
+        let lost = imported_without_file(&images, "lost");
+        images.db.call(move |conn| rows::insert_new(conn, &lost)).await.unwrap();
+        let (synced, log) = logged(images.sync_catalog()).await;
+        synced.unwrap();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{log}");
+        assert!(warnings[0].contains("lost") && warnings[0].contains("is missing"), "{log}");
+        assert_eq!(images.get("lost").await.unwrap().availability, Availability::MissingFile);
+    }
 
     #[test]
     fn image_names_are_file_name_safe() {

@@ -1,6 +1,6 @@
 // The ec2local web UI: hash-routed pages over the JSON API. No framework; every piece of
 // user data goes into the page as text (el()), never as HTML.
-import { allowedActions, closeMessage, describeType, formatBytes, imageNameFromFile, launchBlockers, parseControl, privateKeyProblem, pullPercent, uploadProgress } from "./lib.js";
+import { allowedActions, closeMessage, describeType, formatBytes, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, uploadProgress } from "./lib.js";
 
 const view = document.getElementById("view");
 let refreshTimer = null;
@@ -119,8 +119,7 @@ async function instancesPage() {
   const typeSelect = el("select", { name: "instance_type", required: true },
     types.map((t) => el("option", { value: t.name, selected: t.name === "t2.micro" }, describeType(t))));
   const imageSelect = el("select", { name: "image_id", required: true },
-    images.map((i) => el("option", { value: i.id, disabled: !i.available, title: i.unavailable_reason || i.description },
-      i.available ? i.name : `${i.name} (unavailable: ${i.unavailable_reason})`)));
+    images.map((i) => { const choice = imageChoice(i); return el("option", { value: i.id, disabled: choice.disabled, title: i.unavailable_reason || i.description }, choice.label); }));
   const firstAvailable = images.find((i) => i.available);
   if (firstAvailable) imageSelect.value = firstAvailable.id;
   const keySelect = el("select", { name: "key_name" }, el("option", { value: "" }, "(none)"),
@@ -452,24 +451,26 @@ async function imagesPage() {
       el("details", {}, el("summary", {}, "Or import a file the service can read, by its path"), form)));
   async function refresh() {
     const images = await api("GET", "/images");
-    tbody.replaceChildren(...images.map((i) => {
-      const pulling = i.pull && (i.pull.state === "downloading" || i.pull.state === "verifying");
-      const percent = pullPercent(i.pull);
-      const status = pulling
-        ? el("div", {}, el("div", { class: "progress", role: "progressbar", "aria-valuenow": percent ?? 0, "aria-valuemin": 0, "aria-valuemax": 100 }, el("div", { style: `width:${percent ?? 0}%` })),
-            el("span", { class: "muted" }, `${i.pull.state} ${formatBytes(i.pull.bytes_done)}${i.pull.bytes_total ? ` / ${formatBytes(i.pull.bytes_total)}` : ""}`))
-        : i.available ? el("span", { class: "state-running" }, "available")
-          : el("span", { class: "state-error" }, i.pull && i.pull.state === "failed" ? `pull failed: ${i.pull.error}` : i.unavailable_reason);
-      return el("tr", {},
-        el("td", {}, i.name, el("span", { class: "reason" }, i.description)), el("td", { class: "mono" }, i.id),
-        el("td", {}, `${i.os} ${i.os_version}`), el("td", {}, i.architecture), el("td", {}, status),
-        el("td", {}, el("div", { class: "actions" },
-          i.in_catalog && !i.available ? el("button", { type: "button", disabled: pulling, onclick: async (e) => { await act(e.currentTarget, () => api("POST", `/images/${i.id}/pull`), `Pulling ${i.name}`); refresh(); } }, "Pull") : null,
-          i.available ? el("button", { type: "button", class: "danger", onclick: async (e) => {
-            if (!confirm(`Delete image ${i.name}?`)) return;
-            await act(e.currentTarget, () => api("DELETE", `/images/${i.id}`), `Deleted ${i.name}`); refresh();
-          } }, "Delete") : null)));
-    }));
+    tbody.replaceChildren(...images.map(imageRow));
+  }
+  // A catalog image not downloaded yet is a state like any other: its Pull button starts
+  // the download, and the table's refresh shows its progress.
+  function imageRow(i) {
+    const status = imageStatus(i);
+    const bar = status.kind === "downloading"
+      ? el("div", { class: "progress", role: "progressbar", "aria-valuenow": status.percent ?? 0, "aria-valuemin": 0, "aria-valuemax": 100 }, el("div", { style: `width:${status.percent ?? 0}%` }))
+      : null;
+    const pull = async (e) => { await act(e.currentTarget, () => api("POST", `/images/${i.id}/pull`), `Pulling ${i.name}`); refresh(); };
+    return el("tr", { "data-name": i.name },
+      el("td", {}, i.name, el("span", { class: "reason" }, i.description)), el("td", { class: "mono" }, i.id),
+      el("td", {}, `${i.os} ${i.os_version}`), el("td", {}, i.architecture),
+      el("td", {}, bar, el("span", { class: `image-status image-${status.kind}`, "data-availability": i.availability, title: i.unavailable_reason }, status.text)),
+      el("td", {}, el("div", { class: "actions" },
+        status.canPull ? el("button", { type: "button", "data-action": "pull", onclick: pull }, "Pull") : null,
+        i.available ? el("button", { type: "button", class: "danger", onclick: async (e) => {
+          if (!confirm(`Delete image ${i.name}?`)) return;
+          await act(e.currentTarget, () => api("DELETE", `/images/${i.id}`), `Deleted ${i.name}`); refresh();
+        } }, "Delete") : null)));
   }
   every(2000, refresh);
 }

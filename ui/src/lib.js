@@ -106,3 +106,51 @@ export function uploadProgress(loaded, total) {
   const percent = total ? Math.floor((100 * loaded) / total) : 0;
   return { percent, text: `${formatBytes(loaded)} / ${formatBytes(total)} (${percent}%)` };
 }
+
+/** A short duration for an ETA: "45 s", "3 min", "1 h 5 min". */
+export function formatDuration(seconds) {
+  if (seconds == null || !Number.isFinite(seconds) || seconds < 0) return "–";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  const minutes = Math.round(s / 60);
+  if (minutes < 60) return `${minutes} min`;
+  return `${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
+}
+
+/** "312 MiB / 640 MiB · 12.3 MiB/s · 27 s left" for a pull in progress. */
+export function pullProgressText(pull) {
+  if (pull.state === "verifying") return "verifying the checksum";
+  const parts = [pull.bytes_total ? `${formatBytes(pull.bytes_done)} / ${formatBytes(pull.bytes_total)}` : formatBytes(pull.bytes_done)];
+  if (pull.bytes_per_second > 0) parts.push(`${formatBytes(pull.bytes_per_second)}/s`);
+  if (pull.eta_seconds != null) parts.push(`${formatDuration(pull.eta_seconds)} left`);
+  return `downloading ${parts.join(" · ")}`;
+}
+
+/**
+ * How the images table shows an image (`availability` from GET /api/images). A catalog
+ * image nobody pulled yet is an ordinary state with a Pull button, not an error; a
+ * failed pull is an error that a pull can fix; a lost file is an error only.
+ */
+export function imageStatus(image) {
+  switch (image.availability) {
+    case "available":
+      return { kind: "available", text: "available", canPull: false, percent: null };
+    case "not-downloaded":
+      return { kind: "not-downloaded", text: "not downloaded", canPull: true, percent: null };
+    case "downloading":
+      return { kind: "downloading", text: image.pull ? pullProgressText(image.pull) : "downloading", canPull: false, percent: pullPercent(image.pull) };
+    case "pull-failed":
+      return { kind: "error", text: `pull failed: ${(image.pull && image.pull.error) || image.unavailable_reason}`, canPull: true, percent: null };
+    default:
+      return { kind: "error", text: image.unavailable_reason || image.availability, canPull: false, percent: null };
+  }
+}
+
+/** The launch form's option for an image: only an available one can be picked. */
+export function imageChoice(image) {
+  const status = imageStatus(image);
+  if (status.kind === "available") return { label: image.name, disabled: false };
+  if (status.kind === "not-downloaded") return { label: `${image.name} (not downloaded: pull it on the Images page)`, disabled: true };
+  if (status.kind === "downloading") return { label: `${image.name} (downloading${status.percent == null ? "" : ` ${status.percent}%`})`, disabled: true };
+  return { label: `${image.name} (unavailable: ${status.text})`, disabled: true };
+}

@@ -1,7 +1,7 @@
 // Unit tests of the UI's pure helpers (node --test).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { allowedActions, closeMessage, describeType, formatBytes, imageNameFromFile, launchBlockers, parseControl, privateKeyProblem, pullPercent, uploadProgress } from "../../src/lib.js";
+import { allowedActions, closeMessage, describeType, formatBytes, formatDuration, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, pullPercent, pullProgressText, uploadProgress } from "../../src/lib.js";
 
 test("formatBytes gives short human figures", () => {
   assert.equal(formatBytes(512), "512 B");
@@ -69,4 +69,52 @@ test("an uploaded file's name becomes a valid image name", () => {
 test("upload progress is shown in bytes and percent", () => {
   assert.deepEqual(uploadProgress(512 * 1024 * 1024, 1024 * 1024 * 1024), { percent: 50, text: "512 MiB / 1.0 GiB (50%)" });
   assert.equal(uploadProgress(0, 0).percent, 0);
+});
+
+test("durations are short: seconds, minutes, hours", () => {
+  assert.equal(formatDuration(44.6), "45 s");
+  assert.equal(formatDuration(185), "3 min");
+  assert.equal(formatDuration(3900), "1 h 5 min");
+  assert.equal(formatDuration(7200), "2 h");
+  assert.equal(formatDuration(null), "–");
+  assert.equal(formatDuration(Infinity), "–");
+});
+
+test("a pull in progress shows bytes, rate and time left", () => {
+  const mib = 1024 * 1024;
+  const pull = { state: "downloading", bytes_done: 312 * mib, bytes_total: 640 * mib, bytes_per_second: 12.3 * mib, eta_seconds: 27 };
+  assert.equal(pullProgressText(pull), "downloading 312 MiB / 640 MiB · 12.3 MiB/s · 27 s left");
+  assert.equal(pullProgressText({ state: "downloading", bytes_done: 0, bytes_per_second: 0 }), "downloading 0 B");
+  assert.equal(pullProgressText({ ...pull, state: "verifying" }), "verifying the checksum");
+});
+
+const catalogImage = { name: "ubuntu-22.04", in_catalog: true, available: false };
+
+test("a catalog image never pulled is not downloaded, with a Pull button, not an error", () => {
+  const status = imageStatus({ ...catalogImage, availability: "not-downloaded", unavailable_reason: "image ubuntu-22.04 is not downloaded: run `ec2local images pull ubuntu-22.04`" });
+  assert.deepEqual(status, { kind: "not-downloaded", text: "not downloaded", canPull: true, percent: null });
+  assert.deepEqual(imageChoice({ ...catalogImage, availability: "not-downloaded" }), { label: "ubuntu-22.04 (not downloaded: pull it on the Images page)", disabled: true });
+});
+
+test("a pull in progress shows its progress and cannot be started twice", () => {
+  const pull = { state: "downloading", bytes_done: 50, bytes_total: 200, bytes_per_second: 0 };
+  const status = imageStatus({ ...catalogImage, availability: "downloading", pull });
+  assert.equal(status.kind, "downloading");
+  assert.equal(status.percent, 25);
+  assert.equal(status.canPull, false);
+  assert.match(status.text, /^downloading 50 B \/ 200 B$/);
+  assert.equal(imageChoice({ ...catalogImage, availability: "downloading", pull }).label, "ubuntu-22.04 (downloading 25%)");
+});
+
+test("real problems are errors; a failed pull can be tried again, a lost file cannot", () => {
+  const failed = imageStatus({ ...catalogImage, availability: "pull-failed", pull: { state: "failed", error: "checksum mismatch" } });
+  assert.deepEqual(failed, { kind: "error", text: "pull failed: checksum mismatch", canPull: true, percent: null });
+  const lost = imageStatus({ name: "mine", in_catalog: false, available: false, availability: "missing-file", unavailable_reason: "the file of image mine is missing: /x" });
+  assert.deepEqual(lost, { kind: "error", text: "the file of image mine is missing: /x", canPull: false, percent: null });
+  assert.equal(imageChoice({ name: "mine", availability: "missing-file", unavailable_reason: "gone" }).label, "mine (unavailable: gone)");
+});
+
+test("an available image can be launched from and is not pulled again", () => {
+  assert.deepEqual(imageStatus({ name: "debian", available: true, availability: "available" }), { kind: "available", text: "available", canPull: false, percent: null });
+  assert.deepEqual(imageChoice({ name: "debian", available: true, availability: "available" }), { label: "debian", disabled: false });
 });
