@@ -95,6 +95,8 @@ impl App {
                 monitor_interval: config.monitor_interval,
                 tool_timeout: config.tool_timeout,
                 qemu_user: qemu_user.clone(),
+                status_timeout: config.status_timeout,
+                guest_ssh_port: 22,
             },
         );
         let app = Arc::new(App {

@@ -141,6 +141,9 @@ pub struct Config {
     pub terminate_grace: Duration,
     /// How often the monitor refreshes every instance's state and address.
     pub monitor_interval: Duration,
+    /// How long a launched, started or rebooted instance has for SSH to answer before its
+    /// status check is impaired.
+    pub status_timeout: Duration,
     /// WebSocket ping and SSH keep-alive interval of terminal sessions.
     pub terminal_keepalive: Duration,
     /// How many web terminal sessions may be open at once.
@@ -173,6 +176,7 @@ impl Config {
             terminal_keepalive: Duration::from_secs(30),
             terminal_max_sessions: 16,
             monitor_interval: Duration::from_secs(5),
+            status_timeout: Duration::from_secs(300),
             vmnet_socket: None,
         }
     }

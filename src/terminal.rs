@@ -146,7 +146,8 @@ pub enum ServerMsg {
 }
 
 struct HostKeyCheck {
-    expected: Option<String>,
+    /// Fingerprints the server's key may have; any, on first use.
+    trusted: Vec<String>,
     seen: Arc<std::sync::Mutex<Option<String>>>,
 }
 
@@ -159,7 +160,7 @@ impl client::Handler for HostKeyCheck {
             PublicKeyOrCertificate::Certificate(cert) => cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
         };
         *self.seen.lock().unwrap() = Some(fingerprint.clone());
-        Ok(self.expected.as_ref().is_none_or(|e| *e == fingerprint))
+        Ok(self.trusted.is_empty() || self.trusted.contains(&fingerprint))
     }
 }
 
@@ -176,7 +177,7 @@ pub struct Session {
 }
 
 /// Connects to the instance as its image's default user with `key`, trusting the host
-/// key on first use and refusing a changed one.
+/// key on first use and refusing one that is neither pinned nor among its recorded keys.
 pub async fn connect(
     db: &Db,
     target: &Target,
@@ -194,19 +195,22 @@ pub async fn connect(
     Ok(Session { handle, channel })
 }
 
-/// Connects to the guest's SSH server, refusing a host key other than the one seen on
-/// the first connection (which is pinned then).
+/// Connects to the guest's SSH server, refusing a host key other than the pinned one and
+/// the recorded ones (when none is known, the key seen is pinned).
 async fn open_pinned(
     db: &Db,
     target: &Target,
     options: &SshOptions,
 ) -> Result<client::Handle<HostKeyCheck>, TerminalError> {
     let id = target.instance.id.clone();
-    let expected = {
+    let (pinned, trusted) = {
         let id = id.clone();
-        db.call(move |c| rows::host_key(c, &id))
+        let row = db
+            .call(move |c| rows::get(c, &id))
             .await
-            .map_err(|e| TerminalError::new(close_code::SSH_UNREACHABLE, "Internal", e.to_string()))?
+            .map_err(|e| TerminalError::new(close_code::SSH_UNREACHABLE, "Internal", e.to_string()))?;
+        let (pinned, keys) = row.map(|r| (r.host_key, r.host_public_keys)).unwrap_or_default();
+        (pinned.is_some(), crate::guest_ssh::trusted_fingerprints(pinned, &keys))
     };
     let seen = Arc::new(std::sync::Mutex::new(None));
     let config = Arc::new(client::Config {
@@ -215,22 +219,21 @@ async fn open_pinned(
         inactivity_timeout: None,
         ..Default::default()
     });
-    let handler = HostKeyCheck { expected: expected.clone(), seen: seen.clone() };
+    let handler = HostKeyCheck { trusted: trusted.clone(), seen: seen.clone() };
     let address = (target.ip.as_str(), 22);
     let connecting = tokio::time::timeout(Duration::from_secs(15), client::connect(config, address, handler)).await;
     let handle = match connecting {
         Ok(Ok(handle)) => handle,
         Ok(Err(e)) => {
             let seen = seen.lock().unwrap().take();
-            if let (Some(expected), Some(seen)) = (&expected, &seen)
-                && expected != seen
-            {
+            if let Some(seen) = seen.filter(|s| !trusted.is_empty() && !trusted.contains(s)) {
                 return Err(TerminalError::new(
                     close_code::HOST_KEY_CHANGED,
                     "HostKeyChanged",
                     format!(
-                        "the SSH host key of {id} changed (was {expected}, now {seen}); refusing to connect. \
-                         Check the console output for the guest's real fingerprints"
+                        "the SSH host key of {id} changed (known: {}; now {seen}); refusing to connect. \
+                         Check the console output for the guest's real fingerprints",
+                        trusted.join(", ")
                     ),
                 ));
             }
@@ -249,9 +252,7 @@ async fn open_pinned(
         }
     };
     let first_seen = seen.lock().unwrap().take();
-    if expected.is_none()
-        && let Some(fingerprint) = first_seen
-    {
+    if !pinned && let Some(fingerprint) = first_seen {
         let _ = db.call(move |c| rows::set_host_key(c, &id, &fingerprint)).await;
     }
     Ok(handle)
@@ -309,5 +310,36 @@ impl Session {
         }
         let _ = self.channel.close().await;
         let _ = self.handle.disconnect(Disconnect::ByApplication, "terminal closed", "en").await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use russh::client::Handler as _;
+    use russh::keys::PublicKey;
+
+    use super::*;
+    use crate::guest_ssh::test_sshd::random_key;
+    use crate::guest_ssh::{HostKey, trusted_fingerprints};
+
+    fn offered(key: &PublicKey) -> PublicKeyOrCertificate {
+        PublicKeyOrCertificate::PublicKey { key: key.clone(), hash_alg: None }
+    }
+
+    // issue 16: the terminal accepts any of the host keys the status check recorded.
+    #[tokio::test]
+    async fn a_server_key_among_the_recorded_host_keys_is_accepted() {
+        let (ecdsa, ed25519, stranger) = (random_key(), random_key(), random_key());
+        let recorded = [&ecdsa, &ed25519].map(|k| HostKey::from_public(k.public_key()).unwrap().openssh);
+        let trusted = trusted_fingerprints(None, &recorded);
+        let mut check = HostKeyCheck { trusted, seen: Arc::default() };
+        assert!(check.check_server_key(&offered(ed25519.public_key())).await.unwrap());
+        assert!(check.check_server_key(&offered(ecdsa.public_key())).await.unwrap());
+        assert!(!check.check_server_key(&offered(stranger.public_key())).await.unwrap());
+        // Nothing known yet: trusted on first use, and what was seen is kept for the pin.
+        let mut first_use = HostKeyCheck { trusted: Vec::new(), seen: Arc::default() };
+        assert!(first_use.check_server_key(&offered(stranger.public_key())).await.unwrap());
+        let pinned = first_use.seen.lock().unwrap().clone().unwrap();
+        assert_eq!(pinned, HostKey::from_public(stranger.public_key()).unwrap().fingerprint);
     }
 }

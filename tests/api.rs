@@ -34,6 +34,24 @@ async fn swagger_ui_and_the_openapi_spec_are_served() {
     assert!(spec["paths"]["/images/{name}/file"]["put"].is_object());
 }
 
+// issue 16: status checks. The instance's status check and host keys are part of its
+// documented contract (a CLI waits on `status` and writes known_hosts from `host_keys`).
+#[tokio::test]
+async fn instances_carry_their_status_check_and_host_keys_in_the_spec() {
+    let (_tmp, service) = start();
+    let (_, spec) = get_json(&format!("{}/openapi.json", service.url)).await;
+    let instance = &spec["components"]["schemas"]["InstanceDto"];
+    for field in ["status", "status_reason", "reachable_at", "host_keys"] {
+        let described = instance["properties"][field]["description"].as_str().unwrap_or_default();
+        assert!(!described.is_empty(), "{field} undocumented: {instance}");
+    }
+    assert!(instance["properties"]["status"]["description"].as_str().unwrap().contains("not-applicable"));
+    assert_eq!(instance["properties"]["host_keys"]["type"], "array");
+    let required: Vec<&str> = instance["required"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    assert!(required.contains(&"status") && required.contains(&"host_keys"), "{required:?}");
+    assert!(!required.contains(&"reachable_at"), "null until SSH answers: {required:?}");
+}
+
 // REQ-REL-002, REQ-REL-003
 #[tokio::test]
 async fn health_and_libvirt_endpoints_answer_503_with_a_clear_message_when_libvirt_is_unreachable() {

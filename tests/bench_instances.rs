@@ -36,6 +36,21 @@ async fn ssh_until(key: &Path, ip: &str, command: &str, what: &str) -> String {
     .await
 }
 
+/// Whether the system ssh logs in with StrictHostKeyChecking=yes and a known_hosts made
+/// of `host_keys` only.
+fn ssh_strict(key: &Path, ip: &str, host_keys: &[&str], dir: &Path) -> bool {
+    let known_hosts = dir.join("known_hosts");
+    let lines: String = host_keys.iter().map(|k| format!("{ip} {k}\n")).collect();
+    std::fs::write(&known_hosts, lines).unwrap();
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", "-o"])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "ConnectTimeout=5", "-i"])
+        .arg(key)
+        .args([format!("ubuntu@{ip}"), "true".into()]);
+    ssh.status().expect("ssh client").success()
+}
+
 fn in_dhcp_range(ip: &str) -> bool {
     ip.strip_prefix("192.168.100.").and_then(|o| o.parse::<u8>().ok()).is_some_and(|o| o >= 10)
 }
@@ -86,6 +101,14 @@ async fn an_instance_lives_its_whole_life() {
     assert!(in_dhcp_range(&ip), "{ip}");
     assert!(running["launched_at"].is_string());
     assert_eq!(running["name"], "life cycle");
+
+    // issue 16: status checks. Usable once SSH answers and cloud-init finished; the host
+    // keys recorded let the system ssh verify the guest strictly.
+    let ok = wait_instance(&svc, &id, "status ok", BOOT, |i| i["status"] == "ok").await;
+    assert!(ok["reachable_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{ok}");
+    let host_keys: Vec<&str> = ok["host_keys"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(!host_keys.is_empty(), "{ok}");
+    assert!(ssh_strict(&key, &ip, &host_keys, tmp.path()), "the recorded host keys verify the guest: {ok}");
 
     // Files in their places: a qcow2 overlay on the image, the seed ISO, the domain XML.
     let dir = svc.data_dir.join("instances").join(&id);
@@ -154,6 +177,9 @@ async fn an_instance_lives_its_whole_life() {
     let stopped = wait_instance(&svc, &id, "stopped", Duration::from_secs(120), |i| i["state"] == "stopped").await;
     assert_eq!(stopped["state_reason"], Value::Null, "the stop was forced: {stopped}");
     assert_eq!(stopped["ip_address"], Value::Null);
+    // issue 16: status checks
+    assert_eq!((stopped["status"].as_str(), &stopped["reachable_at"]), (Some("not-applicable"), &Value::Null));
+    assert_eq!(stopped["host_keys"], ok["host_keys"], "same disk, same host keys");
     assert_eq!(virsh().domstate(&id).await.unwrap(), "shut off");
 
     // Start: running again with the same address.
@@ -165,6 +191,8 @@ async fn an_instance_lives_its_whole_life() {
     .await;
     assert_eq!(restarted["ip_address"], ip.as_str());
     ssh_until(&key, &ip, "true", "SSH after start").await;
+    // issue 16: status checks
+    let ok_again = wait_instance(&svc, &id, "status ok after start", BOOT, |i| i["status"] == "ok").await;
 
     // A restart of the service keeps the running instance as it is.
     let data_dir = svc.data_dir.clone();
@@ -183,6 +211,8 @@ async fn an_instance_lives_its_whole_life() {
     assert_eq!(same[0]["state"], "running");
     let (_, detail) = get_json(&svc.api(&format!("/instances/{id}"))).await;
     assert_eq!(detail["ip_address"], ip.as_str());
+    // issue 16: status checks. When SSH answered in this run survives a restart.
+    assert_eq!(detail["reachable_at"], ok_again["reachable_at"], "{detail}");
     assert!(ssh(&key, "ubuntu", &ip, "true").is_some());
 
     // The console output shows the boot.

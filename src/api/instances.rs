@@ -65,6 +65,22 @@ pub struct InstanceDto {
     pub created_at: String,
     pub launched_at: Option<String>,
     pub terminated_at: Option<String>,
+    /// Whether the instance can be used yet, as EC2's status checks: `initializing`
+    /// until SSH answers and cloud-init has finished, then `ok`; `impaired` when SSH did
+    /// not answer within the status timeout (300 s by default, from its launch, start or
+    /// reboot), or stopped answering; `not-applicable` when it is not running.
+    pub status: String,
+    /// Why it is `initializing` or `impaired` ("waiting for SSH", "waiting for cloud-init
+    /// to finish", "SSH did not answer within 300 s", "SSH stopped answering", "host key
+    /// changed"); null when `ok` or `not-applicable`.
+    pub status_reason: Option<String>,
+    /// When SSH first answered since the instance was last launched, started or
+    /// rebooted; null until then and while it is not running.
+    pub reachable_at: Option<String>,
+    /// The guest's SSH host public keys (`ssh-ed25519 AAAA…`, no comment) as cloud-init
+    /// printed them on the console, else as its SSH server showed on first contact; for a
+    /// known_hosts line `IP KEY`. Empty until known; kept across stop and start.
+    pub host_keys: Vec<String>,
 }
 
 impl From<Instance> for InstanceDto {
@@ -88,6 +104,10 @@ impl From<Instance> for InstanceDto {
             created_at: i.created_at,
             launched_at: i.launched_at,
             terminated_at: i.terminated_at,
+            status: i.status_check.status.as_str().into(),
+            status_reason: i.status_check.reason,
+            reachable_at: i.status_check.reachable_at,
+            host_keys: i.host_keys,
         }
     }
 }
@@ -195,5 +215,45 @@ impl InstancesApi {
     async fn console_output(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<Json<ConsoleOutputDto>, ApiError> {
         let output = app.instances.console_output(&id.0).await?;
         Ok(Json(ConsoleOutputDto { instance_id: id.0, output }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+    use crate::exec::scripted::Scripted;
+    use crate::instances::status_check::{CheckStatus, StatusCheck};
+    use crate::instances::testbench::instances_over;
+
+    // issue 16: status checks
+    #[tokio::test]
+    async fn the_status_check_and_host_keys_are_on_the_instance() {
+        let bench = instances_over(Scripted::default(), Duration::from_secs(1)).with_instance("running").await;
+        let mut instance = bench.instances.inner().describe(bench.row().await);
+        let json = InstanceDto::from(instance.clone()).to_json().unwrap();
+        assert_eq!(json["status"], "initializing", "a running instance not probed yet: {json}");
+        assert_eq!(json["status_reason"], "waiting for SSH");
+        assert_eq!((&json["reachable_at"], &json["host_keys"]), (&serde_json::Value::Null, &serde_json::json!([])));
+
+        instance.status_check = StatusCheck {
+            status: CheckStatus::Impaired,
+            reason: Some("SSH stopped answering".into()),
+            reachable_at: Some("2026-11-26T10:00:40Z".into()),
+            impaired_since: Some("2026-11-26T10:05:00Z".into()),
+        };
+        instance.host_keys =
+            vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC+ysjWWhsXJKDR6WqwtIjO2XSsVZzq/39bXnGsLzHz6".into()];
+        let dto = InstanceDto::from(instance);
+        assert_eq!((dto.status.as_str(), dto.status_reason.as_deref()), ("impaired", Some("SSH stopped answering")));
+        assert_eq!(dto.reachable_at.as_deref(), Some("2026-11-26T10:00:40Z"));
+        assert_eq!(dto.host_keys.len(), 1);
+
+        let stopped = instances_over(Scripted::default(), Duration::from_secs(1)).with_instance("stopped").await;
+        let dto = InstanceDto::from(stopped.instances.inner().describe(stopped.row().await));
+        assert_eq!((dto.status.as_str(), dto.status_reason, dto.reachable_at), ("not-applicable", None, None));
     }
 }

@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Seconds between refreshes of every instance's state and address.
     #[arg(long, env = "EC2LOCAL_MONITOR_INTERVAL_SECS", default_value_t = 5)]
     monitor_interval_secs: u64,
+    /// Seconds a launched, started or rebooted instance has for SSH to answer before its
+    /// status check is `impaired`.
+    #[arg(long, env = "EC2LOCAL_STATUS_TIMEOUT_SECS", default_value_t = 300)]
+    status_timeout_secs: u64,
     /// Seconds between keep-alive pings of terminal sessions.
     #[arg(long, env = "EC2LOCAL_TERMINAL_KEEPALIVE_SECS", default_value_t = 30)]
     terminal_keepalive_secs: u64,
@@ -112,6 +116,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     config.stop_timeout = std::time::Duration::from_secs(args.stop_timeout_secs.max(1));
     config.terminate_grace = std::time::Duration::from_secs(args.terminate_grace_secs);
     config.monitor_interval = std::time::Duration::from_secs(args.monitor_interval_secs.max(1));
+    config.status_timeout = std::time::Duration::from_secs(args.status_timeout_secs.max(1));
     config.terminal_keepalive = std::time::Duration::from_secs(args.terminal_keepalive_secs.max(1));
     config.terminal_max_sessions = args.terminal_max_sessions;
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));

@@ -36,11 +36,18 @@ pub struct InstanceRow {
     pub disable_api_termination: bool,
     /// Refuses stop (EC2's DisableApiStop).
     pub disable_api_stop: bool,
+    /// When SSH first answered in the current run (launch, start or reboot).
+    pub reachable_at: Option<String>,
+    /// The guest's SSH host public keys, OpenSSH lines without comment.
+    pub host_public_keys: Vec<String>,
+    /// The SSH host key fingerprint trusted on first use (terminal or status check).
+    pub host_key: Option<String>,
 }
 
 const COLUMNS: &str = "id, name, instance_type, vcpus, memory_mib, disk_gib, image_id, image_name, login_user, \
     key_name, public_key, user_data, state, state_reason, mac_address, reserved_ip, ip_address, created_at, \
-    launched_at, terminated_at, task, reservation_id, disable_api_termination, disable_api_stop";
+    launched_at, terminated_at, task, reservation_id, disable_api_termination, disable_api_stop, reachable_at, \
+    host_public_keys, host_key";
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow {
@@ -68,14 +75,25 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         reservation_id: row.get(21)?,
         disable_api_termination: row.get(22)?,
         disable_api_stop: row.get(23)?,
+        reachable_at: row.get(24)?,
+        host_public_keys: split_keys(row.get(25)?),
+        host_key: row.get(26)?,
     })
+}
+
+fn split_keys(stored: Option<String>) -> Vec<String> {
+    stored.unwrap_or_default().lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+fn joined_keys(keys: &[String]) -> Option<String> {
+    (!keys.is_empty()).then(|| keys.join("\n"))
 }
 
 pub fn insert(conn: &Connection, r: &InstanceRow) -> Result<(), DbError> {
     conn.execute(
         &format!(
             "INSERT INTO instances ({COLUMNS}) VALUES
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
         ),
         params![
             r.id,
@@ -101,7 +119,10 @@ pub fn insert(conn: &Connection, r: &InstanceRow) -> Result<(), DbError> {
             r.task,
             r.reservation_id,
             r.disable_api_termination,
-            r.disable_api_stop
+            r.disable_api_stop,
+            r.reachable_at,
+            joined_keys(&r.host_public_keys),
+            r.host_key
         ],
     )?;
     Ok(())
@@ -205,14 +226,16 @@ pub struct StatusWrite<'a> {
 
 /// Applies a lifecycle move as a compare-and-set; returns whether it applied. This is
 /// how two concurrent requests cannot both pass a state check, and how a task that was
-/// overtaken (by a terminate) cannot overwrite what came after it.
+/// overtaken (by a terminate) cannot overwrite what came after it. Any move but into
+/// idle running ends the run whose `reachable_at` was recorded.
 pub fn write_status(conn: &Connection, id: &str, w: &StatusWrite<'_>) -> Result<bool, DbError> {
     let changed = conn.execute(
         "UPDATE instances SET state = ?4, task = ?5, state_reason = ?6,
              launched_at = COALESCE(?7, launched_at),
              terminated_at = COALESCE(?8, terminated_at),
              reserved_ip = CASE WHEN ?8 IS NULL AND NOT ?10 THEN reserved_ip END,
-             ip_address = CASE WHEN ?9 OR ?8 IS NOT NULL THEN NULL ELSE ip_address END
+             ip_address = CASE WHEN ?9 OR ?8 IS NOT NULL THEN NULL ELSE ip_address END,
+             reachable_at = CASE WHEN ?4 = 'running' AND ?5 IS NULL THEN reachable_at END
          WHERE id = ?1 AND state = ?2 AND task IS ?3",
         params![
             id,
@@ -247,11 +270,32 @@ pub fn set_ip_if_idle(conn: &Connection, id: &str, state: &str, ip: Option<&str>
     Ok(())
 }
 
-/// The SSH host key fingerprint recorded for an instance at its first terminal session.
-pub fn host_key(conn: &Connection, id: &str) -> Result<Option<String>, DbError> {
-    Ok(conn.query_row("SELECT host_key FROM instances WHERE id = ?1", [id], |r| r.get(0)).optional()?.flatten())
+/// Records when SSH first answered in this run, if the row is still idle and running
+/// and has no such time yet (a stop or reboot since clears it).
+pub fn set_reachable_at(conn: &Connection, id: &str, at: &str) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE instances SET reachable_at = ?2
+         WHERE id = ?1 AND state = 'running' AND task IS NULL AND reachable_at IS NULL",
+        params![id, at],
+    )?;
+    Ok(())
 }
 
+/// Records the guest's host public keys, and pins `fingerprint` if none is pinned yet.
+pub fn set_host_public_keys(
+    conn: &Connection,
+    id: &str,
+    keys: &[String],
+    fingerprint: Option<&str>,
+) -> Result<(), DbError> {
+    conn.execute(
+        "UPDATE instances SET host_public_keys = ?2, host_key = COALESCE(host_key, ?3) WHERE id = ?1",
+        params![id, joined_keys(keys), fingerprint],
+    )?;
+    Ok(())
+}
+
+/// Pins the host key fingerprint seen on first use; one already pinned is kept.
 pub fn set_host_key(conn: &Connection, id: &str, fingerprint: &str) -> Result<(), DbError> {
     conn.execute("UPDATE instances SET host_key = ?2 WHERE id = ?1 AND host_key IS NULL", params![id, fingerprint])?;
     Ok(())

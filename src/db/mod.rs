@@ -18,6 +18,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_instance_task.sql")),
     (3, include_str!("migrations/0003_ec2_api.sql")),
+    (4, include_str!("migrations/0004_status_checks.sql")),
 ];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -113,14 +113,15 @@ impl Instances {
             }
         });
         // As admitted: the work may already have moved the row on (a quick terminate).
-        let mut answer = Instance::from_row(self.inner().row(&id).await?);
-        (answer.state, answer.task) = (admitted_status.state, admitted_status.task);
-        Ok(answer)
+        let mut row = self.inner().row(&id).await?;
+        row.state = admitted_status.state.as_str().to_string();
+        row.task = admitted_status.task.map(|t| t.as_str().to_string());
+        Ok(self.inner().describe(row))
     }
 
     async fn current(&self, id: &str) -> Result<Instance, AppError> {
         let id = parse_id(id)?.to_string();
-        Ok(Instance::from_row(self.inner().row(&id).await?))
+        Ok(self.inner().describe(self.inner().row(&id).await?))
     }
 
     /// REQ-INST-009: stopped → pending (starting) → running.

@@ -221,6 +221,9 @@ pub(super) fn new_row(
         reservation_id: None,
         disable_api_termination: false,
         disable_api_stop: false,
+        reachable_at: None,
+        host_public_keys: Vec::new(),
+        host_key: None,
     }
 }
 

@@ -4,16 +4,19 @@
 //! monitor keeps state and IP current, and the recovery pass settles work that a
 //! restart or a libvirt outage cut short (`recovery`).
 
+pub mod console_facts;
 pub mod create;
 pub mod error;
 pub mod monitor;
 pub mod recovery;
 pub mod state;
+pub mod status_check;
 pub mod types;
 
 pub(crate) mod actions;
 mod cleanup;
 pub mod run;
+mod status_round;
 pub mod tags;
 
 pub use actions::StopMode;
@@ -26,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use state::{Event, State, Status, Task};
+use status_check::StatusCheck;
 
 use crate::config::Limits;
 use crate::db::Db;
@@ -72,6 +76,10 @@ pub struct Instance {
     pub disable_api_termination: bool,
     /// Refuses stop until cleared.
     pub disable_api_stop: bool,
+    /// Whether it can be used yet (issue 16: status checks).
+    pub status_check: StatusCheck,
+    /// The guest's SSH host public keys (OpenSSH lines), once known.
+    pub host_keys: Vec<String>,
 }
 
 /// The lifecycle status stored in a row. A row the state machine cannot read (edited by
@@ -83,7 +91,7 @@ pub fn status_of(row: &InstanceRow) -> Status {
 }
 
 impl Instance {
-    pub fn from_row(row: InstanceRow) -> Instance {
+    pub fn from_row(row: InstanceRow, status_check: StatusCheck) -> Instance {
         let status = status_of(&row);
         Instance {
             state: status.state,
@@ -109,6 +117,8 @@ impl Instance {
             reservation_id: row.reservation_id,
             disable_api_termination: row.disable_api_termination,
             disable_api_stop: row.disable_api_stop,
+            status_check,
+            host_keys: row.host_public_keys,
         }
     }
 }
@@ -135,6 +145,10 @@ pub struct InstancesConfig {
     /// The user libvirt runs QEMU as, when it is not the service's own (system daemon):
     /// it must reach the data dir before a launch or start is accepted.
     pub qemu_user: Option<String>,
+    /// How long a run (launch, start, reboot) has for SSH to answer before it is impaired.
+    pub status_timeout: Duration,
+    /// The port status checks probe on guests (sshd's).
+    pub guest_ssh_port: u16,
 }
 
 #[derive(Clone)]
@@ -152,6 +166,7 @@ pub(crate) struct Inner {
     /// Set when work failed because libvirt was unreachable or left a cleanup behind:
     /// the supervisor runs the recovery pass once libvirt answers again.
     recovery_wanted: Arc<AtomicBool>,
+    checks: status_round::Checks,
 }
 
 /// Proof that this process owns work on an instance; released on drop. A ticket
@@ -218,6 +233,7 @@ impl Instances {
                 locks: Mutex::new(HashMap::new()),
                 tickets: Arc::default(),
                 recovery_wanted: Arc::default(),
+                checks: Default::default(),
             }),
         }
     }
@@ -228,7 +244,7 @@ impl Instances {
 
     pub async fn list(&self, include_terminated: bool) -> Result<Vec<Instance>, AppError> {
         let rows = self.inner.deps.db.call(move |c| rows::list(c, include_terminated)).await?;
-        Ok(rows.into_iter().map(Instance::from_row).collect())
+        Ok(rows.into_iter().map(|row| self.inner.describe(row)).collect())
     }
 
     /// One instance, with its state and IP read from libvirt now (REQ-INST-015).
@@ -246,19 +262,17 @@ impl Instances {
             };
             if let Some(change) = monitor::reconcile(&row, domain.as_deref(), lease.as_deref()) {
                 self.inner.apply(&row, change).await?;
-                return Ok(Instance::from_row(self.inner.row(&id).await?));
+                return Ok(self.inner.describe(self.inner.row(&id).await?));
             }
         }
-        Ok(Instance::from_row(row))
+        Ok(self.inner.describe(row))
     }
 
     /// The guest's serial console, like EC2 GetConsoleOutput (the last 64 KiB).
     pub async fn console_output(&self, id: &str) -> Result<String, AppError> {
         let instance_id = parse_id(id)?;
         self.inner.row(&instance_id.to_string()).await?;
-        let path = self.inner.deps.paths.instance_console_log(&instance_id);
-        let tail = tokio::task::spawn_blocking(move || read_tail(&path, CONSOLE_TAIL_BYTES)).await??;
-        Ok(String::from_utf8_lossy(&tail).into_owned())
+        self.inner.console_tail(&instance_id).await
     }
 
     /// Whether the supervisor should run the recovery pass (see `Inner::recovery_wanted`).
@@ -286,6 +300,19 @@ fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
 }
 
 impl Inner {
+    /// The instance as reported, with its status check.
+    pub(crate) fn describe(&self, row: InstanceRow) -> Instance {
+        let status_check = self.checks.view(&row);
+        Instance::from_row(row, status_check)
+    }
+
+    /// The last 64 KiB of the guest's serial console.
+    pub(crate) async fn console_tail(&self, id: &InstanceId) -> Result<String, AppError> {
+        let path = self.deps.paths.instance_console_log(id);
+        let tail = tokio::task::spawn_blocking(move || read_tail(&path, CONSOLE_TAIL_BYTES)).await??;
+        Ok(String::from_utf8_lossy(&tail).into_owned())
+    }
+
     pub(crate) fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().clone()
     }
@@ -379,6 +406,7 @@ impl Inner {
             })
             .await?;
         if applied {
+            self.checks.restart(id, chrono::Utc::now());
             tracing::info!(instance = %id, %from, %to, reason = %logged_reason, "state changed");
             Ok(Some(to))
         } else {

@@ -1,6 +1,7 @@
 //! Keeps every instance's state and IP current (REQ-INST-013, REQ-NET-004) with two
-//! virsh calls per tick whatever the number of instances. Work in flight owns its
-//! instance: the monitor looks only at idle ones, and its changes are lifecycle events.
+//! virsh calls per tick whatever the number of instances, then runs a round of status
+//! checks (issue 16). Work in flight owns its instance: the monitor looks only at idle
+//! ones, and its changes are lifecycle events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,6 +72,10 @@ impl Instances {
                     }
                     tracing::debug!(error = %e, "monitor tick skipped");
                 }
+                // Probing needs no libvirt: it goes on while libvirt is away.
+                if let Err(e) = inner.check_statuses().await {
+                    tracing::debug!(error = %e, "status checks skipped");
+                }
             }
         });
     }
@@ -135,6 +140,9 @@ mod tests {
             reservation_id: None,
             disable_api_termination: false,
             disable_api_stop: false,
+            reachable_at: None,
+            host_public_keys: Vec::new(),
+            host_key: None,
         }
     }
 

@@ -109,7 +109,7 @@ impl Instances {
             match self.record(row, available_memory_mib, other_tags.clone()).await {
                 Ok((row, ownership)) => {
                     tracing::info!(instance = %row.id, reservation = %reservation_id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
-                    instances.push(Instance::from_row(row.clone()));
+                    instances.push(self.inner().describe(row.clone()));
                     self.build_in_background(row, image.clone(), ownership);
                 }
                 Err(e) => {
@@ -155,7 +155,7 @@ impl Instances {
         }
         let id = earlier.id.clone();
         let rows = self.inner().deps.db.call(move |c| rows::in_reservation(c, &id)).await?;
-        let instances = rows.into_iter().map(Instance::from_row).collect();
+        let instances = rows.into_iter().map(|row| self.inner().describe(row)).collect();
         Ok(Reservation { id: earlier.id, client_token: earlier.client_token, instances })
     }
 

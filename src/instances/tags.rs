@@ -93,7 +93,7 @@ impl Instances {
             let instances: Vec<Instance> = {
                 let mut found = Vec::new();
                 for id in &ids {
-                    found.push(Instance::from_row(self.inner().row(id).await?));
+                    found.push(self.inner().describe(self.inner().row(id).await?));
                 }
                 found
             };
@@ -138,7 +138,7 @@ impl Instances {
         if !found {
             return Err(super::not_found(&id));
         }
-        Ok(Instance::from_row(self.inner().row(&id).await?))
+        Ok(self.inner().describe(self.inner().row(&id).await?))
     }
 
     /// The ids, checked: all exist, or the first that does not is the error.

@@ -50,6 +50,25 @@ pub struct Bench {
 
 /// Instances whose `virsh` answers from `script`; guests get `timeout` to stop.
 pub fn instances_over(script: Scripted, timeout: Duration) -> Bench {
+    instances_configured(script, config(timeout))
+}
+
+/// The configuration of `instances_over`.
+pub fn config(timeout: Duration) -> InstancesConfig {
+    InstancesConfig {
+        limits: Limits::default(),
+        stop_timeout: timeout,
+        terminate_grace: timeout,
+        monitor_interval: Duration::from_secs(3600),
+        tool_timeout: Duration::from_secs(5),
+        qemu_user: None,
+        status_timeout: Duration::from_secs(300),
+        guest_ssh_port: 22,
+    }
+}
+
+/// Instances whose `virsh` answers from `script`, configured as given.
+pub fn instances_configured(script: Scripted, config: InstancesConfig) -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let paths = Paths::new(dir.path());
     paths.ensure().unwrap();
@@ -68,14 +87,6 @@ pub fn instances_over(script: Scripted, timeout: Duration) -> Bench {
         network: NetworkManager::new(virsh, NetworkConfig::default(), paths.clone(), NetworkMode::LibvirtNat),
         platform: host.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into(), NetworkMode::LibvirtNat),
         iso_tool: None,
-    };
-    let config = InstancesConfig {
-        limits: Limits::default(),
-        stop_timeout: timeout,
-        terminate_grace: timeout,
-        monitor_interval: Duration::from_secs(3600),
-        tool_timeout: Duration::from_secs(5),
-        qemu_user: None,
     };
     Bench { instances: Instances::new(deps, config), script, paths, _dir: dir }
 }
@@ -113,6 +124,9 @@ impl Bench {
             reservation_id: None,
             disable_api_termination: false,
             disable_api_stop: false,
+            reachable_at: None,
+            host_public_keys: Vec::new(),
+            host_key: None,
         };
         self.instances.inner().deps.db.call(move |c| rows::insert(c, &row)).await.unwrap();
         std::fs::create_dir_all(self.instance_dir()).unwrap();

@@ -274,9 +274,13 @@ class Ec2(unittest.TestCase):
             urllib.request.urlopen(urllib.request.Request(f"{ENDPOINT}/api/instances/{iid}", method="DELETE"))
         self.assertEqual(refused.exception.code, 409, "the REST API honours the protection too")
         ec2.modify_instance_attribute(InstanceId=iid, DisableApiTermination={"Value": False})
+        # issue 16: status checks. boto3's waiter follows the check until it is ok.
+        ec2.get_waiter("instance_status_ok").wait(InstanceIds=[iid], WaiterConfig={"Delay": 2, "MaxAttempts": 150})
         statuses = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"]
         self.assertEqual(statuses[0]["InstanceState"]["Name"], "running")
         self.assertEqual(statuses[0]["InstanceStatus"]["Status"], "ok")
+        self.assertEqual(statuses[0]["InstanceStatus"]["Details"], [{"Name": "reachability", "Status": "passed"}])
+        self.assertEqual(statuses[0]["SystemStatus"]["Status"], "ok")
         credits = ec2.describe_instance_credit_specifications(InstanceIds=[iid])["InstanceCreditSpecifications"]
         self.assertEqual(credits, [{"InstanceId": iid, "CpuCredits": "standard"}])
         types = {t["InstanceType"]: t for t in ec2.describe_instance_types()["InstanceTypes"]}

@@ -1,6 +1,6 @@
 // The ec2local web UI: hash-routed pages over the JSON API. No framework; every piece of
 // user data goes into the page as text (el()), never as HTML.
-import { allowedActions, closeMessage, describeType, formatBytes, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, uploadProgress } from "./lib.js";
+import { allowedActions, closeMessage, connectBlocker, describeType, formatBytes, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, statusBadge, uploadProgress } from "./lib.js";
 
 const view = document.getElementById("view");
 let refreshTimer = null;
@@ -154,7 +154,7 @@ async function instancesPage() {
   }
 
   function instanceRow(i) {
-    const allowed = allowedActions(i.state, i.task);
+    const [allowed, badge, blocker] = [allowedActions(i.state, i.task), statusBadge(i), connectBlocker(i)];
     const action = (label, verb, opts = {}) => el("button", {
       type: "button", class: opts.danger ? "danger" : "", disabled: !allowed[verb], "data-action": verb,
       onclick: async (event) => {
@@ -168,13 +168,13 @@ async function instancesPage() {
       el("td", {}, el("a", { href: `#/instances/${i.id}` }, i.name || "(no name)")),
       el("td", { class: "mono" }, i.id),
       el("td", {}, i.instance_type),
-      el("td", {}, el("span", { class: `state state-${i.state}`, "data-state": i.state }, i.task ? `${i.state} (${i.task})` : i.state), i.state_reason ? el("span", { class: "reason" }, i.state_reason) : null),
+      el("td", {}, el("span", { class: `state state-${i.state}`, "data-state": i.state }, i.task ? `${i.state} (${i.task})` : i.state), badge ? el("span", { class: `badge status-${badge.label}`, "data-status": badge.label, title: badge.title }, badge.label) : null, i.state_reason ? el("span", { class: "reason" }, i.state_reason) : null),
       el("td", { class: "mono" }, i.ip_address || "–"),
       el("td", {}, i.key_name || "–"),
       el("td", {}, i.image_name),
       el("td", {}, i.launched_at ? new Date(i.launched_at).toLocaleString() : "–"),
       el("td", {}, el("div", { class: "actions" },
-        el("a", { href: `#/terminal/${i.id}`, class: "connect", "aria-disabled": String(!allowed.connect), onclick: (e) => { if (!allowed.connect) e.preventDefault(); } }, el("button", { type: "button", disabled: !allowed.connect, tabindex: "-1" }, "Connect")),
+        el("a", { href: `#/terminal/${i.id}`, class: "connect", "aria-disabled": String(!!blocker), title: blocker || "Open a terminal", onclick: (e) => { if (blocker) e.preventDefault(); } }, el("button", { type: "button", disabled: !!blocker, tabindex: "-1" }, "Connect")),
         action("Start", "start"), action("Stop", "stop"), action("Reboot", "reboot"), action("Terminate", "terminate", { danger: true }))));
   }
 
@@ -191,6 +191,7 @@ async function instanceDetailPage(id) {
       const i = await api("GET", `/instances/${id}`);
       const rows = [["ID", i.id], ["Name", i.name || "–"], ["Type", i.instance_type], ["vCPUs", i.vcpus], ["Memory", `${i.memory_mib} MiB`],
         ["Disk", `${i.disk_gib} GiB`], ["State", i.state], ["State reason", i.state_reason || "–"], ["IP address", i.ip_address || "–"],
+        ["Status", i.status_reason ? `${i.status} (${i.status_reason})` : i.status], ["Reachable since", i.reachable_at || "–"], ["SSH host keys", i.host_keys.join("\n") || "–"],
         ["MAC address", i.mac_address], ["Key pair", i.key_name || "–"], ["Image", `${i.image_name} (${i.image_id})`], ["Login user", i.login_user],
         ["Created", i.created_at], ["Launched", i.launched_at || "–"], ["Terminated", i.terminated_at || "–"]];
       fields.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));

@@ -30,8 +30,29 @@ export function allowedActions(state, task = null) {
     stop: idle && state === "running",
     reboot: idle && state === "running",
     terminate: state !== "terminated" && task !== "terminating",
-    connect: state === "running" && task !== "terminating",
   };
+}
+
+/**
+ * The status check's badge (issue 16): its text and tooltip, or null when the instance
+ * has no status check (it is not running).
+ */
+export function statusBadge(instance) {
+  const { status, status_reason: reason } = instance;
+  if (!status || status === "not-applicable") return null;
+  return { label: status, title: reason || (status === "ok" ? "SSH answers and cloud-init has finished" : status) };
+}
+
+/**
+ * Why the terminal cannot be opened, or null when it can: only once the instance runs
+ * and its status check is ok (SSH answers).
+ */
+export function connectBlocker(instance) {
+  const { state, task, status, status_reason: reason } = instance;
+  if (state !== "running" || task === "terminating") return `The terminal needs the instance running; it is ${task || state}.`;
+  if (status === "ok") return null;
+  const why = reason ? `: ${reason}` : "";
+  return status === "impaired" ? `The instance is not reachable${why}.` : `The instance is not ready yet${why}.`;
 }
 
 /**

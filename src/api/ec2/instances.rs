@@ -398,7 +398,7 @@ mod tests {
     #[tokio::test]
     async fn only_ec2s_states_are_on_the_wire() {
         let bench = instances_over(Scripted::default(), Duration::from_secs(1)).with_instance("error").await;
-        let mut i = Instance::from_row(bench.row().await);
+        let mut i = bench.instances.inner().describe(bench.row().await);
         i.state_reason = Some("launch failed: no space".into());
         // A launch that failed never ran: terminated, with our reason.
         assert_eq!(ec2_state(&i), (48, "terminated"));

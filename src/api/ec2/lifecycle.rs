@@ -5,8 +5,9 @@
 use super::Call;
 use super::error::Ec2Error;
 use super::instances::{ec2_state, instance_ids, named};
-use super::xml::Xml;
+use super::xml::{Xml, timestamp};
 use crate::instances::state::{Action, Plan, Status, plan};
+use crate::instances::status_check::{CheckStatus, StatusCheck};
 use crate::instances::{Instance, StopMode};
 
 /// Start, stop, reboot or terminate a batch: all checked first (ids, state, protection),
@@ -111,31 +112,77 @@ pub async fn describe_instance_status(call: &Call<'_>) -> Result<String, Ec2Erro
     Ok(call.respond(|x| {
         x.set("instanceStatusSet", shown, |x, i| {
             let (code, name) = ec2_state(i);
-            let summary = match name {
-                "running" => "ok",
-                "pending" => "initializing",
-                _ => "not-applicable",
-            };
-            let check = |x: &mut Xml, tag: &str| {
-                x.elem(tag, |x| {
-                    x.text("status", summary);
-                    if summary != "not-applicable" {
-                        let passed = if summary == "ok" { "passed" } else { "initializing" };
-                        x.set("details", [passed], |x, status| {
-                            x.text("name", "reachability");
-                            x.text("status", status);
-                        });
-                    }
-                })
-            };
             x.text("instanceId", &i.id);
             x.text("availabilityZone", &zone);
             x.elem("instanceState", |x| {
                 x.int("code", code);
                 x.text("name", name);
             });
-            check(x, "systemStatus");
-            check(x, "instanceStatus");
+            write_summary(x, "systemStatus", &i.status_check);
+            write_summary(x, "instanceStatus", &i.status_check);
         })
     }))
+}
+
+/// An `InstanceStatusSummary` from the status check (issue 16): its status, and the
+/// reachability check's detail while there is one.
+fn write_summary(x: &mut Xml, tag: &str, check: &StatusCheck) {
+    x.elem(tag, |x| {
+        x.text("status", check.status.as_str());
+        let reachability = match check.status {
+            CheckStatus::Ok => "passed",
+            CheckStatus::Impaired => "failed",
+            CheckStatus::Initializing => "initializing",
+            CheckStatus::NotApplicable => return,
+        };
+        x.set("details", [reachability], |x, status| {
+            x.text("name", "reachability");
+            x.text("status", status);
+            x.opt("impairedSince", check.impaired_since.as_deref().map(timestamp).as_deref());
+        });
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(status: CheckStatus, impaired_since: Option<&str>) -> String {
+        let check = StatusCheck {
+            status,
+            reason: None,
+            reachable_at: None,
+            impaired_since: impaired_since.map(str::to_string),
+        };
+        let mut x = Xml::document();
+        write_summary(&mut x, "instanceStatus", &check);
+        x.finish().split_once('\n').unwrap().1.to_string()
+    }
+
+    // issue 16: status checks, in botocore's InstanceStatusSummary and InstanceStatusDetails.
+    #[test]
+    fn summaries_carry_the_status_and_the_reachability_detail() {
+        let detail = |status: &str, extra: &str| {
+            format!("<details><item><name>reachability</name><status>{status}</status>{extra}</item></details>")
+        };
+        assert_eq!(
+            summary(CheckStatus::Ok, None),
+            format!("<instanceStatus><status>ok</status>{}</instanceStatus>", detail("passed", ""))
+        );
+        assert_eq!(
+            summary(CheckStatus::Initializing, None),
+            format!("<instanceStatus><status>initializing</status>{}</instanceStatus>", detail("initializing", ""))
+        );
+        assert_eq!(
+            summary(CheckStatus::Impaired, Some("2026-11-26T10:05:00Z")),
+            format!(
+                "<instanceStatus><status>impaired</status>{}</instanceStatus>",
+                detail("failed", "<impairedSince>2026-11-26T10:05:00.000Z</impairedSince>")
+            )
+        );
+        assert_eq!(
+            summary(CheckStatus::NotApplicable, None),
+            "<instanceStatus><status>not-applicable</status></instanceStatus>"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 // Unit tests of the UI's pure helpers (node --test).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { allowedActions, closeMessage, describeType, formatBytes, formatDuration, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, pullPercent, pullProgressText, uploadProgress } from "../../src/lib.js";
+import { allowedActions, closeMessage, connectBlocker, describeType, formatBytes, formatDuration, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, pullPercent, pullProgressText, statusBadge, uploadProgress } from "../../src/lib.js";
 
 test("formatBytes gives short human figures", () => {
   assert.equal(formatBytes(512), "512 B");
@@ -16,14 +16,36 @@ test("instance types are described with vCPU, RAM and disk", () => {
 });
 
 test("actions follow the API's state rules", () => {
-  assert.deepEqual(allowedActions("running"), { start: false, stop: true, reboot: true, terminate: true, connect: true });
-  assert.deepEqual(allowedActions("stopped"), { start: true, stop: false, reboot: false, terminate: true, connect: false });
-  assert.deepEqual(allowedActions("pending"), { start: false, stop: false, reboot: false, terminate: true, connect: false });
+  assert.deepEqual(allowedActions("running"), { start: false, stop: true, reboot: true, terminate: true });
+  assert.deepEqual(allowedActions("stopped"), { start: true, stop: false, reboot: false, terminate: true });
+  assert.deepEqual(allowedActions("pending"), { start: false, stop: false, reboot: false, terminate: true });
   assert.equal(allowedActions("terminated").terminate, false);
   // Work in flight: only terminate, and not twice.
-  assert.deepEqual(allowedActions("running", "rebooting"), { start: false, stop: false, reboot: false, terminate: true, connect: true });
-  assert.deepEqual(allowedActions("error", "cleaning-up"), { start: false, stop: false, reboot: false, terminate: true, connect: false });
+  assert.deepEqual(allowedActions("running", "rebooting"), { start: false, stop: false, reboot: false, terminate: true });
+  assert.deepEqual(allowedActions("error", "cleaning-up"), { start: false, stop: false, reboot: false, terminate: true });
   assert.equal(allowedActions("running", "terminating").terminate, false);
+});
+
+// issue 16: status checks
+test("the status badge shows the check with its reason, and nothing when it does not apply", () => {
+  assert.deepEqual(statusBadge({ status: "initializing", status_reason: "waiting for SSH" }), { label: "initializing", title: "waiting for SSH" });
+  assert.deepEqual(statusBadge({ status: "impaired", status_reason: "SSH stopped answering" }), { label: "impaired", title: "SSH stopped answering" });
+  assert.deepEqual(statusBadge({ status: "ok", status_reason: null }), { label: "ok", title: "SSH answers and cloud-init has finished" });
+  assert.equal(statusBadge({ status: "not-applicable", status_reason: null }), null);
+  assert.equal(statusBadge({ state: "running" }), null, "a service without status checks");
+});
+
+test("the terminal opens only once the status check is ok, and says why not", () => {
+  const running = { state: "running", task: null };
+  assert.equal(connectBlocker({ ...running, status: "ok" }), null);
+  assert.equal(connectBlocker({ ...running, status: "initializing", status_reason: "waiting for cloud-init to finish" }),
+    "The instance is not ready yet: waiting for cloud-init to finish.");
+  assert.equal(connectBlocker({ ...running, status: "impaired", status_reason: "SSH did not answer within 300 s" }),
+    "The instance is not reachable: SSH did not answer within 300 s.");
+  assert.equal(connectBlocker({ state: "stopped", task: null, status: "not-applicable" }), "The terminal needs the instance running; it is stopped.");
+  assert.equal(connectBlocker({ state: "running", task: "terminating", status: "not-applicable" }), "The terminal needs the instance running; it is terminating.");
+  assert.equal(connectBlocker({ state: "running", task: "rebooting", status: "initializing", status_reason: "waiting for SSH" }),
+    "The instance is not ready yet: waiting for SSH.");
 });
 
 test("launch blockers mirror the service's limits (REQ-LIM-001, REQ-LIM-002)", () => {
