@@ -172,6 +172,10 @@ struct ServeArgs {
     /// /var/run/socket_vmnet]. Without one, guests use QEMU's vmnet-shared (root only).
     #[arg(long, env = "EC2LOCAL_VMNET_SOCKET")]
     vmnet_socket: Option<PathBuf>,
+    /// Address port forwards listen on. Keep it on loopback: anyone who can reach another
+    /// address reaches the forwarded instance ports, without authentication.
+    #[arg(long, env = "EC2LOCAL_FORWARD_BIND", default_value = "127.0.0.1")]
+    forward_bind: std::net::IpAddr,
 }
 
 pub fn main() -> ExitCode {
@@ -240,6 +244,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.terminal_max_sessions = args.terminal_max_sessions;
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));
     config.vmnet_socket = args.vmnet_socket;
+    config.forward_bind = args.forward_bind;
+    if let Some(warning) = crate::forwards::exposure_warning(args.forward_bind) {
+        tracing::warn!(address = %args.forward_bind, "{warning}");
+        eprintln!("ec2local: warning: {warning}");
+    }
     match crate::api::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -453,5 +462,22 @@ mod tests {
             panic!("not the serve command");
         };
         assert_eq!(args.bind.port(), 0);
+    }
+
+    // issue 16: port forwards listen on loopback unless told otherwise.
+    #[test]
+    fn forwards_listen_on_loopback_by_default() {
+        let Cli { command: Command::Serve(args) } = Cli::try_parse_from(["ec2local", "serve"]).unwrap() else {
+            panic!("not the serve command");
+        };
+        let expected = std::env::var("EC2LOCAL_FORWARD_BIND").unwrap_or_else(|_| "127.0.0.1".into());
+        assert_eq!(args.forward_bind, expected.parse::<std::net::IpAddr>().unwrap());
+        let Cli { command: Command::Serve(args) } =
+            Cli::try_parse_from(["ec2local", "serve", "--forward-bind", "0.0.0.0"]).unwrap()
+        else {
+            panic!("not the serve command");
+        };
+        assert!(args.forward_bind.is_unspecified());
+        assert!(Cli::try_parse_from(["ec2local", "serve", "--forward-bind", "localhost:80"]).is_err());
     }
 }

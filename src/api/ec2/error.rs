@@ -6,7 +6,7 @@ use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 
 use super::xml::Xml;
-use crate::error::{AppError, ImageError, InstanceError, KeyPairError};
+use crate::error::{AppError, ForwardError, ImageError, InstanceError, KeyPairError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ec2Error {
@@ -119,6 +119,14 @@ impl From<AppError> for Ec2Error {
                 KeyPairError::Crypto { .. } | KeyPairError::Store(_) | KeyPairError::Encoding(_) => {
                     ours("InternalError")
                 }
+            },
+            // No EC2 action forwards ports; named so that a new refusal gets a code here too.
+            AppError::Forward(e) => match e {
+                ForwardError::NotFound(_)
+                | ForwardError::InvalidPort(_)
+                | ForwardError::PortInUse(_)
+                | ForwardError::PortNotPermitted(_)
+                | ForwardError::InstanceTerminated(_) => Ec2Error::client(e.code(), message),
             },
             AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) | AppError::DataDirUnreachable(_) => {
                 tracing::warn!(error = %message, "EC2 request refused: the host is not ready");
