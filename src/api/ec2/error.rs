@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn service_errors_become_ec2_codes_with_4xx_for_the_callers_mistakes() {
-        let cases: [(AppError, u16, &str); 8] = [
+        let cases: [(AppError, u16, &str); 9] = [
             (InstanceError::NotFound("i-1".into()).into(), 400, "InvalidInstanceID.NotFound"),
             (InstanceError::InsufficientMemory("x".into()).into(), 500, "InsufficientInstanceCapacity"),
             (ImageError::Unavailable("pull it".into()).into(), 400, "InvalidAMIID.Unavailable"),
@@ -153,6 +153,7 @@ mod tests {
             (AppError::LibvirtUnavailable("down".into()), 503, "Unavailable"),
             (AppError::internal("bug"), 500, "InternalError"),
             (InstanceError::OperationNotPermitted("x".into()).into(), 400, "OperationNotPermitted"),
+            (ForwardError::PortInUse("x".into()).into(), 400, "PortInUse"),
         ];
         for (err, status, code) in cases {
             let mapped = Ec2Error::from(err);
