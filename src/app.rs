@@ -9,6 +9,7 @@ use crate::db::Db;
 use crate::error::AppError;
 use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
+use crate::forwards::{Forwards, ForwardsConfig};
 use crate::health::{self, HealthReport};
 use crate::images::Images;
 use crate::instances::{InstanceDeps, Instances, InstancesConfig};
@@ -29,6 +30,7 @@ pub struct App {
     pub key_pairs: KeyPairs,
     pub images: Images,
     pub instances: Instances,
+    pub forwards: Forwards,
     /// Whether the instances left mid-action by an earlier run were settled.
     reconciled: AtomicBool,
     /// Whether the network and pool were last seen in place; the background loop
@@ -99,12 +101,14 @@ impl App {
                 guest_ssh_port: 22,
             },
         );
+        let forwards = Forwards::open(db.clone(), ForwardsConfig::new(config.forward_bind)).await;
         let app = Arc::new(App {
             network,
             pool: StoragePool::new(virsh.clone(), config.pool_name.clone(), paths.clone()),
             key_pairs,
             images,
             instances,
+            forwards,
             reconciled: AtomicBool::new(false),
             config,
             host,

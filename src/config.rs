@@ -1,6 +1,6 @@
 //! Configuration, validated once at start.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
 use std::time::Duration;
@@ -155,6 +155,8 @@ pub struct Config {
     pub libvirt_recheck_interval: Duration,
     /// macOS: socket_vmnet's socket [default: look in the usual places].
     pub vmnet_socket: Option<std::path::PathBuf>,
+    /// The address port forwards listen on (issue 16).
+    pub forward_bind: IpAddr,
 }
 
 impl Config {
@@ -178,6 +180,7 @@ impl Config {
             monitor_interval: Duration::from_secs(5),
             status_timeout: Duration::from_secs(300),
             vmnet_socket: None,
+            forward_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }

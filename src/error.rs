@@ -6,6 +6,7 @@ use crate::db::DbError;
 use crate::exec::ExecError;
 use crate::exec::qemu_img::QemuImgError;
 use crate::exec::virsh::VirshError;
+pub use crate::forwards::error::ForwardError;
 pub use crate::images::error::ImageError;
 pub use crate::instances::error::InstanceError;
 pub use crate::keypairs::error::KeyPairError;
@@ -19,6 +20,8 @@ pub enum AppError {
     Image(#[from] ImageError),
     #[error(transparent)]
     KeyPair(#[from] KeyPairError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
     /// libvirt cannot be reached; the request may succeed once it is back.
     #[error("{0}")]
     LibvirtUnavailable(String),
@@ -87,6 +90,7 @@ impl AppError {
             AppError::Instance(e) => e.code(),
             AppError::Image(e) => e.code(),
             AppError::KeyPair(e) => e.code(),
+            AppError::Forward(e) => e.code(),
             AppError::LibvirtUnavailable(_) => "LibvirtUnavailable",
             AppError::NetworkUnavailable(_) => "NetworkUnavailable",
             AppError::DataDirUnreachable(_) => "DataDirUnreachable",

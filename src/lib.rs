@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod error;
 pub mod exec;
 pub mod failpoint;
+pub mod forwards;
 pub mod guest_ssh;
 pub mod health;
 pub mod host;

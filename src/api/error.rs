@@ -6,7 +6,7 @@ use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
-use crate::error::{AppError, ImageError, InstanceError, KeyPairError};
+use crate::error::{AppError, ForwardError, ImageError, InstanceError, KeyPairError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Object, serde::Serialize)]
 pub struct ErrorBody {
@@ -54,6 +54,7 @@ pub fn status_of(err: &AppError) -> StatusCode {
         AppError::Instance(e) => instance_status(e),
         AppError::Image(e) => image_status(e),
         AppError::KeyPair(e) => key_pair_status(e),
+        AppError::Forward(e) => forward_status(e),
         AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) | AppError::DataDirUnreachable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -105,6 +106,16 @@ fn key_pair_status(err: &KeyPairError) -> StatusCode {
         KeyPairError::NameTaken(_) | KeyPairError::KeyTaken(_) => StatusCode::CONFLICT,
         KeyPairError::Crypto { .. } | KeyPairError::Store(_) | KeyPairError::Encoding(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+fn forward_status(err: &ForwardError) -> StatusCode {
+    match err {
+        ForwardError::InvalidPort(_) => StatusCode::BAD_REQUEST,
+        ForwardError::NotFound(_) => StatusCode::NOT_FOUND,
+        ForwardError::PortInUse(_) | ForwardError::PortNotPermitted(_) | ForwardError::InstanceTerminated(_) => {
+            StatusCode::CONFLICT
         }
     }
 }
@@ -297,7 +308,7 @@ mod tests {
     // REQ-REL-003
     #[test]
     fn every_service_error_has_its_status() {
-        let cases: [(AppError, u16); 14] = [
+        let cases: [(AppError, u16); 19] = [
             (InstanceError::MalformedId("x".into()).into(), 400),
             (InstanceError::NotFound("i-0".into()).into(), 404),
             (InstanceError::InsufficientMemory("x".into()).into(), 409),
@@ -312,6 +323,11 @@ mod tests {
             (AppError::LibvirtUnavailable("libvirt down".into()), 503),
             (AppError::NetworkUnavailable("socket_vmnet is not running".into()), 503),
             (AppError::DataDirUnreachable("QEMU cannot traverse /root".into()), 503),
+            (ForwardError::InvalidPort("x".into()).into(), 400),
+            (ForwardError::NotFound("x".into()).into(), 404),
+            (ForwardError::PortInUse("x".into()).into(), 409),
+            (ForwardError::PortNotPermitted("x".into()).into(), 409),
+            (ForwardError::InstanceTerminated("x".into()).into(), 409),
         ];
         for (err, status) in cases {
             assert_eq!(status_of(&err).as_u16(), status, "{err:?}");

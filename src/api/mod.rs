@@ -3,6 +3,7 @@
 
 pub mod ec2;
 pub mod error;
+pub mod forwards;
 pub mod host_guard;
 pub mod images;
 pub mod instances;
@@ -33,14 +34,29 @@ pub enum ApiTags {
     Images,
     /// Instances and instance types
     Instances,
+    /// Host ports forwarded to instance ports
+    Forwards,
 }
 
-pub type Apis =
-    (system::SystemApi, instances::InstancesApi, terminal::TerminalApi, key_pairs::KeyPairsApi, images::ImagesApi);
+pub type Apis = (
+    system::SystemApi,
+    instances::InstancesApi,
+    terminal::TerminalApi,
+    key_pairs::KeyPairsApi,
+    images::ImagesApi,
+    forwards::ForwardsApi,
+);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (system::SystemApi, instances::InstancesApi, terminal::TerminalApi, key_pairs::KeyPairsApi, images::ImagesApi),
+        (
+            system::SystemApi,
+            instances::InstancesApi,
+            terminal::TerminalApi,
+            key_pairs::KeyPairsApi,
+            images::ImagesApi,
+            forwards::ForwardsApi,
+        ),
         "ec2local",
         env!("CARGO_PKG_VERSION"),
     )

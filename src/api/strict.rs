@@ -2,7 +2,8 @@
 //! turns `7` and `true` into "7" and "true", which would store a value the caller never
 //! wrote (`"name": true` as a name). `Text` refuses them, so the request gets 400,
 //! and names the field (poem-openapi's own message does not), through a marker type:
-//! `Text<field::Name>`.
+//! `Text<field::Name>`. `Integer` does the same for whole numbers (`"80"` and `80.5` are
+//! refused), so that a port missing or mistyped is named in the answer.
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -42,6 +43,8 @@ pub mod field {
         OsVersion = "os_version",
         Architecture = "architecture",
         DefaultUser = "default_user",
+        HostPort = "host_port",
+        InstancePort = "instance_port",
     );
 }
 
@@ -104,6 +107,61 @@ impl<F: FieldName> ToJSON for Text<F> {
     }
 }
 
+pub struct Integer<F>(pub i64, PhantomData<F>);
+
+impl<F> Integer<F> {
+    pub fn new(value: i64) -> Self {
+        Integer(value, PhantomData)
+    }
+}
+
+impl<F> std::fmt::Debug for Integer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<F: FieldName> Type for Integer<F> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "integer_int64".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("integer", "int64")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl<F: FieldName> ParseFromJSON for Integer<F> {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(whole) => Ok(Integer::new(whole)),
+                None => Err(ParseError::custom(format!("{}: expected a whole number, found {n}", F::NAME))),
+            },
+            Some(other) => Err(ParseError::custom(format!("{}: expected a number, found {}", F::NAME, kind(&other)))),
+            None => Err(ParseError::custom(format!("{} is required", F::NAME))),
+        }
+    }
+}
+
+impl<F: FieldName> ToJSON for Integer<F> {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::from(self.0))
+    }
+}
+
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -135,5 +193,22 @@ mod tests {
         assert!(Option::<Name>::parse_from_json(Some(Value::Null)).unwrap().is_none());
         assert!(Option::<Name>::parse_from_json(None).unwrap().is_none());
         assert!(Name::parse_from_json(None).unwrap_err().message().ends_with("name is required"));
+    }
+
+    #[test]
+    fn only_whole_numbers_are_integers_and_the_field_is_named() {
+        type Port = Integer<field::InstancePort>;
+        assert_eq!(Port::parse_from_json(Some(serde_json::json!(80))).unwrap().0, 80);
+        assert_eq!(Port::parse_from_json(Some(serde_json::json!(-1))).unwrap().0, -1);
+        for (value, expected) in [
+            (serde_json::json!("80"), "instance_port: expected a number, found a string"),
+            (serde_json::json!(80.5), "instance_port: expected a whole number, found 80.5"),
+            (serde_json::json!(null), "instance_port: expected a number, found null"),
+        ] {
+            let err = Port::parse_from_json(Some(value)).unwrap_err();
+            assert!(err.message().ends_with(expected), "{}", err.message());
+        }
+        assert!(Port::parse_from_json(None).unwrap_err().message().ends_with("instance_port is required"));
+        assert!(Option::<Port>::parse_from_json(Some(Value::Null)).unwrap().is_none());
     }
 }

@@ -179,6 +179,17 @@ mod tests {
         assert_eq!(args.bind.port(), 0);
     }
 
+    // issue 16: port forwards listen on loopback unless told otherwise.
+    #[test]
+    fn forwards_listen_on_loopback_by_default() {
+        let Command::Serve(args) = parse(&["serve"]) else { panic!("not the serve command") };
+        let expected = std::env::var("EC2LOCAL_FORWARD_BIND").unwrap_or_else(|_| "127.0.0.1".into());
+        assert_eq!(args.forward_bind, expected.parse::<std::net::IpAddr>().unwrap());
+        let Command::Serve(args) = parse(&["serve", "--forward-bind", "0.0.0.0"]) else { panic!() };
+        assert!(args.forward_bind.is_unspecified());
+        assert!(Cli::try_parse_from(["ec2local", "serve", "--forward-bind", "localhost:80"]).is_err());
+    }
+
     fn parse(args: &[&str]) -> Command {
         Cli::try_parse_from(std::iter::once("ec2local").chain(args.iter().copied())).unwrap().command
     }

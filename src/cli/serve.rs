@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// /var/run/socket_vmnet]. Without one, guests use QEMU's vmnet-shared (root only).
     #[arg(long, env = "EC2LOCAL_VMNET_SOCKET")]
     vmnet_socket: Option<PathBuf>,
+    /// Address port forwards listen on. Keep it on loopback: anyone who can reach another
+    /// address reaches the forwarded instance ports, without authentication.
+    #[arg(long, env = "EC2LOCAL_FORWARD_BIND", default_value = "127.0.0.1")]
+    pub forward_bind: std::net::IpAddr,
 }
 
 pub async fn serve(args: ServeArgs) -> ExitCode {
@@ -121,6 +125,11 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     config.terminal_max_sessions = args.terminal_max_sessions;
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));
     config.vmnet_socket = args.vmnet_socket;
+    config.forward_bind = args.forward_bind;
+    if let Some(warning) = crate::forwards::exposure_warning(args.forward_bind) {
+        tracing::warn!(address = %args.forward_bind, "{warning}");
+        eprintln!("ec2local: warning: {warning}");
+    }
     match crate::api::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,6 +1,7 @@
 //! SQLite: opening, migrations, and the queries, one file per table.
 //! Only this module touches SQLite.
 
+pub mod forwards;
 pub mod images;
 pub mod instances;
 pub mod key_pairs;
@@ -19,6 +20,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("migrations/0002_instance_task.sql")),
     (3, include_str!("migrations/0003_ec2_api.sql")),
     (4, include_str!("migrations/0004_status_checks.sql")),
+    (5, include_str!("migrations/0005_port_forwards.sql")),
 ];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -159,7 +161,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(tables, ["images", "instance_tags", "instances", "key_pairs", "reservations"]);
+        assert_eq!(tables, ["images", "instance_tags", "instances", "key_pairs", "port_forwards", "reservations"]);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 

@@ -1,6 +1,6 @@
 // The ec2local web UI: hash-routed pages over the JSON API. No framework; every piece of
 // user data goes into the page as text (el()), never as HTML.
-import { allowedActions, closeMessage, connectBlocker, describeType, formatBytes, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, statusBadge, uploadProgress } from "./lib.js";
+import { allowedActions, closeMessage, connectBlocker, describeType, formatBytes, forwardRequest, forwardUrl, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, statusBadge, uploadProgress } from "./lib.js";
 
 const view = document.getElementById("view");
 let refreshTimer = null;
@@ -184,9 +184,11 @@ async function instancesPage() {
 async function instanceDetailPage(id) {
   const fields = el("dl", { class: "fields" });
   const consoleOut = el("pre", { class: "console", "aria-label": "Console output" }, "…");
+  const ports = portsSection(id);
   view.replaceChildren(el("h1", {}, `Instance ${id}`), el("p", {}, el("a", { href: "#/instances" }, "← all instances")),
-    el("section", { class: "card" }, fields), el("h2", {}, "Console output"), consoleOut);
+    el("section", { class: "card" }, fields), ports.node, el("h2", {}, "Console output"), consoleOut);
   async function refresh() {
+    ports.refresh();
     try {
       const i = await api("GET", `/instances/${id}`);
       const rows = [["ID", i.id], ["Name", i.name || "–"], ["Type", i.instance_type], ["vCPUs", i.vcpus], ["Memory", `${i.memory_mib} MiB`],
@@ -200,6 +202,61 @@ async function instanceDetailPage(id) {
     } catch (e) { toast(e.message, "error"); clearInterval(refreshTimer); }
   }
   every(4000, refresh);
+}
+
+// --- ports (issue 16: port forwarding) --------------------------------------------------
+
+/**
+ * The Ports section of an instance's page: its forwarded ports, each linked at
+ * http://127.0.0.1:PORT/ with a remove button, and a form to forward another.
+ */
+function portsSection(id) {
+  const tbody = el("tbody");
+  const problem = el("p", { class: "problem", role: "alert" });
+  const instancePort = el("input", { name: "instance_port", inputmode: "numeric", required: true, placeholder: "80" });
+  const hostPort = el("input", { name: "host_port", inputmode: "numeric", placeholder: "a free port" });
+  const addButton = el("button", { class: "primary", type: "submit" }, "Forward");
+  const form = el("form", { class: "grid", "aria-label": "Forward a port" },
+    el("label", {}, "Instance port", instancePort),
+    el("label", {}, "Host port (optional)", hostPort),
+    el("div", {}, addButton));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const request = forwardRequest(instancePort.value, hostPort.value);
+    problem.textContent = request.error || "";
+    if (request.error) return;
+    const created = await act(addButton, () => api("POST", `/instances/${id}/forwards`, request.body),
+      (f) => `Forwarding ${forwardUrl(f)} to port ${f.instance_port}`);
+    if (created) { form.reset(); refresh(); }
+  });
+  const node = el("section", { class: "card ports", "aria-label": "Ports" }, el("h2", {}, "Ports"),
+    el("table", { "aria-label": "Forwarded ports" },
+      el("thead", {}, el("tr", {}, ["Address", "Instance port", "State", "Connections", ""].map((h) => el("th", {}, h)))), tbody),
+    el("h3", {}, "Forward a port"), form, problem);
+
+  function row(f) {
+    const url = forwardUrl(f);
+    return el("tr", { "data-host-port": f.host_port },
+      el("td", { class: "mono" }, el("a", { href: url, target: "_blank", rel: "noopener" }, url)),
+      el("td", {}, f.instance_port),
+      el("td", {}, el("span", { class: `state state-${f.state === "active" ? "running" : "stopped"}`, "data-state": f.state }, f.state),
+        f.state_reason ? el("span", { class: "reason" }, f.state_reason) : null),
+      el("td", {}, f.connections),
+      el("td", {}, el("button", { type: "button", class: "danger", onclick: async (e) => {
+        if (!confirm(`Stop forwarding ${url}? Its open connections are closed.`)) return;
+        await act(e.currentTarget, () => api("DELETE", `/instances/${id}/forwards/${f.host_port}`), `Stopped forwarding ${url}`);
+        refresh();
+      } }, "Remove")));
+  }
+
+  async function refresh() {
+    let forwards;
+    try { forwards = await api("GET", `/instances/${id}/forwards`); } catch { return; }
+    tbody.replaceChildren(...(forwards.length ? forwards.map(row)
+      : [el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No ports forwarded."))]));
+  }
+
+  return { node, refresh };
 }
 
 // --- terminal -------------------------------------------------------------------------

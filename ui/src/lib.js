@@ -175,3 +175,35 @@ export function imageChoice(image) {
   if (status.kind === "downloading") return { label: `${image.name} (downloading${status.percent == null ? "" : ` ${status.percent}%`})`, disabled: true };
   return { label: `${image.name} (unavailable: ${status.text})`, disabled: true };
 }
+
+/**
+ * The URL a forward is reached at: its bind address and host port. A forward bound to
+ * every address (0.0.0.0, ::) is reached on this machine through 127.0.0.1.
+ */
+export function forwardUrl(forward) {
+  const address = forward.bind_address === "0.0.0.0" || forward.bind_address === "::" || !forward.bind_address
+    ? "127.0.0.1" : forward.bind_address;
+  const host = address.includes(":") ? `[${address}]` : address;
+  return `http://${host}:${forward.host_port}/`;
+}
+
+/** A port typed in a form: a whole number from 1 to 65535, or null. */
+function portValue(text) {
+  const value = String(text ?? "").trim();
+  if (!/^\d{1,5}$/.test(value)) return null;
+  const port = Number(value);
+  return port >= 1 && port <= 65535 ? port : null;
+}
+
+/**
+ * The body of POST /api/instances/{id}/forwards from the Ports form, or the problem a
+ * person can fix. The host port may be left empty: the service picks a free one.
+ */
+export function forwardRequest(instancePort, hostPort) {
+  const instance = portValue(instancePort);
+  if (instance === null) return { error: "Instance port: a number from 1 to 65535." };
+  if (String(hostPort ?? "").trim() === "") return { body: { instance_port: instance } };
+  const host = portValue(hostPort);
+  if (host === null) return { error: "Host port: a number from 1 to 65535, or empty for a free one." };
+  return { body: { host_port: host, instance_port: instance } };
+}

@@ -6,7 +6,7 @@ use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 
 use super::xml::Xml;
-use crate::error::{AppError, ImageError, InstanceError, KeyPairError};
+use crate::error::{AppError, ForwardError, ImageError, InstanceError, KeyPairError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ec2Error {
@@ -120,6 +120,14 @@ impl From<AppError> for Ec2Error {
                     ours("InternalError")
                 }
             },
+            // No EC2 action forwards ports; named so that a new refusal gets a code here too.
+            AppError::Forward(e) => match e {
+                ForwardError::NotFound(_)
+                | ForwardError::InvalidPort(_)
+                | ForwardError::PortInUse(_)
+                | ForwardError::PortNotPermitted(_)
+                | ForwardError::InstanceTerminated(_) => Ec2Error::client(e.code(), message),
+            },
             AppError::LibvirtUnavailable(_) | AppError::NetworkUnavailable(_) | AppError::DataDirUnreachable(_) => {
                 tracing::warn!(error = %message, "EC2 request refused: the host is not ready");
                 Ec2Error::new(503, "Unavailable", message)
@@ -136,7 +144,7 @@ mod tests {
 
     #[test]
     fn service_errors_become_ec2_codes_with_4xx_for_the_callers_mistakes() {
-        let cases: [(AppError, u16, &str); 8] = [
+        let cases: [(AppError, u16, &str); 9] = [
             (InstanceError::NotFound("i-1".into()).into(), 400, "InvalidInstanceID.NotFound"),
             (InstanceError::InsufficientMemory("x".into()).into(), 500, "InsufficientInstanceCapacity"),
             (ImageError::Unavailable("pull it".into()).into(), 400, "InvalidAMIID.Unavailable"),
@@ -145,6 +153,7 @@ mod tests {
             (AppError::LibvirtUnavailable("down".into()), 503, "Unavailable"),
             (AppError::internal("bug"), 500, "InternalError"),
             (InstanceError::OperationNotPermitted("x".into()).into(), 400, "OperationNotPermitted"),
+            (ForwardError::PortInUse("x".into()).into(), 400, "PortInUse"),
         ];
         for (err, status, code) in cases {
             let mapped = Ec2Error::from(err);

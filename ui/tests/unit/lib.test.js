@@ -1,7 +1,7 @@
 // Unit tests of the UI's pure helpers (node --test).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { allowedActions, closeMessage, connectBlocker, describeType, formatBytes, formatDuration, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, pullPercent, pullProgressText, statusBadge, uploadProgress } from "../../src/lib.js";
+import { allowedActions, closeMessage, connectBlocker, describeType, formatBytes, formatDuration, forwardRequest, forwardUrl, imageChoice, imageNameFromFile, imageStatus, launchBlockers, parseControl, privateKeyProblem, pullPercent, pullProgressText, statusBadge, uploadProgress } from "../../src/lib.js";
 
 test("formatBytes gives short human figures", () => {
   assert.equal(formatBytes(512), "512 B");
@@ -139,4 +139,24 @@ test("real problems are errors; a failed pull can be tried again, a lost file ca
 test("an available image can be launched from and is not pulled again", () => {
   assert.deepEqual(imageStatus({ name: "debian", available: true, availability: "available" }), { kind: "available", text: "available", canPull: false, percent: null });
   assert.deepEqual(imageChoice({ name: "debian", available: true, availability: "available" }), { label: "debian", disabled: false });
+});
+
+// issue 16: port forwarding
+test("a forward is linked at its bind address and host port", () => {
+  assert.equal(forwardUrl({ bind_address: "127.0.0.1", host_port: 8080 }), "http://127.0.0.1:8080/");
+  assert.equal(forwardUrl({ bind_address: "0.0.0.0", host_port: 8080 }), "http://127.0.0.1:8080/");
+  assert.equal(forwardUrl({ bind_address: "::1", host_port: 9000 }), "http://[::1]:9000/");
+  assert.equal(forwardUrl({ bind_address: "192.168.1.5", host_port: 80 }), "http://192.168.1.5:80/");
+});
+
+test("the Ports form gives a request body or a problem to fix", () => {
+  assert.deepEqual(forwardRequest("80", ""), { body: { instance_port: 80 } });
+  assert.deepEqual(forwardRequest(" 80 ", "8080"), { body: { host_port: 8080, instance_port: 80 } });
+  assert.deepEqual(forwardRequest("65535", null), { body: { instance_port: 65535 } });
+  for (const bad of ["", "0", "65536", "80.5", "http", "-1"]) {
+    assert.match(forwardRequest(bad, "").error, /^Instance port/, bad);
+  }
+  for (const bad of ["0", "70000", "x"]) {
+    assert.match(forwardRequest("80", bad).error, /^Host port/, bad);
+  }
 });
