@@ -121,7 +121,7 @@ async fn a_person_runs_logs_in_and_forwards_ports_from_the_command_line() {
     let data = tmp.join("data");
     let mut service = start_service(&data);
     import_test_image(&service, &bench).await;
-    let user = CliUser::new(&service.url, &tmp.join("home"));
+    let mut user = CliUser::new(&service.url, &tmp.join("home"));
     user.run(&["keys", "create", "k1"]).ok();
     let user_data = tmp.join("user-data.yaml");
     std::fs::write(&user_data, USER_DATA).unwrap();
@@ -215,6 +215,11 @@ async fn a_person_runs_logs_in_and_forwards_ports_from_the_command_line() {
     all_done.await.expect("50 parallel connections through the forward did not finish");
 
     // stop by name: the forward pauses; start: it relays again, same host key.
+    let host_keys = |user: &CliUser| {
+        let shown: serde_json::Value = serde_json::from_str(&user.run(&["show", "web", "--json"]).ok()).unwrap();
+        shown["host_keys"].clone()
+    };
+    let keys_before = host_keys(&user);
     assert!(user.run(&["stop", "web", "--wait"]).ok().contains("stopped"));
     let forwards: serde_json::Value = serde_json::from_str(&user.run(&["forward", "ls", "--json"]).ok()).unwrap();
     assert_eq!(forwards.as_array().unwrap().len(), 2, "{forwards}");
@@ -223,12 +228,14 @@ async fn a_person_runs_logs_in_and_forwards_ports_from_the_command_line() {
     let (_, stopped) = get_json(&service.api(&format!("/instances/{id}"))).await;
     assert_eq!(stopped["status"], "not-applicable", "{stopped}");
     assert!(user.run(&["start", "web", "--wait"]).ok().contains("running"));
+    assert_eq!(host_keys(&user), keys_before, "the guest's host keys changed across stop and start");
     assert_eq!(page_through(port).await, "hello through the forward\n");
     assert_eq!(user.run(&["ssh", "web", "--", "echo", "again"]).ok().trim(), "again");
 
     // A restart of the service keeps the forward.
     service.kill();
     service = start_service(&data);
+    user.endpoint = service.url.clone();
     assert_eq!(page_through(port).await, "hello through the forward\n");
     assert_eq!(echoed(echo, b"both forwards".to_vec()).await, b"both forwards");
     let listed = user.run(&["forward", "ls"]).ok();
@@ -239,7 +246,13 @@ async fn a_person_runs_logs_in_and_forwards_ports_from_the_command_line() {
     // terminate by name: the forward goes with the instance and its port is free again.
     assert!(user.run(&["terminate", "web", "--wait"]).ok().contains("terminated"));
     assert_eq!(user.run(&["forward", "ls", "--json"]).ok().trim(), "[]");
-    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the forward's port is free after terminate");
+    wait_for(
+        "the forward's port to be free after terminate",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || async move { std::net::TcpListener::bind(("127.0.0.1", port)).ok().map(drop) },
+    )
+    .await;
     let stderr = user.run(&["ssh", "web"]).failed();
     assert!(stderr.contains("terminated"), "{stderr}");
     common::assert_nothing_orphaned(&service, "ec2-bench-cli").await;

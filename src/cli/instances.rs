@@ -124,28 +124,41 @@ async fn default_image(client: &Client) -> Result<String, CliError> {
 }
 
 /// Polls the instance until it reaches `goal`, with a progress line; an instance that
-/// ends in `error`, or a status check that says `impaired`, ends the wait with its reason.
+/// ends in `error`, or whose host key changed, ends the wait with its reason. A service
+/// restarting or libvirt blinking meanwhile ends nothing: it is asked again.
 pub async fn wait_for(client: &Client, id: &str, goal: Goal, timeout: Duration) -> Result<InstanceView, CliError> {
     let started = Instant::now();
     let mut progress = Progress::new();
+    let mut last = String::from("unknown");
     loop {
-        let instance: InstanceView = client.get(&["api", "instances", id]).await?;
         let waited = started.elapsed().as_secs();
-        progress.say(&format!("{} {} ({waited}s)", instance.id, describe_progress(&instance)));
-        if let Some(outcome) = outcome(&instance, goal) {
-            progress.done();
-            return outcome.map(|()| instance);
+        match current(client, id).await {
+            Ok(instance) => {
+                last = describe_progress(&instance);
+                progress.say(&format!("{id} {last} ({waited}s)"));
+                if let Some(outcome) = outcome(&instance, goal) {
+                    progress.done();
+                    return outcome.map(|()| instance);
+                }
+            }
+            Err(err @ (CliError::Unreachable { .. } | CliError::Refused { status: 500..=599, .. })) => {
+                progress.say(&format!("{id} {last}; asking again: {err} ({waited}s)"));
+            }
+            Err(other) => return Err(other),
         }
         if started.elapsed() >= timeout {
             progress.done();
-            return Err(CliError::Local(format!(
-                "{id} is still {} after {}s (--timeout)",
-                describe_progress(&instance),
-                timeout.as_secs()
-            )));
+            return Err(CliError::Local(format!("{id} is still {last} after {}s (--timeout)", timeout.as_secs())));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The instance as the service's database has it: the list reads no libvirt, so a
+/// wait costs no virsh call per second.
+async fn current(client: &Client, id: &str) -> Result<InstanceView, CliError> {
+    let all: Vec<InstanceView> = client.get_query(&["api", "instances"], &[("include_terminated", "true")]).await?;
+    all.into_iter().find(|i| i.id == id).ok_or_else(|| CliError::Local(format!("{id} is no longer listed")))
 }
 
 /// Whether a wait for `goal` is over: Some(Ok) reached, Some(Err) never will be.
@@ -154,13 +167,12 @@ fn outcome(instance: &InstanceView, goal: Goal) -> Option<Result<(), CliError>> 
     let idle = instance.task.is_none();
     match (goal, instance.state.as_str()) {
         (_, "error") if idle => Some(Err(CliError::Local(format!("{} failed: {}", instance.id, reason())))),
-        (Goal::Ready, "running") if idle && instance.status.as_deref() == Some("impaired") => {
-            Some(Err(CliError::Local(format!(
-                "{} is impaired: {}",
-                instance.id,
-                instance.status_reason.as_deref().unwrap_or("")
-            ))))
-        }
+        // Other impairments (SSH or cloud-init late) may still clear: the wait goes on, showing them.
+        (Goal::Ready, "running") if idle && host_key_changed(instance) => Some(Err(CliError::Local(format!(
+            "{} is impaired: {}",
+            instance.id,
+            instance.status_reason.as_deref().unwrap_or("")
+        )))),
         (Goal::Ready, _) if instance.is_ready() => Some(Ok(())),
         (Goal::Ready, "stopped" | "terminated") if idle => {
             Some(Err(CliError::Local(format!("{} is {}: {}", instance.id, instance.state, reason()))))
@@ -169,6 +181,11 @@ fn outcome(instance: &InstanceView, goal: Goal) -> Option<Result<(), CliError>> 
         (Goal::Stopped, "terminated") => Some(Err(CliError::Local(format!("{} was terminated", instance.id)))),
         _ => None,
     }
+}
+
+fn host_key_changed(instance: &InstanceView) -> bool {
+    instance.status.as_deref() == Some("impaired")
+        && instance.status_reason.as_deref().is_some_and(|r| r.contains("host key changed"))
 }
 
 /// "running at 10.0.0.5, initializing: waiting for SSH".
@@ -407,7 +424,11 @@ mod tests {
         assert!(matches!(outcome(&instance("running", None, Some("ok")), Goal::Ready), Some(Ok(()))));
         // A reboot in flight keeps the wait going even while the old status says ok.
         assert!(outcome(&instance("running", Some("rebooting"), Some("ok")), Goal::Ready).is_none());
-        assert!(matches!(outcome(&instance("running", None, Some("impaired")), Goal::Ready), Some(Err(_))));
+        // SSH late is shown and waited through; a changed host key is not.
+        assert!(outcome(&instance("running", None, Some("impaired")), Goal::Ready).is_none());
+        let mut rekeyed = instance("running", None, Some("impaired"));
+        rekeyed.status_reason = Some("host key changed: SHA256:abc is not the recorded key".into());
+        assert!(matches!(outcome(&rekeyed, Goal::Ready), Some(Err(_))));
         assert!(matches!(outcome(&instance("error", None, None), Goal::Ready), Some(Err(_))));
         assert!(matches!(outcome(&instance("stopped", None, None), Goal::Ready), Some(Err(_))));
         assert!(outcome(&instance("stopping", Some("stopping"), None), Goal::Stopped).is_none());

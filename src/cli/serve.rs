@@ -126,6 +126,10 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     config.libvirt_recheck_interval = std::time::Duration::from_secs(args.libvirt_recheck_secs.max(1));
     config.vmnet_socket = args.vmnet_socket;
     config.forward_bind = args.forward_bind;
+    if let Err(err) = crate::forwards::check_bind_address(args.forward_bind) {
+        eprintln!("ec2local: --forward-bind: {err}");
+        return ExitCode::FAILURE;
+    }
     if let Some(warning) = crate::forwards::exposure_warning(args.forward_bind) {
         tracing::warn!(address = %args.forward_bind, "{warning}");
         eprintln!("ec2local: warning: {warning}");

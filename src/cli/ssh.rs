@@ -112,13 +112,13 @@ impl HostEntry {
     fn settings(&self) -> Vec<(&'static str, String)> {
         let mut settings = vec![
             ("HostKeyAlias", self.id.clone()),
-            ("UserKnownHostsFile", quoted(&self.known_hosts)),
+            ("UserKnownHostsFile", token_quoted(&self.known_hosts)),
             ("GlobalKnownHostsFile", "/dev/null".into()),
             ("StrictHostKeyChecking", "yes".into()),
             ("CheckHostIP", "no".into()),
         ];
         if let Some(identity) = &self.identity {
-            settings.push(("IdentityFile", quoted(identity)));
+            settings.push(("IdentityFile", token_quoted(identity)));
             settings.push(("IdentitiesOnly", "yes".into()));
         }
         settings
@@ -129,6 +129,12 @@ impl HostEntry {
 fn quoted(path: &Path) -> String {
     let text = path.display().to_string();
     if text.contains(char::is_whitespace) { format!("\"{text}\"") } else { text }
+}
+
+/// A path for a file option that expands `%` tokens (IdentityFile, UserKnownHostsFile):
+/// `%` doubled, as saved key names may hold `%2F`-style escapes.
+fn token_quoted(path: &Path) -> String {
+    quoted(Path::new(&path.display().to_string().replace('%', "%%")))
 }
 
 /// Rewrites the CLI's known_hosts with every instance's recorded host keys, by id.
@@ -150,19 +156,19 @@ pub fn known_hosts_text(instances: &[InstanceView]) -> String {
     text
 }
 
+/// Replaces `path` with `text`, private to the user, unless it holds that already. A
+/// file of its own is staged and renamed over, so that two commands at once never leave
+/// a half-written file for ssh to read.
 fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let staged = path.with_extension("new");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&staged)
-        .map_err(|e| CliError::local(staged.display(), e))?;
-    file.write_all(text.as_bytes()).map_err(|e| CliError::local(staged.display(), e))?;
-    std::fs::rename(&staged, path).map_err(|e| CliError::local(path.display(), e))
+    if std::fs::read_to_string(path).is_ok_and(|existing| existing == text) {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut staged = tempfile::NamedTempFile::new_in(dir).map_err(|e| CliError::local(dir.display(), e))?;
+    staged.write_all(text.as_bytes()).map_err(|e| CliError::local(staged.path().display(), e))?;
+    staged.persist(path).map_err(|e| CliError::local(path.display(), e.error))?;
+    Ok(())
 }
 
 /// `Host` entries for every running instance that has an address and a recorded host
@@ -225,6 +231,9 @@ fn include_once(config: &Path, file: &Path) -> Result<bool, CliError> {
     if existing.lines().any(|l| l.trim() == line) {
         return Ok(false);
     }
+    // A ~/.ssh/config kept elsewhere and linked (dotfile managers) is changed where it is.
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let config = config.as_path();
     if let Some(dir) = config.parent() {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -321,6 +330,17 @@ mod tests {
     }
 
     #[test]
+    fn file_options_keep_percent_signs_literal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = paths(tmp.path());
+        let entry =
+            HostEntry::of(&running("i-00000001", "web", &["ssh-ed25519 A"]), &paths, Some(&paths.private_key("a/b")))
+                .unwrap();
+        let identity = entry.settings().into_iter().find(|(k, _)| *k == "IdentityFile").unwrap().1;
+        assert!(identity.ends_with("/keys/a%%2Fb"), "{identity}");
+    }
+
+    #[test]
     fn the_include_is_added_once_and_first() {
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join(".ssh/config");
@@ -339,5 +359,15 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(fresh.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o600);
+        // A linked ~/.ssh/config stays a link; the file it points at gets the line.
+        let real = tmp.path().join("dotfiles/ssh_config");
+        std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+        std::fs::write(&real, "Host kept\n").unwrap();
+        let linked = tmp.path().join("linked/.ssh/config");
+        std::fs::create_dir_all(linked.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&real, &linked).unwrap();
+        assert!(include_once(&linked, &included).unwrap());
+        assert!(std::fs::symlink_metadata(&linked).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(&real).unwrap().starts_with("# Added by"));
     }
 }

@@ -24,21 +24,42 @@ pub struct Destination {
 
 /// A bound forward: its accept loop, and how many connections it relays now.
 pub struct Listener {
-    accept_loop: JoinHandle<()>,
+    accept_loop: Option<JoinHandle<()>>,
     connections: Arc<AtomicUsize>,
+    /// Bumped to end every connection relayed now (the instance stopped under them).
+    cut: tokio::sync::watch::Sender<u64>,
     pub port: u16,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         // The loop owns the socket and the relays' tasks: all of them end with it.
-        self.accept_loop.abort();
+        if let Some(accept_loop) = &self.accept_loop {
+            accept_loop.abort();
+        }
     }
 }
 
 impl Listener {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Closes the port and its connections, and returns once the port is free again
+    /// (a dropped listener frees it a moment later, on another thread).
+    pub async fn close(mut self) {
+        if let Some(accept_loop) = self.accept_loop.take() {
+            accept_loop.abort();
+            let _ = accept_loop.await;
+        }
+    }
+
+    /// Ends the connections relayed now; the port stays bound for new ones. Without
+    /// this, a connection to a guest that stopped under it would wait forever.
+    pub fn cut_connections(&self) {
+        if self.connections() > 0 {
+            self.cut.send_modify(|generation| *generation += 1);
+        }
     }
 }
 
@@ -70,17 +91,27 @@ pub struct Relaying {
 pub fn start(socket: TcpListener, destination: Destination, relaying: Relaying) -> Result<Listener, AppError> {
     let port = socket.local_addr()?.port();
     let connections = Arc::new(AtomicUsize::new(0));
-    let accept_loop = tokio::spawn(accept_loop(socket, destination, relaying, connections.clone()));
-    Ok(Listener { accept_loop, connections, port })
+    let (cut, cut_seen) = tokio::sync::watch::channel(0);
+    let relays = Relays { relaying, open: connections.clone(), cut: cut_seen };
+    let accept_loop = tokio::spawn(accept_loop(socket, destination, relays));
+    Ok(Listener { accept_loop: Some(accept_loop), connections, cut, port })
 }
 
-async fn accept_loop(socket: TcpListener, destination: Destination, relaying: Relaying, open: Arc<AtomicUsize>) {
+/// What each relayed connection shares with its listener.
+#[derive(Clone)]
+struct Relays {
+    relaying: Relaying,
+    open: Arc<AtomicUsize>,
+    cut: tokio::sync::watch::Receiver<u64>,
+}
+
+async fn accept_loop(socket: TcpListener, destination: Destination, relays_of: Relays) {
     let mut relays = JoinSet::new();
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok((client, _)) => {
-                    relays.spawn(serve(client, destination.clone(), relaying.clone(), open.clone()));
+                    relays.spawn(serve(client, destination.clone(), relays_of.clone()));
                 }
                 Err(err) => {
                     // Out of file descriptors, most likely: wait rather than spin.
@@ -110,7 +141,9 @@ impl Drop for Open {
 }
 
 /// One client: relayed when the instance takes connections now, else closed at once.
-async fn serve(client: TcpStream, destination: Destination, relaying: Relaying, open: Arc<AtomicUsize>) {
+async fn serve(client: TcpStream, destination: Destination, relays: Relays) {
+    let Relays { relaying, open, mut cut } = relays;
+    cut.mark_unchanged();
     let Destination { instance_id, instance_port } = destination;
     let ip = match relaying.targets.locate(&instance_id).await {
         Ok(Target::Reachable(ip)) => ip,
@@ -133,7 +166,12 @@ async fn serve(client: TcpStream, destination: Destination, relaying: Relaying, 
         }
     };
     let _open = Open::enter(&open);
-    if let Err(err) = relay::relay(client, guest).await {
-        tracing::debug!(instance = %instance_id, %target, error = %err, "forwarded connection ended with an error");
+    tokio::select! {
+        relayed = relay::relay(client, guest) => if let Err(err) = relayed {
+            tracing::debug!(instance = %instance_id, %target, error = %err, "forwarded connection ended with an error");
+        },
+        _ = cut.changed() => {
+            tracing::debug!(instance = %instance_id, %target, "forwarded connection cut: the instance stopped");
+        }
     }
 }

@@ -58,6 +58,14 @@ pub fn exposure_warning(bind_address: IpAddr) -> Option<String> {
     })
 }
 
+/// Whether forwards can listen on `bind_address` at all: said at start, rather than as
+/// a failure of every forward made later.
+pub fn check_bind_address(bind_address: IpAddr) -> Result<(), String> {
+    std::net::TcpListener::bind((bind_address, 0))
+        .map(drop)
+        .map_err(|e| format!("port forwards cannot listen on {bind_address}: {e}"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardState {
     /// Connections are relayed.
@@ -242,7 +250,11 @@ impl Forwards {
         if !self.inner.db.call(move |c| rows::delete(c, &key, port)).await? {
             return Err(ForwardError::NotFound(format!("instance {id} has no forward on host port {port}")).into());
         }
-        listeners.remove(&port);
+        let removed = listeners.remove(&port);
+        drop(listeners);
+        if let Some(Entry { binding: Binding::Bound(listener), .. }) = removed {
+            listener.close().await;
+        }
         tracing::info!(instance = %id, host_port = port, "port forward removed");
         Ok(())
     }
@@ -276,8 +288,9 @@ impl Forwards {
     }
 
     /// Matches the listeners with the database: closes those whose forward is gone
-    /// (removed, or its instance terminated) and binds those not bound yet. Run at
-    /// start, then by the upkeep loop.
+    /// (removed, or its instance terminated), cuts the connections of those whose
+    /// instance stopped, and binds those not bound yet. Run at start, then by the upkeep
+    /// loop.
     pub async fn sync(&self) -> Result<(), AppError> {
         let mut listeners = self.inner.listeners.lock().await;
         let wanted = self.inner.db.call(|c| rows::list(c, None)).await?;
@@ -290,7 +303,12 @@ impl Forwards {
         });
         for row in wanted {
             let previous = match listeners.get(&row.host_port) {
-                Some(Entry { binding: Binding::Bound(_), .. }) => continue,
+                Some(Entry { binding: Binding::Bound(listener), .. }) => {
+                    if !matches!(self.inner.relaying.targets.locate(&row.instance_id).await?, Target::Reachable(_)) {
+                        listener.cut_connections();
+                    }
+                    continue;
+                }
                 Some(Entry { binding: Binding::Unbound { reason }, .. }) => Some(reason.clone()),
                 None => None,
             };

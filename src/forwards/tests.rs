@@ -149,6 +149,27 @@ async fn connections_go_where_the_instance_is_when_they_arrive() {
     assert_eq!(only_forward(&b.forwards, RUNNING).await.state, ForwardState::Active);
 }
 
+// A connection open when its instance stops is cut by the next upkeep, not left
+// waiting on a guest that is gone; the port stays bound for when it runs again.
+#[tokio::test]
+async fn connections_open_when_the_instance_stops_are_cut() {
+    let b = bench().await;
+    let guest = echo_server().await;
+    b.targets.set(RUNNING, Target::Reachable(guest.ip()));
+    let port = b.forwards.create(RUNNING, to(guest.port())).await.unwrap().host_port;
+    let mut held = relayed_connection(port).await;
+    b.forwards.sync().await.unwrap();
+    assert_eq!(only_forward(&b.forwards, RUNNING).await.connections, 1, "a running instance's connection is kept");
+    b.targets.set(RUNNING, Target::Paused(format!("instance {RUNNING} is stopped")));
+    b.forwards.sync().await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), held.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "the connection outlived its instance's stop: {read:?}");
+    assert!(!port_is_free(port), "the port stays reserved");
+    b.targets.set(RUNNING, Target::Reachable(guest.ip()));
+    assert_eq!(round_trip(local(port), b"again".to_vec()).await, b"again");
+}
+
 #[tokio::test]
 async fn a_guest_that_refuses_closes_the_client_promptly() {
     let b = bench().await;
@@ -224,7 +245,8 @@ async fn removing_a_forward_closes_its_port_and_its_connections() {
 
     assert_eq!(b.forwards.remove(STOPPED, port.into()).await.unwrap_err().code(), "ForwardNotFound");
     b.forwards.remove(RUNNING, port.into()).await.unwrap();
-    eventually("the port to be released", || port_is_free(port)).await;
+    // Free when the answer comes, so that a script can forward it again at once.
+    assert!(port_is_free(port), "the port was still bound after remove returned");
     let mut buf = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(2), held.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0) | Err(_))), "the relayed connection outlived its forward: {read:?}");
@@ -297,4 +319,12 @@ fn listening_beyond_loopback_is_warned_about() {
     assert_eq!(exposure_warning("::1".parse().unwrap()), None);
     let warning = exposure_warning(Ipv4Addr::UNSPECIFIED.into()).unwrap();
     assert!(warning.contains("0.0.0.0") && warning.contains("without authentication"), "{warning}");
+}
+
+#[test]
+fn an_address_this_host_lacks_is_refused_up_front() {
+    assert!(check_bind_address(Ipv4Addr::LOCALHOST.into()).is_ok());
+    // TEST-NET-1 (RFC 5737) is on no interface here: binding it fails, nothing is sent.
+    let err = check_bind_address(Ipv4Addr::new(192, 0, 2, 1).into()).unwrap_err();
+    assert!(err.contains("cannot listen on 192.0.2.1"), "{err}");
 }

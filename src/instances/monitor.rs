@@ -72,7 +72,16 @@ impl Instances {
                     }
                     tracing::debug!(error = %e, "monitor tick skipped");
                 }
-                // Probing needs no libvirt: it goes on while libvirt is away.
+            }
+        });
+        // Status checks on a loop of their own: a guest slow to answer its probe delays
+        // no state refresh, and probing needs no libvirt, so it goes on while libvirt is away.
+        let inner = Arc::downgrade(self.inner());
+        tokio::spawn(async move {
+            loop {
+                let Some(interval) = inner.upgrade().map(|i| i.config.monitor_interval) else { return };
+                tokio::time::sleep(interval).await;
+                let Some(inner) = inner.upgrade() else { return };
                 if let Err(e) = inner.check_statuses().await {
                     tracing::debug!(error = %e, "status checks skipped");
                 }

@@ -44,13 +44,14 @@ impl Checks {
     }
 
     /// The instance's check and its run; one is begun for an instance met for the first
-    /// time, from its launch and the time SSH answered as stored.
+    /// time, with the time SSH answered as stored.
     fn current(&self, row: &InstanceRow, now: DateTime<Utc>) -> (u64, Check) {
         let parse = |t: Option<&str>| t.and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc());
         let mut entries = self.lock();
         let entry = entries.entry(row.id.clone()).or_insert_with(|| {
-            let since = parse(row.launched_at.as_deref()).unwrap_or(now);
-            (self.runs.fetch_add(1, Ordering::SeqCst), Check::new(since, parse(row.reachable_at.as_deref())))
+            // First met after a restart of the service: the guest gets a whole timeout
+            // from now, not from a launch that may be days old.
+            (self.runs.fetch_add(1, Ordering::SeqCst), Check::new(now, parse(row.reachable_at.as_deref())))
         });
         entry.clone()
     }
