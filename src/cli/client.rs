@@ -243,3 +243,42 @@ pub fn pick_by_name(all: Vec<InstanceView>, name: &str) -> Result<InstanceView, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(id: &str, name: &str, state: &str) -> InstanceView {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "instance_type": "t2.micro", "state": state,
+            "image_name": "debian-12", "login_user": "debian", "created_at": "2026-11-26T10:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_name_picks_the_live_instance_and_refuses_ambiguity() {
+        let all = || {
+            vec![
+                named("i-00000001", "web", "terminated"),
+                named("i-00000002", "web", "running"),
+                named("i-00000003", "db", "stopped"),
+                named("i-00000004", "db", "running"),
+                named("i-00000005", "old", "terminated"),
+            ]
+        };
+        assert_eq!(pick_by_name(all(), "web").unwrap().id, "i-00000002");
+        assert_eq!(pick_by_name(all(), "old").unwrap().id, "i-00000005");
+        let Err(CliError::Usage(ambiguous)) = pick_by_name(all(), "db") else { panic!("two live instances named db") };
+        assert!(ambiguous.contains("i-00000003, i-00000004") && ambiguous.contains("use an id"), "{ambiguous}");
+        let Err(CliError::Usage(unknown)) = pick_by_name(all(), "nope") else { panic!() };
+        assert!(unknown.contains("no instance is called \"nope\""), "{unknown}");
+    }
+
+    #[test]
+    fn an_answer_without_the_newer_fields_still_reads() {
+        let old = named("i-00000001", "web", "running");
+        assert_eq!((old.status.as_deref(), old.host_keys.len()), (None, 0));
+        assert!(!old.is_ready());
+    }
+}

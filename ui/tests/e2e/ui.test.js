@@ -7,6 +7,7 @@ import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, readFileSync, chmodSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { connect } from "node:net";
 import { chromium } from "playwright-core";
 
 const bin = process.env.EC2LOCAL_BIN;
@@ -188,6 +189,26 @@ test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout
   await page.keyboard.press("Enter");
   await page.locator(".term-status", { hasText: "Session ended" }).waitFor();
 
+  // issue 16: the instance page's Ports section forwards a host port to the guest's SSH
+  // port; the guest's banner comes back through it.
+  await page.goto(`${url}/#/instances/${id}`);
+  const ports = page.locator("section[aria-label=Ports]");
+  await ports.waitFor();
+  await ports.locator("input[name=instance_port]").fill("22");
+  await ports.locator("button[type=submit]").click();
+  const forwardRow = ports.locator("tr[data-host-port]");
+  await forwardRow.locator("[data-state=active]").waitFor();
+  const hostPort = Number(await forwardRow.getAttribute("data-host-port"));
+  assert.match(await forwardRow.locator("a").textContent(), new RegExp(`^http://127\\.0\\.0\\.1:${hostPort}/$`));
+  await shot("instance-ports");
+  const banner = await new Promise((resolve, reject) => {
+    const socket = connect(hostPort, "127.0.0.1");
+    socket.once("data", (data) => { resolve(data.toString()); socket.destroy(); });
+    socket.once("error", reject);
+    setTimeout(() => { socket.destroy(); reject(new Error("no banner through the forward")); }, 15000);
+  });
+  assert.match(banner, /^SSH-2\.0-/);
+
   // Stop, then terminate (with its confirmation).
   await page.click("a[data-nav=instances]");
   // Stop asks first, like terminate (a page must not stop a guest with one stray click).
@@ -202,5 +223,7 @@ test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout
   await page.locator(`tr[data-id='${id}']`).waitFor({ state: "detached", timeout: 3 * 60 * 1000 });
   const gone = await api("GET", `/instances/${id}`);
   assert.equal(gone.body.state, "terminated");
+  // Its forward went with it.
+  assert.deepEqual((await api("GET", "/forwards")).body, []);
   await shot("instances-terminated");
 });
