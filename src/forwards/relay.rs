@@ -172,4 +172,51 @@ pub(crate) mod tests {
         let closed_promptly = matches!(read, Ok(Ok(0)) | Ok(Err(_)));
         assert!(closed_promptly, "the client was not closed: {read:?}");
     }
+
+    /// A guest that writes to each connection for as long as it can, and reports how
+    /// many bytes each write call has taken so far.
+    async fn firehose() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = std::sync::Arc::new(AtomicU64::new(0));
+        let count = written.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let chunk = vec![7u8; 64 * 1024];
+            while stream.write_all(&chunk).await.is_ok() {
+                count.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+        });
+        (addr, written)
+    }
+
+    // A client that never reads stalls its own guest's writes (the relay holds one
+    // buffer, not everything the guest sends), while other connections go on unharmed.
+    #[tokio::test]
+    async fn a_client_that_does_not_read_holds_back_only_its_own_guest() {
+        use std::sync::atomic::Ordering;
+        let (guest, written) = firehose().await;
+        let front = relay_to(guest).await;
+        let _stalled = TcpStream::connect(front).await.unwrap();
+        // Let the socket buffers on both sides of the relay fill up.
+        let mut previous = u64::MAX;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = written.load(Ordering::SeqCst);
+            if now == previous {
+                break;
+            }
+            previous = now;
+        }
+        let stalled_at = written.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(written.load(Ordering::SeqCst), stalled_at, "the guest kept writing to a client that reads nothing");
+        // Kernel buffers on two loopback sockets plus the relay's 64 KiB: a few MiB at
+        // most, nowhere near what the guest would have sent unchecked.
+        assert!(stalled_at < 64 << 20, "{stalled_at} bytes were taken from the guest");
+        let other = relay_to(echo_server().await).await;
+        let data = pattern(3, 1 << 20);
+        assert_eq!(round_trip(other, data.clone()).await, data);
+    }
 }
