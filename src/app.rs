@@ -38,6 +38,23 @@ pub struct App {
     infrastructure_ready: AtomicBool,
     /// The user libvirt runs QEMU as, when it must be granted access to the data dir.
     qemu_user: Option<String>,
+    /// The last health report: `/api/health` answers from it, so that browser tabs
+    /// polling it cost no libvirt call (one probe per `libvirt_recheck_interval`).
+    health: std::sync::RwLock<Option<Arc<HealthSnapshot>>>,
+}
+
+/// A health report and when it was taken.
+#[derive(Debug)]
+pub struct HealthSnapshot {
+    pub report: HealthReport,
+    pub checked_at: chrono::DateTime<chrono::Utc>,
+    taken: std::time::Instant,
+}
+
+impl HealthSnapshot {
+    pub fn age(&self) -> std::time::Duration {
+        self.taken.elapsed()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +135,7 @@ impl App {
             db,
             infrastructure_ready: AtomicBool::new(false),
             qemu_user,
+            health: std::sync::RwLock::new(None),
         });
         app.images.remove_import_leftovers();
         if let Err(err) = app.images.sync_catalog().await {
@@ -126,7 +144,9 @@ impl App {
         if let Err(err) = app.ensure_infrastructure().await {
             tracing::warn!(error = %err, "libvirt is not ready yet; will retry in the background");
         }
+        app.refresh_health().await;
         tokio::spawn(supervise(Arc::downgrade(&app)));
+        tokio::spawn(keep_health(Arc::downgrade(&app)));
         app.instances.spawn_monitor();
         Ok(app)
     }
@@ -146,7 +166,9 @@ impl App {
         Ok(())
     }
 
-    pub async fn health(&self) -> HealthReport {
+    /// Probes libvirt, the network, the pool and the data dir now, and keeps the
+    /// report as the snapshot `health()` answers from.
+    pub async fn refresh_health(&self) -> Arc<HealthSnapshot> {
         let mut report =
             health::check(&self.virsh, &self.network, &self.pool, self.accelerator, self.accelerator_probe).await;
         if let Some(user) = self.qemu_user.clone() {
@@ -157,7 +179,29 @@ impl App {
         if !report.is_healthy() {
             self.infrastructure_ready.store(false, Ordering::SeqCst);
         }
-        report
+        let snapshot =
+            Arc::new(HealthSnapshot { report, checked_at: chrono::Utc::now(), taken: std::time::Instant::now() });
+        *self.health.write().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// The last health snapshot (taken at most `libvirt_recheck_interval` ago).
+    pub async fn health(&self) -> Arc<HealthSnapshot> {
+        let kept = self.health.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match kept {
+            Some(snapshot) => snapshot,
+            None => self.refresh_health().await,
+        }
+    }
+}
+
+/// Takes a health snapshot every `libvirt_recheck_interval`, for as long as the service lives.
+async fn keep_health(app: std::sync::Weak<App>) {
+    loop {
+        let Some(interval) = app.upgrade().map(|a| a.config.libvirt_recheck_interval) else { return };
+        tokio::time::sleep(interval).await;
+        let Some(app) = app.upgrade() else { return };
+        app.refresh_health().await;
     }
 }
 

@@ -69,6 +69,33 @@ async fn health_and_libvirt_endpoints_answer_503_with_a_clear_message_when_libvi
     assert!(body["message"].as_str().unwrap().contains("/nonexistent/libvirt-sock"), "{body}");
 }
 
+// REQ-REL-002, issue 17: health is answered from a snapshot taken once per recheck
+// interval, however many pages poll it; it says when it was taken.
+#[tokio::test]
+async fn health_answers_from_a_snapshot_taken_once_per_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let service = common::Service::start(
+        &tmp.path().join("data"),
+        &[("EC2LOCAL_LIBVIRT_URI", NO_LIBVIRT), ("EC2LOCAL_LIBVIRT_RECHECK_SECS", "1")],
+    );
+    let (_, first) = get_json(&service.api("/health")).await;
+    let taken = first["checked_at"].as_str().unwrap().to_string();
+    chrono::DateTime::parse_from_rfc3339(&taken).unwrap();
+    let mut same = 0;
+    for _ in 0..20 {
+        let (status, health) = get_json(&service.api("/health")).await;
+        assert_eq!(status, 503, "{health}");
+        assert!(health["age_ms"].as_u64().unwrap() < 3000, "{health}");
+        if health["checked_at"] == taken.as_str() {
+            same += 1;
+        }
+    }
+    assert!(same >= 10, "requests took snapshots of their own: {same} of 20 shared one");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, later) = get_json(&service.api("/health")).await;
+    assert_ne!(later["checked_at"], taken.as_str(), "the snapshot was not renewed: {later}");
+}
+
 // REQ-LIM-003
 #[tokio::test]
 async fn host_resources_are_reported_without_libvirt() {

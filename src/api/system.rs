@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
 use super::error::{ApiError, ErrorBody};
-use crate::app::App;
+use crate::app::{App, HealthSnapshot};
 use crate::health::HealthReport;
 
 pub struct SystemApi;
@@ -29,6 +29,11 @@ pub struct Health {
     pub accelerator: AcceleratorHealth,
     pub terminal: TerminalHealth,
     pub data_dir: DataDirHealth,
+    /// When libvirt, the network, the pool and the data dir were last probed: health is
+    /// answered from that snapshot, taken every `--libvirt-recheck-secs`.
+    pub checked_at: String,
+    /// How old that snapshot is, in milliseconds.
+    pub age_ms: u64,
 }
 
 #[derive(Debug, Object)]
@@ -177,7 +182,8 @@ fn problems(report: &HealthReport) -> Vec<String> {
     problems
 }
 
-fn health_dto(report: HealthReport) -> (bool, Health) {
+fn health_dto(snapshot: &HealthSnapshot) -> (bool, Health) {
+    let report = snapshot.report.clone();
     let healthy = report.is_healthy();
     let (status, code, message) = if healthy {
         ("ok", None, None)
@@ -235,6 +241,8 @@ fn health_dto(report: HealthReport) -> (bool, Health) {
             fix: report.data_dir_problem.as_ref().map(|p| p.fix()),
             problem: report.data_dir_problem.map(|p| p.to_string()),
         },
+        checked_at: snapshot.checked_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        age_ms: snapshot.age().as_millis() as u64,
     };
     (healthy, health)
 }
@@ -245,7 +253,7 @@ impl SystemApi {
     /// pool, and the accelerator guests run with. 200 when healthy, 503 otherwise.
     #[oai(path = "/health", method = "get")]
     async fn health(&self, app: Data<&Arc<App>>) -> HealthResponse {
-        match health_dto(app.health().await) {
+        match health_dto(&*app.health().await) {
             (true, health) => HealthResponse::Ok(Json(health)),
             (false, health) => HealthResponse::Unavailable(Json(health)),
         }
