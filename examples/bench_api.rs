@@ -84,6 +84,7 @@ fn live_probe_ms(network: &str, pool: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (bin, work) = (env("EC2LOCAL_BIN"), env("EC2LOCAL_BENCH_WORK"));
     let data = format!("{work}/data");
     std::fs::create_dir_all(&data).unwrap();
