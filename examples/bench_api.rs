@@ -127,6 +127,9 @@ async fn main() {
     println!("| request | p50 (ms) | p99 (ms) |");
     println!("|---|---|---|");
     println!("| GET /api/health (snapshot), {REQUESTS} requests | {:.2} | {:.2} |", health.0, health.1);
-    println!("| reference: one live probe (virsh version, net-info, net-dumpxml, pool-info), 20 runs | {:.1} | {:.1} |", probe.0, probe.1);
+    println!(
+        "| reference: one live probe (virsh version, net-info, net-dumpxml, pool-info), 20 runs | {:.1} | {:.1} |",
+        probe.0, probe.1
+    );
     println!("| GET /api/instances, {ROWS} rows (all terminated), 200 requests | {:.2} | {:.2} |", list.0, list.1);
 }

@@ -137,18 +137,25 @@ impl App {
             qemu_user,
             health: std::sync::RwLock::new(None),
         });
-        app.images.remove_import_leftovers();
-        if let Err(err) = app.images.sync_catalog().await {
+        app.settle_and_run_background().await;
+        Ok(app)
+    }
+
+    /// What a start does once the services exist: tidy what an earlier run left, put
+    /// libvirt's side in place (or leave it to the supervisor), take the first health
+    /// snapshot, and start the background loops.
+    async fn settle_and_run_background(self: &Arc<Self>) {
+        self.images.remove_import_leftovers();
+        if let Err(err) = self.images.sync_catalog().await {
             tracing::error!(error = %err, "could not record the image catalog");
         }
-        if let Err(err) = app.ensure_infrastructure().await {
+        if let Err(err) = self.ensure_infrastructure().await {
             tracing::warn!(error = %err, "libvirt is not ready yet; will retry in the background");
         }
-        app.refresh_health().await;
-        tokio::spawn(supervise(Arc::downgrade(&app)));
-        tokio::spawn(keep_health(Arc::downgrade(&app)));
-        app.instances.spawn_monitor();
-        Ok(app)
+        self.refresh_health().await;
+        tokio::spawn(supervise(Arc::downgrade(self)));
+        tokio::spawn(keep_health(Arc::downgrade(self)));
+        self.instances.spawn_monitor();
     }
 
     /// Creates/starts the network and the storage pool if needed (idempotent).
