@@ -81,6 +81,8 @@ pub struct PullView {
     #[serde(default)]
     pub bytes_per_second: f64,
     #[serde(default)]
+    pub eta_seconds: Option<f64>,
+    #[serde(default)]
     pub error: Option<String>,
 }
 

@@ -108,19 +108,16 @@ fn availability(image: &ImageView) -> (String, String) {
     }
 }
 
+/// The pull's progress in the words `PullProgress` uses for a terminal.
 fn pull_line(pull: &PullView) -> String {
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let mut line = match pull.bytes_total {
-        Some(total) if total > 0 => format!(
-            "{:.1} MiB / {:.1} MiB {:>3.0}%",
-            mib(pull.bytes_done),
-            mib(total),
-            100.0 * pull.bytes_done as f64 / total as f64
-        ),
-        _ => format!("{:.1} MiB", mib(pull.bytes_done)),
+    let progress = crate::images::pull::PullProgress {
+        bytes_done: pull.bytes_done,
+        bytes_total: pull.bytes_total,
+        bytes_per_second: pull.bytes_per_second,
+        eta_seconds: pull.eta_seconds,
+        ..crate::images::pull::PullProgress::starting()
     };
-    line.push_str(&format!("  {:.1} MiB/s", pull.bytes_per_second / (1024.0 * 1024.0)));
-    line
+    progress.render_line()
 }
 
 /// Starts (or joins) the service's pull and follows it to the end.
@@ -250,6 +247,7 @@ mod tests {
                 bytes_done: 3 << 20,
                 bytes_total: Some(6 << 20),
                 bytes_per_second: (1 << 20) as f64,
+                eta_seconds: Some(3.0),
                 error: Some("checksum mismatch".into()),
             }),
         }
@@ -265,7 +263,7 @@ mod tests {
         assert_eq!(said("available", Some("done")), ("available".into(), String::new()));
         assert_eq!(
             said("downloading", Some("downloading")),
-            ("downloading".into(), "3.0 MiB / 6.0 MiB  50%  1.0 MiB/s".into())
+            ("downloading".into(), "3.0 MiB / 6.0 MiB   50%  1.0 MiB/s  ETA 3s".into())
         );
         assert_eq!(said("missing-file", None), ("missing file".into(), "the file images/x.qcow2 is missing".into()));
     }
