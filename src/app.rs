@@ -232,7 +232,9 @@ async fn supervise(app: std::sync::Weak<App>) {
         }
         match app.ensure_infrastructure().await {
             Ok(()) if app.infrastructure_ready.load(Ordering::SeqCst) => {
-                tracing::info!("libvirt network and storage pool are in place")
+                tracing::info!("libvirt network and storage pool are in place");
+                // Health says so now, not at its next snapshot.
+                app.refresh_health().await;
             }
             Ok(()) => {}
             Err(err) => tracing::debug!(error = %err, "libvirt still not ready"),
