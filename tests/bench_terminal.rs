@@ -156,7 +156,8 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     let baseline = health_terminal(&svc).await;
     assert_eq!(baseline, (0, 0));
     let mut ws = open(&svc, &id, "?cols=100&rows=30").await;
-    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
+    // The prompt follows the MOTD after the guest starts a login shell: slow when both lanes load the host.
+    read_until(&mut ws, "$ ", Duration::from_secs(120)).await;
     assert_eq!(health_terminal(&svc).await, (1, 1));
     send(&mut ws, "echo $((6*7))\n").await;
     read_until(&mut ws, "42\r\n", Duration::from_secs(30)).await;
@@ -195,7 +196,8 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
 
     // Closing the WebSocket ends the guest's session and frees every task.
     let mut ws = open(&svc, &id, "").await;
-    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
+    // The prompt follows the MOTD after the guest starts a login shell: slow when both lanes load the host.
+    read_until(&mut ws, "$ ", Duration::from_secs(120)).await;
     assert_eq!(ssh(&key, "ubuntu", &ip, "who | wc -l").unwrap().trim(), "1");
     ws.close(None).await.unwrap();
     drop(ws);
@@ -264,7 +266,8 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     assert!(asked["message"].as_str().unwrap().contains("made again"), "{asked}");
     let original = std::fs::read_to_string(&key).unwrap();
     ws.send(Message::Text(json!({"type": "auth", "private_key": original}).to_string().into())).await.unwrap();
-    read_until(&mut ws, "$ ", Duration::from_secs(30)).await;
+    // The prompt follows the MOTD after the guest starts a login shell: slow when both lanes load the host.
+    read_until(&mut ws, "$ ", Duration::from_secs(120)).await;
     send(&mut ws, "exit\n").await;
     let (control, _) = next_control(&mut ws).await;
     assert_eq!(control.unwrap(), json!({"type": "exit", "status": 0}));
