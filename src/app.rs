@@ -112,6 +112,7 @@ impl App {
                 stop_timeout: config.stop_timeout,
                 terminate_grace: config.terminate_grace,
                 monitor_interval: config.monitor_interval,
+                safety_poll: config.safety_poll_interval,
                 tool_timeout: config.tool_timeout,
                 qemu_user: qemu_user.clone(),
                 status_timeout: config.status_timeout,

@@ -139,8 +139,11 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// How long a terminated guest gets to shut down before it is destroyed.
     pub terminate_grace: Duration,
-    /// How often the monitor refreshes every instance's state and address.
+    /// How often the monitor ticks: it polls libvirt fully only while libvirt's events
+    /// cannot be followed, else only leases of guests still without an address.
     pub monitor_interval: Duration,
+    /// How often the monitor looks at every instance although no event asked it to.
+    pub safety_poll_interval: Duration,
     /// How long a launched, started or rebooted instance has for SSH to answer before its
     /// status check is impaired.
     pub status_timeout: Duration,
@@ -177,7 +180,8 @@ impl Config {
             terminate_grace: Duration::from_secs(10),
             terminal_keepalive: Duration::from_secs(30),
             terminal_max_sessions: 16,
-            monitor_interval: Duration::from_secs(5),
+            monitor_interval: Duration::from_secs(2),
+            safety_poll_interval: Duration::from_secs(30),
             status_timeout: Duration::from_secs(300),
             vmnet_socket: None,
             forward_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),

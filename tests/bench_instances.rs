@@ -377,6 +377,8 @@ async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() 
             ("EC2LOCAL_NETWORK_BRIDGE", "ec2tiny0"),
             ("EC2LOCAL_NETWORK_GATEWAY", "192.168.101.1/24"),
             ("EC2LOCAL_DHCP_RANGE", "192.168.101.10-192.168.101.10"),
+            // Issue 17: no safety poll within the test, so what is seen below came as an event.
+            ("EC2LOCAL_SAFETY_POLL_SECS", "3600"),
         ],
     );
     import_test_image(&svc, &bench).await;
@@ -396,7 +398,8 @@ async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() 
     assert_eq!(running["state_reason"], Value::Null);
 
     // REQ-INST-013: a guest destroyed behind the service's back shows as stopped in the
-    // list, which reads the monitor's view only (no live libvirt call per request).
+    // list, which reads the monitor's view only (no live libvirt call per request). With
+    // the safety poll an hour away, libvirt's lifecycle event is what tells the service.
     virsh().destroy(second_id).await.unwrap();
     let seen = wait_for(
         "the monitor to notice the destroyed guest",
@@ -413,6 +416,22 @@ async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() 
     .await;
     assert!(seen["state_reason"].as_str().unwrap().contains("shut down"), "{seen}");
     assert_eq!(seen["ip_address"], Value::Null);
+    // Started by hand: running again, from its event.
+    virsh().run(&["start", second_id]).await.unwrap();
+    let seen = wait_for(
+        "the monitor to notice the guest started by hand",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let url = svc.api("/instances");
+            async move {
+                let (_, list) = get_json(&url).await;
+                list.as_array()?.iter().find(|i| i["id"] == second_id && i["state"] == "running").cloned()
+            }
+        },
+    )
+    .await;
+    assert_eq!(seen["state_reason"], "started outside ec2local", "{seen}");
     let response = common::client().delete(svc.api(&format!("/instances/{second_id}"))).send().await.unwrap();
     assert_eq!(response.status(), 202);
     wait_instance(&svc, second_id, "terminated", Duration::from_secs(120), |i| i["state"] == "terminated").await;

@@ -58,9 +58,14 @@ pub struct ServeArgs {
     /// Seconds a terminated guest gets to shut down (ACPI) before it is destroyed.
     #[arg(long, env = "EC2LOCAL_TERMINATE_GRACE_SECS", default_value_t = 10)]
     terminate_grace_secs: u64,
-    /// Seconds between refreshes of every instance's state and address.
-    #[arg(long, env = "EC2LOCAL_MONITOR_INTERVAL_SECS", default_value_t = 5)]
+    /// Seconds between monitor ticks: leases of guests still without an address, and
+    /// every instance's state while libvirt's events cannot be followed.
+    #[arg(long, env = "EC2LOCAL_MONITOR_INTERVAL_SECS", default_value_t = 2)]
     monitor_interval_secs: u64,
+    /// Seconds between full looks at every instance when no libvirt event asked for one
+    /// (a safety net: changes made outside ec2local arrive as events).
+    #[arg(long, env = "EC2LOCAL_SAFETY_POLL_SECS", default_value_t = 30)]
+    safety_poll_secs: u64,
     /// Seconds a launched, started or rebooted instance has for SSH to answer before its
     /// status check is `impaired`.
     #[arg(long, env = "EC2LOCAL_STATUS_TIMEOUT_SECS", default_value_t = 300)]
@@ -120,6 +125,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     config.stop_timeout = std::time::Duration::from_secs(args.stop_timeout_secs.max(1));
     config.terminate_grace = std::time::Duration::from_secs(args.terminate_grace_secs);
     config.monitor_interval = std::time::Duration::from_secs(args.monitor_interval_secs.max(1));
+    config.safety_poll_interval = std::time::Duration::from_secs(args.safety_poll_secs.max(1));
     config.status_timeout = std::time::Duration::from_secs(args.status_timeout_secs.max(1));
     config.terminal_keepalive = std::time::Duration::from_secs(args.terminal_keepalive_secs.max(1));
     config.terminal_max_sessions = args.terminal_max_sessions;

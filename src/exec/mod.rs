@@ -5,6 +5,7 @@ pub mod iso;
 pub mod qemu_img;
 pub mod ssh_client;
 pub mod virsh;
+pub mod virsh_events;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -47,6 +47,12 @@ impl Virsh {
             .args(args.iter().copied())
     }
 
+    /// `virsh event --loop --event lifecycle` over every domain: a command to follow
+    /// (`virsh_events::follow`), not to run to completion.
+    pub fn lifecycle_events(&self) -> ToolCommand {
+        self.command(&["event", "--loop", "--event", "lifecycle"])
+    }
+
     /// Runs `virsh ARGS` and returns its stdout.
     pub async fn run(&self, args: &[&str]) -> Result<String, VirshError> {
         self.runner.run(self.command(args)).await.map(|out| out.stdout).map_err(|err| self.classify(err))

@@ -7,6 +7,7 @@
 pub mod console_facts;
 pub mod create;
 pub mod error;
+pub mod events;
 pub mod monitor;
 pub mod recovery;
 pub mod state;
@@ -140,7 +141,11 @@ pub struct InstancesConfig {
     pub stop_timeout: Duration,
     /// How long a terminated guest gets to shut down before it is destroyed.
     pub terminate_grace: Duration,
+    /// How often the monitor ticks: a full look while libvirt's events are not
+    /// followed, else only leases of guests without an address (see `events`).
     pub monitor_interval: Duration,
+    /// How often a full look is taken even though no event asked for one.
+    pub safety_poll: Duration,
     pub tool_timeout: Duration,
     /// The user libvirt runs QEMU as, when it is not the service's own (system daemon):
     /// it must reach the data dir before a launch or start is accepted.
@@ -167,6 +172,8 @@ pub(crate) struct Inner {
     /// the supervisor runs the recovery pass once libvirt answers again.
     recovery_wanted: Arc<AtomicBool>,
     checks: status_round::Checks,
+    /// libvirt's event stream, as the monitor sees it.
+    watch: Arc<events::Watch>,
 }
 
 /// Proof that this process owns work on an instance; released on drop. A ticket
@@ -234,6 +241,7 @@ impl Instances {
                 tickets: Arc::default(),
                 recovery_wanted: Arc::default(),
                 checks: Default::default(),
+                watch: Arc::default(),
             }),
         }
     }

@@ -1,11 +1,13 @@
-//! Keeps every instance's state and IP current (REQ-INST-013, REQ-NET-004) with two
-//! virsh calls per tick whatever the number of instances, then runs a round of status
-//! checks (issue 16). Work in flight owns its instance: the monitor looks only at idle
-//! ones, and its changes are lifecycle events.
+//! Keeps every instance's state and IP current (REQ-INST-013, REQ-NET-004). A full look
+//! is two virsh calls whatever the number of instances; libvirt's events say when one is
+//! due (`events`), so an idle service looks at nothing. Status checks run on a loop of
+//! their own (issue 16). Work in flight owns its instance: the monitor looks only at
+//! idle ones, and its changes are lifecycle events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::events::Look;
 use super::state::State;
 use super::{Inner, Instances, status_of};
 use crate::db::instances::{self as rows, InstanceRow};
@@ -58,15 +60,19 @@ pub fn reconcile(row: &InstanceRow, domain: Option<&str>, lease_ip: Option<&str>
 }
 
 impl Instances {
-    /// Starts the monitor loop.
+    /// Starts the monitor loop and the event follower that wakes it.
     pub fn spawn_monitor(&self) {
+        self.spawn_event_follower();
         let inner = Arc::downgrade(self.inner());
         tokio::spawn(async move {
             loop {
-                let Some(interval) = inner.upgrade().map(|i| i.config.monitor_interval) else { return };
-                tokio::time::sleep(interval).await;
+                let Some((interval, watch)) = inner.upgrade().map(|i| (i.config.monitor_interval, i.watch.clone()))
+                else {
+                    return;
+                };
+                watch.wait(interval).await;
                 let Some(inner) = inner.upgrade() else { return };
-                if let Err(e) = inner.monitor_tick().await {
+                if let Err(e) = inner.monitor_step().await {
                     if matches!(e, crate::error::AppError::LibvirtUnavailable(_)) {
                         inner.want_recovery();
                     }
@@ -91,11 +97,54 @@ impl Instances {
 }
 
 impl Inner {
-    async fn monitor_tick(&self) -> Result<(), crate::error::AppError> {
+    /// One tick: the look the watch says is due, often none.
+    async fn monitor_step(&self) -> Result<(), crate::error::AppError> {
         let instances = self.deps.db.call(|c| rows::list(c, false)).await?;
         if instances.is_empty() {
             return Ok(());
         }
+        let awaiting_address = instances.iter().any(|row| self.awaits_address(row));
+        match self.watch.plan(self.config.safety_poll, awaiting_address) {
+            Look::Full => {
+                let looked = self.look_at_everything(instances).await;
+                if looked.is_err() {
+                    self.watch.full_look_failed();
+                }
+                looked
+            }
+            Look::Leases => self.look_at_leases(instances).await,
+            Look::Nothing => Ok(()),
+        }
+    }
+
+    /// An idle running instance whose guest has not taken its DHCP lease yet.
+    fn awaits_address(&self, row: &InstanceRow) -> bool {
+        let status = status_of(row);
+        status.task.is_none() && status.state == State::Running && row.ip_address.is_none() && !self.has_ticket(&row.id)
+    }
+
+    /// Only the leases, for running guests without an address: their domains are
+    /// running as far as the service knows, or an event would have said otherwise.
+    async fn look_at_leases(&self, instances: Vec<InstanceRow>) -> Result<(), crate::error::AppError> {
+        let leases: HashMap<String, String> =
+            self.deps.network.leases().await?.into_iter().map(|l| (l.mac, l.ip)).collect();
+        for row in instances.into_iter().filter(|row| self.awaits_address(row)) {
+            if let Some(change) = reconcile(&row, Some("running"), leases.get(&row.mac_address).map(String::as_str)) {
+                self.apply(&row, change).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A full look, whatever the watch says.
+    #[cfg(test)]
+    pub(crate) async fn monitor_tick(&self) -> Result<(), crate::error::AppError> {
+        let instances = self.deps.db.call(|c| rows::list(c, false)).await?;
+        self.look_at_everything(instances).await
+    }
+
+    /// Every domain's state and every lease, reconciled with every idle row.
+    async fn look_at_everything(&self, instances: Vec<InstanceRow>) -> Result<(), crate::error::AppError> {
         let (domains, leases) = tokio::join!(self.deps.virsh.list_all(), self.deps.network.leases());
         let domains: HashMap<String, String> = domains?.into_iter().collect();
         let leases: HashMap<String, String> = leases?.into_iter().map(|l| (l.mac, l.ip)).collect();
@@ -278,6 +327,35 @@ mod tests {
                 .unwrap();
             bench.instances.inner().monitor_tick().await.unwrap();
             assert_eq!(bench.row().await.ip_address.as_deref(), Some(IP));
+        }
+
+        // Issue 17: with libvirt's events followed, an idle tick runs no virsh at all, a
+        // running guest without an address costs one lease lookup, and an event a full look.
+        #[tokio::test]
+        async fn with_events_followed_an_idle_tick_spawns_nothing() {
+            let list = format!("{LIST_HEADER} 3    {ID}   running\n");
+            let leases = format!(" 2026-11-26 20:00:00   52:54:1a:2b:3c:4d   ipv4   {IP}/24   {ID}   -\n");
+            let script = Scripted::default().ok(" list --all", &list).ok(" net-dhcp-leases ", &leases);
+            let bench = instances_over(script, Duration::from_secs(1)).with_instance("running").await;
+            let inner = bench.instances.inner();
+            let counts = || (bench.script.count(" list --all"), bench.script.count(" net-dhcp-leases "));
+            inner.watch.connected();
+            inner.monitor_step().await.unwrap();
+            assert_eq!(counts(), (1, 1), "the stream's start is caught up with a full look");
+            inner.monitor_step().await.unwrap();
+            inner.monitor_step().await.unwrap();
+            assert_eq!(counts(), (1, 1), "nothing changed, nothing spawned");
+
+            inner.deps.db.call(|c| crate::db::instances::set_ip_if_idle(c, ID, "running", None)).await.unwrap();
+            inner.monitor_step().await.unwrap();
+            assert_eq!(counts(), (1, 2), "only the leases, for the guest without an address");
+            assert_eq!(bench.row().await.ip_address.as_deref(), Some(IP));
+            inner.monitor_step().await.unwrap();
+            assert_eq!(counts(), (1, 2));
+
+            inner.watch.changed();
+            inner.monitor_step().await.unwrap();
+            assert_eq!(counts(), (2, 3), "an event asks for a full look");
         }
 
         // REQ-REL-003

@@ -1,0 +1,176 @@
+//! Events, not ticks (issue 17): libvirt's lifecycle events wake the monitor the moment
+//! a guest powers itself off, is destroyed by hand or crashes. While the event stream is
+//! up, the monitor looks at libvirt only when an event came, every `safety_poll` as a
+//! safety net, and for the DHCP leases of running guests that have no address yet; an
+//! idle service spawns no process per tick. While it is down, every tick is a full look.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::{Inner, Instances};
+use crate::exec::virsh_events;
+use crate::ids::InstanceId;
+
+/// What the next monitor tick looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Every domain's state and every lease: two virsh calls.
+    Full,
+    /// Only the leases, for running guests still without an address: one call.
+    Leases,
+    /// Nothing: no event came, no address is awaited, the safety poll is not due.
+    Nothing,
+}
+
+/// What the monitor knows about libvirt's event stream.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// The `virsh event` child is running: changes arrive as events.
+    live: AtomicBool,
+    /// A full look is due: an event came, or the stream (re)started and events may
+    /// have been missed before it.
+    dirty: AtomicBool,
+    last_full: Mutex<Option<Instant>>,
+    wake: Notify,
+}
+
+impl Watch {
+    /// The next tick's look, and the start of a full one.
+    pub fn plan(&self, safety_poll: Duration, awaiting_address: bool) -> Look {
+        let now = Instant::now();
+        let mut last_full = self.last_full.lock().unwrap_or_else(|p| p.into_inner());
+        let safety_due = last_full.is_none_or(|at| now.duration_since(at) >= safety_poll);
+        if !self.live.load(Ordering::SeqCst) || self.dirty.swap(false, Ordering::SeqCst) || safety_due {
+            *last_full = Some(now);
+            return Look::Full;
+        }
+        if awaiting_address { Look::Leases } else { Look::Nothing }
+    }
+
+    /// A full look failed (libvirt away): the next tick tries again.
+    pub fn full_look_failed(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    /// An event about one of the service's domains: look now.
+    pub fn changed(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// The stream is up; what happened before it started is caught by a full look at
+    /// the next regular tick, once the child has connected.
+    pub(super) fn connected(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.live.store(true, Ordering::SeqCst);
+    }
+
+    fn lost(&self) {
+        self.live.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `interval`, or less if an event wakes the monitor.
+    pub async fn wait(&self, interval: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = self.wake.notified() => {
+                // The events of one change come together (Shutdown, Stopped, Undefined):
+                // one look for the burst.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Instances {
+    /// Follows libvirt's lifecycle events for as long as the service lives, starting the
+    /// child again when it ends (libvirt restarted or went away).
+    pub(super) fn spawn_event_follower(&self) {
+        let inner = Arc::downgrade(self.inner());
+        tokio::spawn(async move {
+            loop {
+                let Some(strong) = inner.upgrade() else { return };
+                let command = strong.deps.virsh.lifecycle_events();
+                let watch = strong.watch.clone();
+                let retry = strong.config.monitor_interval;
+                drop(strong);
+                match virsh_events::follow(&command) {
+                    Ok(feed) => follow_feed(&inner, &watch, feed).await,
+                    Err(e) => tracing::debug!(error = %e, "cannot follow libvirt events; polling"),
+                }
+                tokio::time::sleep(retry).await;
+            }
+        });
+    }
+}
+
+async fn follow_feed(inner: &Weak<Inner>, watch: &Watch, mut feed: virsh_events::EventFeed) {
+    watch.connected();
+    while let Some(event) = feed.events.recv().await {
+        if inner.strong_count() == 0 {
+            return;
+        }
+        // Only ec2local's own domains concern the monitor.
+        if event.domain.parse::<InstanceId>().is_ok() {
+            watch.changed();
+        }
+    }
+    watch.lost();
+    tracing::info!("libvirt's event stream ended; polling every tick until it is back");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAFETY: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn without_the_event_stream_every_tick_is_a_full_look() {
+        let watch = Watch::default();
+        assert_eq!(watch.plan(SAFETY, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false), Look::Full);
+    }
+
+    #[test]
+    fn with_the_stream_an_idle_tick_looks_at_nothing_and_an_event_at_everything() {
+        let watch = Watch::default();
+        watch.connected();
+        assert_eq!(watch.plan(SAFETY, false), Look::Full, "events before the stream started are caught up");
+        assert_eq!(watch.plan(SAFETY, false), Look::Nothing);
+        assert_eq!(watch.plan(SAFETY, true), Look::Leases, "a running guest still waits for its address");
+        watch.changed();
+        assert_eq!(watch.plan(SAFETY, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false), Look::Nothing);
+        watch.full_look_failed();
+        assert_eq!(watch.plan(SAFETY, false), Look::Full, "a failed look is tried again");
+        watch.lost();
+        assert_eq!(watch.plan(SAFETY, false), Look::Full);
+    }
+
+    #[test]
+    fn the_safety_poll_looks_at_everything_when_due() {
+        let watch = Watch::default();
+        watch.connected();
+        assert_eq!(watch.plan(Duration::ZERO, false), Look::Full);
+        assert_eq!(watch.plan(Duration::ZERO, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false), Look::Nothing);
+    }
+
+    #[tokio::test]
+    async fn an_event_wakes_the_monitor_before_its_interval() {
+        let watch = Arc::new(Watch::default());
+        let waiter = watch.clone();
+        let woken = tokio::spawn(async move { waiter.wait(Duration::from_secs(3600)).await });
+        tokio::task::yield_now().await;
+        watch.changed();
+        tokio::time::timeout(Duration::from_secs(60), woken).await.expect("an hour's sleep cut short").unwrap();
+    }
+}
