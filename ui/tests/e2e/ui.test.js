@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, readFileSync, chmodSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, chmodSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { connect } from "node:net";
@@ -61,7 +61,13 @@ before(async () => {
 
 after(async () => {
   if (browser) await browser.close();
-  if (service) service.kill("SIGTERM");
+  if (service && service.exitCode === null) {
+    const exited = new Promise((resolve) => service.once("exit", resolve));
+    service.kill("SIGTERM");
+    await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 30000))]);
+  }
+  // The data dir holds the instances' disks: hundreds of MB a run.
+  rmSync(work, { recursive: true, force: true });
 });
 
 test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout: 15 * 60 * 1000 }, async () => {
