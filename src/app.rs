@@ -9,6 +9,7 @@ use crate::db::Db;
 use crate::error::AppError;
 use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
+use crate::exec::virsh_events::{self, Subject};
 use crate::forwards::{Forwards, ForwardsConfig};
 use crate::health::{self, HealthReport};
 use crate::images::Images;
@@ -41,6 +42,8 @@ pub struct App {
     /// The last health report: `/api/health` answers from it, so that browser tabs
     /// polling it cost no libvirt call (one probe per `libvirt_recheck_interval`).
     health: std::sync::RwLock<Option<Arc<HealthSnapshot>>>,
+    /// Asks for a health snapshot now: a network or pool event, or libvirt went away.
+    health_wake: Arc<tokio::sync::Notify>,
 }
 
 /// A health report and when it was taken.
@@ -137,6 +140,7 @@ impl App {
             infrastructure_ready: AtomicBool::new(false),
             qemu_user,
             health: std::sync::RwLock::new(None),
+            health_wake: Arc::default(),
         });
         app.settle_and_run_background().await;
         Ok(app)
@@ -156,6 +160,8 @@ impl App {
         self.refresh_health().await;
         tokio::spawn(supervise(Arc::downgrade(self)));
         tokio::spawn(keep_health(Arc::downgrade(self)));
+        tokio::spawn(follow_infrastructure(Arc::downgrade(self), Subject::Network));
+        tokio::spawn(follow_infrastructure(Arc::downgrade(self), Subject::Pool));
         self.instances.spawn_monitor();
     }
 
@@ -193,7 +199,8 @@ impl App {
         snapshot
     }
 
-    /// The last health snapshot (taken at most `libvirt_recheck_interval` ago).
+    /// The last health snapshot: at most `libvirt_recheck_interval` old, or while
+    /// libvirt's events are followed and all is well, `safety_poll_interval`.
     pub async fn health(&self) -> Arc<HealthSnapshot> {
         let kept = self.health.read().unwrap_or_else(|p| p.into_inner()).clone();
         match kept {
@@ -203,13 +210,69 @@ impl App {
     }
 }
 
-/// Takes a health snapshot every `libvirt_recheck_interval`, for as long as the service lives.
+/// Takes a health snapshot every `libvirt_recheck_interval`, for as long as the service
+/// lives. While all is well and libvirt's events are followed, a change shows as an
+/// event, so the probe runs only when one comes and every `safety_poll_interval`.
 async fn keep_health(app: std::sync::Weak<App>) {
     loop {
-        let Some(interval) = app.upgrade().map(|a| a.config.libvirt_recheck_interval) else { return };
-        tokio::time::sleep(interval).await;
+        let Some((interval, wake)) = app.upgrade().map(|a| (a.health_interval(), a.health_wake.clone())) else {
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = wake.notified() => {}
+        }
         let Some(app) = app.upgrade() else { return };
         app.refresh_health().await;
+    }
+}
+
+impl App {
+    fn last_health_ok(&self) -> bool {
+        self.health.read().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|s| s.report.is_healthy())
+    }
+
+    fn health_interval(&self) -> std::time::Duration {
+        if self.last_health_ok() && self.instances.events_live() {
+            self.config.safety_poll_interval
+        } else {
+            self.config.libvirt_recheck_interval
+        }
+    }
+}
+
+/// Follows the lifecycle events of ec2local's network or storage pool (destroyed or
+/// stopped by hand) and asks for a health snapshot when one comes, or when the stream
+/// ends because libvirt went away.
+async fn follow_infrastructure(app: std::sync::Weak<App>, subject: Subject) {
+    loop {
+        let Some(strong) = app.upgrade() else { return };
+        let (command, name) = match subject {
+            Subject::Pool => (strong.virsh.pool_events(), strong.config.pool_name.clone()),
+            _ => (strong.virsh.network_events(), strong.config.network.name.clone()),
+        };
+        let (wake, retry) = (strong.health_wake.clone(), strong.config.libvirt_recheck_interval);
+        // While libvirt does not answer, a child would only fail: wait for health to
+        // say it is back (the recheck goes on meanwhile).
+        if !strong.last_health_ok() {
+            drop(strong);
+            tokio::time::sleep(retry).await;
+            continue;
+        }
+        drop(strong);
+        if let Ok(mut feed) = virsh_events::follow(&command) {
+            while let Some(event) = feed.events.recv().await {
+                if event.name == name {
+                    wake.notify_one();
+                }
+            }
+            // The end is news only when health says all is well; otherwise the
+            // snapshot is already taken every recheck interval.
+            if app.upgrade().is_some_and(|a| a.last_health_ok()) {
+                wake.notify_one();
+            }
+        }
+        tokio::time::sleep(retry).await;
     }
 }
 

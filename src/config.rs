@@ -151,10 +151,10 @@ pub struct Config {
     pub terminal_keepalive: Duration,
     /// How many web terminal sessions may be open at once.
     pub terminal_max_sessions: usize,
-    /// Where catalog images are downloaded from (a mirror of cloud-images.ubuntu.com).
     /// Where catalog images come from, and how long transfers may stall.
     pub images: crate::images::ImagesConfig,
-    /// How often the service re-checks libvirt to recreate what it needs after an outage.
+    /// How often the service re-checks libvirt to recreate what it needs after an outage,
+    /// and takes a health snapshot while something is wrong or events are not followed.
     pub libvirt_recheck_interval: Duration,
     /// macOS: socket_vmnet's socket [default: look in the usual places].
     pub vmnet_socket: Option<std::path::PathBuf>,

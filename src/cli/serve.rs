@@ -76,7 +76,8 @@ pub struct ServeArgs {
     /// Web terminal sessions open at once; one more is refused with a message.
     #[arg(long, env = "EC2LOCAL_TERMINAL_MAX_SESSIONS", default_value_t = 16)]
     terminal_max_sessions: usize,
-    /// Seconds between libvirt re-checks while it is unreachable.
+    /// Seconds between libvirt re-checks (and health snapshots) while something is wrong;
+    /// while all is well, libvirt's events say when to look again.
     #[arg(long, env = "EC2LOCAL_LIBVIRT_RECHECK_SECS", default_value_t = 5)]
     libvirt_recheck_secs: u64,
     /// macOS: socket_vmnet's socket [default: $HOMEBREW_PREFIX/var/run/socket_vmnet, then

@@ -53,6 +53,16 @@ impl Virsh {
         self.command(&["event", "--loop", "--event", "lifecycle"])
     }
 
+    /// `virsh net-event --loop --event lifecycle` over every network, to be followed.
+    pub fn network_events(&self) -> ToolCommand {
+        self.command(&["net-event", "--loop", "--event", "lifecycle"])
+    }
+
+    /// `virsh pool-event --loop --event lifecycle` over every storage pool, to be followed.
+    pub fn pool_events(&self) -> ToolCommand {
+        self.command(&["pool-event", "--loop", "--event", "lifecycle"])
+    }
+
     /// Runs `virsh ARGS` and returns its stdout.
     pub async fn run(&self, args: &[&str]) -> Result<String, VirshError> {
         self.runner.run(self.command(args)).await.map(|out| out.stdout).map_err(|err| self.classify(err))

@@ -1,7 +1,7 @@
-//! libvirt's domain lifecycle events, followed through one long-lived
-//! `virsh event --loop --event lifecycle` child: a change made behind the service's back
-//! is known when it happens instead of at the next poll, and an idle service spawns no
-//! process to find out that nothing changed.
+//! libvirt's lifecycle events, followed through long-lived `virsh event --loop`,
+//! `virsh net-event --loop` and `virsh pool-event --loop` children: a change made behind
+//! the service's back is known when it happens instead of at the next poll, and an idle
+//! service spawns no process to find out that nothing changed.
 
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
@@ -10,25 +10,43 @@ use tokio::sync::mpsc;
 
 use super::{ExecError, ToolCommand};
 
-/// One line of `virsh event`: `event 'lifecycle' for domain 'i-1a2b3c4d': Stopped Destroyed`.
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Domain,
+    Network,
+    Pool,
+}
+
+/// One lifecycle event, e.g. `event 'lifecycle' for domain 'i-1a2b3c4d': Stopped Destroyed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainEvent {
-    pub domain: String,
+pub struct LifecycleEvent {
+    pub subject: Subject,
+    pub name: String,
     /// libvirt's event, e.g. `Stopped`, `Started`, `Crashed`, `Undefined`.
     pub kind: String,
     /// Its detail, e.g. `Destroyed`, `Booted`, `Finished after guest request`.
     pub detail: String,
 }
 
-/// Reads one line of `virsh event` output; anything else (the final count, an error) is None.
-pub fn parse_event_line(line: &str) -> Option<DomainEvent> {
+/// Reads one line of `virsh event`, `net-event` or `pool-event` output; anything else
+/// (the final count, an error) is None.
+pub fn parse_event_line(line: &str) -> Option<LifecycleEvent> {
     // `--timestamp` puts "DATE TIME: " first; the event itself starts at "event '".
     let line = &line[line.find("event '")?..];
-    let rest = line.strip_prefix("event 'lifecycle' for domain '")?;
-    let (domain, rest) = rest.split_once("': ")?;
-    let (kind, detail) = rest.trim_end().split_once(' ').unwrap_or((rest.trim_end(), ""));
-    (!domain.is_empty() && !kind.is_empty()).then(|| DomainEvent {
-        domain: domain.to_string(),
+    let rest = line.strip_prefix("event 'lifecycle' for ")?;
+    let (subject, rest) =
+        [("domain ", Subject::Domain), ("network ", Subject::Network), ("storage pool ", Subject::Pool)]
+            .into_iter()
+            .find_map(|(prefix, subject)| rest.strip_prefix(prefix).map(|rest| (subject, rest)))?;
+    // Domain names are quoted; network and pool names are not, in some versions.
+    let (name, rest) = rest.split_once(": ")?;
+    let name = name.trim_matches('\'');
+    let rest = rest.trim_end();
+    let (kind, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+    (!name.is_empty() && !kind.is_empty()).then(|| LifecycleEvent {
+        subject,
+        name: name.to_string(),
         kind: kind.to_string(),
         detail: detail.to_string(),
     })
@@ -37,7 +55,7 @@ pub fn parse_event_line(line: &str) -> Option<DomainEvent> {
 /// Events as they come; the channel closes when the child ends (libvirt went away, or
 /// the child was killed). Dropping the feed kills the child.
 pub struct EventFeed {
-    pub events: mpsc::Receiver<DomainEvent>,
+    pub events: mpsc::Receiver<LifecycleEvent>,
     child: Arc<duct::ReaderHandle>,
 }
 
@@ -78,12 +96,12 @@ pub fn follow(command: &ToolCommand) -> Result<EventFeed, ExecError> {
 }
 
 /// Forwards parsed lines until the child ends or nobody listens any more.
-fn read_events(child: &duct::ReaderHandle, sender: &mpsc::Sender<DomainEvent>, shown: &str) {
+fn read_events(child: &duct::ReaderHandle, sender: &mpsc::Sender<LifecycleEvent>, shown: &str) {
     tracing::debug!(command = %shown, "following libvirt events");
     for line in BufReader::new(child).lines() {
         let Ok(line) = line else { break };
         let Some(event) = parse_event_line(&line) else { continue };
-        tracing::debug!(domain = %event.domain, kind = %event.kind, detail = %event.detail, "libvirt event");
+        tracing::debug!(subject = ?event.subject, name = %event.name, kind = %event.kind, detail = %event.detail, "libvirt event");
         if sender.blocking_send(event).is_err() {
             let _ = child.kill();
             return;
@@ -116,8 +134,9 @@ events received: 5
         assert_eq!(events.len(), 5);
         assert_eq!(
             events[2],
-            DomainEvent {
-                domain: "i-0000beef".into(),
+            LifecycleEvent {
+                subject: Subject::Domain,
+                name: "i-0000beef".into(),
                 kind: "Shutdown".into(),
                 detail: "Finished after host request".into()
             }
@@ -127,6 +146,13 @@ events received: 5
         assert_eq!(parse_event_line(stamped).unwrap().kind, "Crashed");
         assert_eq!(parse_event_line("error: Disconnected from qemu:///system due to end of file"), None);
         assert_eq!(parse_event_line("event 'reboot' for domain 'i-0000beef'"), None);
+        let network = parse_event_line("event 'lifecycle' for network ec2-as-service: Stopped").unwrap();
+        assert_eq!(
+            (network.subject, network.name.as_str(), network.kind.as_str()),
+            (Subject::Network, "ec2-as-service", "Stopped")
+        );
+        let pool = parse_event_line("event 'lifecycle' for storage pool '.ec2-as-service': Undefined").unwrap();
+        assert_eq!((pool.subject, pool.name.as_str(), pool.detail.as_str()), (Subject::Pool, ".ec2-as-service", ""));
     }
 
     fn shell(script: &str) -> ToolCommand {
@@ -141,9 +167,9 @@ events received: 5
         ))
         .unwrap();
         let first = feed.events.recv().await.unwrap();
-        assert_eq!((first.domain.as_str(), first.kind.as_str()), ("i-1", "Stopped"));
+        assert_eq!((first.name.as_str(), first.kind.as_str()), ("i-1", "Stopped"));
         let second = feed.events.recv().await.unwrap();
-        assert_eq!((second.domain.as_str(), second.kind.as_str()), ("i-2", "Started"));
+        assert_eq!((second.name.as_str(), second.kind.as_str()), ("i-2", "Started"));
         let closed = tokio::time::timeout(Duration::from_secs(10), feed.events.recv()).await.unwrap();
         assert_eq!(closed, None, "the feed ends with its child");
     }

@@ -95,19 +95,33 @@ impl Instances {
     pub(super) fn spawn_event_follower(&self) {
         let inner = Arc::downgrade(self.inner());
         tokio::spawn(async move {
+            let mut retry = None;
             loop {
                 let Some(strong) = inner.upgrade() else { return };
                 let command = strong.deps.virsh.lifecycle_events();
                 let watch = strong.watch.clone();
-                let retry = strong.config.monitor_interval;
+                let (first_retry, last_retry) = (strong.config.monitor_interval, strong.config.safety_poll);
                 drop(strong);
+                let started = Instant::now();
                 match virsh_events::follow(&command) {
                     Ok(feed) => follow_feed(&inner, &watch, feed).await,
                     Err(e) => tracing::debug!(error = %e, "cannot follow libvirt events; polling"),
                 }
-                tokio::time::sleep(retry).await;
+                // A child that fails at once (libvirt away) is tried again ever more
+                // slowly, up to the safety poll; the monitor polls meanwhile.
+                let wait = next_retry(retry, started.elapsed(), first_retry, last_retry);
+                retry = Some(wait);
+                tokio::time::sleep(wait).await;
             }
         });
+    }
+}
+
+/// How long to wait before following again, after a stream that lasted `lasted`.
+fn next_retry(previous: Option<Duration>, lasted: Duration, first: Duration, last: Duration) -> Duration {
+    match previous {
+        Some(previous) if lasted < first => (previous * 2).min(last.max(first)),
+        _ => first,
     }
 }
 
@@ -118,7 +132,7 @@ async fn follow_feed(inner: &Weak<Inner>, watch: &Watch, mut feed: virsh_events:
             return;
         }
         // Only ec2local's own domains concern the monitor.
-        if event.domain.parse::<InstanceId>().is_ok() {
+        if event.subject == virsh_events::Subject::Domain && event.name.parse::<InstanceId>().is_ok() {
             watch.changed();
         }
     }
@@ -162,6 +176,21 @@ mod tests {
         assert_eq!(watch.plan(Duration::ZERO, false), Look::Full);
         assert_eq!(watch.plan(Duration::ZERO, false), Look::Full);
         assert_eq!(watch.plan(SAFETY, false), Look::Nothing);
+    }
+
+    #[test]
+    fn a_stream_that_fails_at_once_is_retried_ever_more_slowly() {
+        let (first, last) = (Duration::from_secs(2), Duration::from_secs(30));
+        let quick = Duration::from_millis(10);
+        let mut retry = None;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let wait = next_retry(retry, quick, first, last);
+            waits.push(wait.as_secs());
+            retry = Some(wait);
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30]);
+        assert_eq!(next_retry(retry, Duration::from_secs(600), first, last), first, "a stream that lived starts over");
     }
 
     #[tokio::test]

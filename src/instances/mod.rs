@@ -283,6 +283,11 @@ impl Instances {
         self.inner.console_tail(&instance_id).await
     }
 
+    /// Whether libvirt's domain events are being followed (see `events`).
+    pub fn events_live(&self) -> bool {
+        self.inner.watch.is_live()
+    }
+
     /// Whether the supervisor should run the recovery pass (see `Inner::recovery_wanted`).
     pub fn recovery_wanted(&self) -> bool {
         self.inner.recovery_wanted.load(Ordering::SeqCst)
