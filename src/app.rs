@@ -10,7 +10,7 @@ use crate::error::AppError;
 use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
 use crate::forwards::{Forwards, ForwardsConfig};
-use crate::health::{self, HealthReport};
+use crate::health::{self, HealthSnapshot, Latest};
 use crate::images::Images;
 use crate::instances::{InstanceDeps, Instances, InstancesConfig};
 use crate::keypairs::KeyPairs;
@@ -39,22 +39,9 @@ pub struct App {
     /// The user libvirt runs QEMU as, when it must be granted access to the data dir.
     qemu_user: Option<String>,
     /// The last health report: `/api/health` answers from it, so that browser tabs
-    /// polling it cost no libvirt call (one probe per `libvirt_recheck_interval`).
-    health: std::sync::RwLock<Option<Arc<HealthSnapshot>>>,
-}
-
-/// A health report and when it was taken.
-#[derive(Debug)]
-pub struct HealthSnapshot {
-    pub report: HealthReport,
-    pub checked_at: chrono::DateTime<chrono::Utc>,
-    taken: std::time::Instant,
-}
-
-impl HealthSnapshot {
-    pub fn age(&self) -> std::time::Duration {
-        self.taken.elapsed()
-    }
+    /// polling it cost no libvirt call (one probe per `libvirt_recheck_interval`), and
+    /// so does a launch's host check while it is fresh and good.
+    health: Latest,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +81,7 @@ impl App {
             NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone(), platform.network.clone());
         let key_pairs = KeyPairs::new(db.clone(), paths.clone());
         let images = Images::new(db.clone(), paths.clone(), host.arch, &config.images, qemu_img.clone());
+        let health = Latest::default();
         let deps = InstanceDeps {
             db: db.clone(),
             paths: paths.clone(),
@@ -104,6 +92,7 @@ impl App {
             network: network.clone(),
             platform,
             iso_tool,
+            health: health.clone(),
         };
         let instances = Instances::new(
             deps,
@@ -116,6 +105,8 @@ impl App {
                 qemu_user: qemu_user.clone(),
                 status_timeout: config.status_timeout,
                 guest_ssh_port: 22,
+                // A snapshot is retaken every recheck interval; twice that means its loop is stuck.
+                health_max_age: config.libvirt_recheck_interval * 2,
             },
         );
         let forwards = Forwards::open(db.clone(), ForwardsConfig::new(config.forward_bind)).await;
@@ -135,7 +126,7 @@ impl App {
             db,
             infrastructure_ready: AtomicBool::new(false),
             qemu_user,
-            health: std::sync::RwLock::new(None),
+            health,
         });
         app.settle_and_run_background().await;
         Ok(app)
@@ -176,6 +167,7 @@ impl App {
     /// Probes libvirt, the network, the pool and the data dir now, and keeps the
     /// report as the snapshot `health()` answers from.
     pub async fn refresh_health(&self) -> Arc<HealthSnapshot> {
+        let unreachable_before = self.virsh.unreachable_count();
         let mut report =
             health::check(&self.virsh, &self.network, &self.pool, self.accelerator, self.accelerator_probe).await;
         if let Some(user) = self.qemu_user.clone() {
@@ -186,16 +178,14 @@ impl App {
         if !report.is_healthy() {
             self.infrastructure_ready.store(false, Ordering::SeqCst);
         }
-        let snapshot =
-            Arc::new(HealthSnapshot { report, checked_at: chrono::Utc::now(), taken: std::time::Instant::now() });
-        *self.health.write().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+        let snapshot = Arc::new(HealthSnapshot::new(report, unreachable_before));
+        self.health.set(snapshot.clone());
         snapshot
     }
 
     /// The last health snapshot (taken at most `libvirt_recheck_interval` ago).
     pub async fn health(&self) -> Arc<HealthSnapshot> {
-        let kept = self.health.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match kept {
+        match self.health.get() {
             Some(snapshot) => snapshot,
             None => self.refresh_health().await,
         }
