@@ -377,6 +377,29 @@ mod tests {
         assert_eq!(script.count("net-dumpxml") + script.count("modify"), 0);
     }
 
+    // network.xml follows the reservations without a read-back per launch: the next
+    // status, which reads the definition anyway, writes it.
+    #[tokio::test]
+    async fn network_xml_is_brought_up_to_date_by_the_next_status_after_a_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = std::sync::Arc::new(
+            crate::exec::scripted::Scripted::default()
+                .ok("net-update", "")
+                .ok("net-info", "Name: ec2-as-service\nActive: yes\n")
+                .ok("net-dumpxml", DUMPED),
+        );
+        let virsh = Virsh::with_runner("test:///scripted", std::time::Duration::from_secs(5), script.clone());
+        let network = LibvirtNetwork::new(virsh, NetworkConfig::default(), Paths::new(dir.path()));
+        let file = dir.path().join("network.xml");
+        network.status().await.unwrap();
+        assert!(!file.exists(), "nothing changed: nothing written");
+        network.reserve(&host("52:54:1a:2b:3c:4d", "192.168.100.10")).await.unwrap();
+        assert!(!file.exists(), "the reservation itself writes nothing");
+        network.status().await.unwrap();
+        assert!(std::fs::read_to_string(&file).unwrap().contains("<host mac='52:54:1a:2b:3c:4d'"));
+        assert_eq!(script.count("net-dumpxml"), 2, "one read per status, none for the reservation");
+    }
+
     // A launch redone after a restart finds its MAC's entry: it is modified.
     #[tokio::test]
     async fn a_mac_that_already_has_an_entry_has_it_modified() {
