@@ -11,7 +11,7 @@ use crate::exec::qemu_img::QemuImg;
 use crate::exec::virsh::Virsh;
 use crate::exec::virsh_events::{self, Subject};
 use crate::forwards::{Forwards, ForwardsConfig};
-use crate::health::{self, HealthReport};
+use crate::health::{self, HealthSnapshot, Latest};
 use crate::images::Images;
 use crate::instances::{InstanceDeps, Instances, InstancesConfig};
 use crate::keypairs::KeyPairs;
@@ -40,24 +40,11 @@ pub struct App {
     /// The user libvirt runs QEMU as, when it must be granted access to the data dir.
     qemu_user: Option<String>,
     /// The last health report: `/api/health` answers from it, so that browser tabs
-    /// polling it cost no libvirt call (one probe per `libvirt_recheck_interval`).
-    health: std::sync::RwLock<Option<Arc<HealthSnapshot>>>,
+    /// polling it cost no libvirt call (one probe per interval, see `keep_health`), and
+    /// so does a launch's host check while it is fresh and good.
+    health: Latest,
     /// Asks for a health snapshot now: a network or pool event, or libvirt went away.
     health_wake: Arc<tokio::sync::Notify>,
-}
-
-/// A health report and when it was taken.
-#[derive(Debug)]
-pub struct HealthSnapshot {
-    pub report: HealthReport,
-    pub checked_at: chrono::DateTime<chrono::Utc>,
-    taken: std::time::Instant,
-}
-
-impl HealthSnapshot {
-    pub fn age(&self) -> std::time::Duration {
-        self.taken.elapsed()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +84,7 @@ impl App {
             NetworkManager::new(virsh.clone(), config.network.clone(), paths.clone(), platform.network.clone());
         let key_pairs = KeyPairs::new(db.clone(), paths.clone());
         let images = Images::new(db.clone(), paths.clone(), host.arch, &config.images, qemu_img.clone());
+        let health = Latest::default();
         let deps = InstanceDeps {
             db: db.clone(),
             paths: paths.clone(),
@@ -107,6 +95,7 @@ impl App {
             network: network.clone(),
             platform,
             iso_tool,
+            health: health.clone(),
         };
         let instances = Instances::new(
             deps,
@@ -120,6 +109,10 @@ impl App {
                 qemu_user: qemu_user.clone(),
                 status_timeout: config.status_timeout,
                 guest_ssh_port: 22,
+                // A snapshot is retaken every recheck interval; twice that means its loop is stuck.
+                // While events are followed and all is well, a snapshot is renewed when
+                // something changes and at least every safety poll.
+                health_max_age: config.safety_poll_interval.max(config.libvirt_recheck_interval) * 2,
             },
         );
         let forwards = Forwards::open(db.clone(), ForwardsConfig::new(config.forward_bind)).await;
@@ -139,7 +132,7 @@ impl App {
             db,
             infrastructure_ready: AtomicBool::new(false),
             qemu_user,
-            health: std::sync::RwLock::new(None),
+            health,
             health_wake: Arc::default(),
         });
         app.settle_and_run_background().await;
@@ -183,6 +176,7 @@ impl App {
     /// Probes libvirt, the network, the pool and the data dir now, and keeps the
     /// report as the snapshot `health()` answers from.
     pub async fn refresh_health(&self) -> Arc<HealthSnapshot> {
+        let unreachable_before = self.virsh.unreachable_count();
         let mut report =
             health::check(&self.virsh, &self.network, &self.pool, self.accelerator, self.accelerator_probe).await;
         if let Some(user) = self.qemu_user.clone() {
@@ -193,17 +187,15 @@ impl App {
         if !report.is_healthy() {
             self.infrastructure_ready.store(false, Ordering::SeqCst);
         }
-        let snapshot =
-            Arc::new(HealthSnapshot { report, checked_at: chrono::Utc::now(), taken: std::time::Instant::now() });
-        *self.health.write().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+        let snapshot = Arc::new(HealthSnapshot::new(report, unreachable_before));
+        self.health.set(snapshot.clone());
         snapshot
     }
 
     /// The last health snapshot: at most `libvirt_recheck_interval` old, or while
     /// libvirt's events are followed and all is well, `safety_poll_interval`.
     pub async fn health(&self) -> Arc<HealthSnapshot> {
-        let kept = self.health.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match kept {
+        match self.health.get() {
             Some(snapshot) => snapshot,
             None => self.refresh_health().await,
         }
@@ -229,7 +221,7 @@ async fn keep_health(app: std::sync::Weak<App>) {
 
 impl App {
     fn last_health_ok(&self) -> bool {
-        self.health.read().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|s| s.report.is_healthy())
+        self.health.get().is_some_and(|s| s.report.is_healthy())
     }
 
     fn health_interval(&self) -> std::time::Duration {

@@ -8,8 +8,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
 use super::error::{ApiError, ErrorBody};
-use crate::app::{App, HealthSnapshot};
-use crate::health::HealthReport;
+use crate::app::App;
+use crate::health::{HealthReport, HealthSnapshot};
 
 pub struct SystemApi;
 

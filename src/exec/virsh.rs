@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{ExecError, Processes, Runner, ToolCommand};
@@ -11,6 +12,9 @@ pub struct Virsh {
     uri: String,
     timeout: Duration,
     runner: Arc<dyn Runner>,
+    /// How many calls found libvirt unreachable, shared by every clone: a health
+    /// snapshot taken before the last such call no longer vouches for libvirt.
+    unreachable_seen: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +38,12 @@ impl Virsh {
 
     /// A virsh whose commands `runner` runs (a scripted one in unit tests).
     pub fn with_runner(uri: impl Into<String>, timeout: Duration, runner: Arc<dyn Runner>) -> Self {
-        Self { uri: uri.into(), timeout, runner }
+        Self { uri: uri.into(), timeout, runner, unreachable_seen: Arc::default() }
+    }
+
+    /// How many calls so far found libvirt unreachable (see `unreachable_seen`).
+    pub fn unreachable_count(&self) -> u64 {
+        self.unreachable_seen.load(Ordering::SeqCst)
     }
 
     pub fn uri(&self) -> &str {
@@ -69,7 +78,10 @@ impl Virsh {
     }
 
     fn classify(&self, err: ExecError) -> VirshError {
-        let unreachable = |reason: String| VirshError::Unreachable { uri: self.uri.clone(), reason };
+        let unreachable = |reason: String| {
+            self.unreachable_seen.fetch_add(1, Ordering::SeqCst);
+            VirshError::Unreachable { uri: self.uri.clone(), reason }
+        };
         match &err {
             ExecError::NotFound { .. } | ExecError::TimedOut { .. } | ExecError::Spawn { .. } => {
                 unreachable(err.to_string())

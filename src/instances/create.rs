@@ -1,20 +1,25 @@
 //! Launching an instance: checks that refuse before anything is made, then the
 //! provisioning pipeline in the background, undone as a whole if a step fails.
 
+mod launch_steps;
+#[cfg(test)]
+mod launch_tests;
+mod provision;
+
 use std::time::Duration;
 
 use super::state::{Event, Status};
 use tokio::sync::OwnedMutexGuard;
 
 use super::types::InstanceType;
-use super::{Inner, Instance, Instances, LaunchRequest, Ticket, blocking, types};
+use super::{Inner, Instance, Instances, LaunchRequest, Ticket, types};
 use crate::db::instances::{self as rows, InstanceRow};
 use crate::db::timestamp_now;
 use crate::error::{AppError, InstanceError};
-use crate::exec::iso;
+use crate::health::LaunchVerdict;
 use crate::ids::InstanceId;
 use crate::images::Image;
-use crate::render::{self, DomainSpec, cloud_init};
+pub(super) use launch_steps::LaunchSteps;
 
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 pub const MAX_NAME_CHARS: usize = 255;
@@ -36,8 +41,7 @@ impl Instances {
     /// Returns the memory available (MiB) for the check made when the launch is recorded.
     pub(super) async fn check_host(&self, instance_type: &InstanceType) -> Result<u64, AppError> {
         let inner = self.inner();
-        inner.deps.virsh.version().await?;
-        inner.deps.network.check_usable().await?;
+        inner.check_libvirt_side().await?;
         inner.check_data_dir().await?;
         let available_memory_mib = self.check_capacity(instance_type.disk_gib).await?;
         if inner.deps.iso_tool.is_none() {
@@ -106,13 +110,16 @@ impl Instances {
         row: InstanceRow,
         image: Image,
         (ticket, guard): (Ticket, OwnedMutexGuard<()>),
+        steps: LaunchSteps,
     ) {
         let inner = self.inner().clone();
         tokio::spawn(async move {
             let _guard = guard;
-            match inner.provision(&row, &image).await {
+            match inner.provision(&row, &image, &steps).await {
                 Ok(()) => {
-                    let finished = inner.transition(&row.id, Status::LAUNCHING, Event::Finished, None).await;
+                    let finish = inner.transition(&row.id, Status::LAUNCHING, Event::Finished, None);
+                    let finished = steps.time(&row.id, "finish", finish).await;
+                    steps.log_summary(&row.id, "running");
                     match finished {
                         Ok(Some(_)) => tracing::info!(instance = %row.id, "running"),
                         // Terminated while it was being built: the terminate runs next.
@@ -126,6 +133,7 @@ impl Instances {
                     ticket.done();
                 }
                 Err(err) => {
+                    steps.log_summary(&row.id, "failed");
                     tracing::error!(instance = %row.id, error = %err, "launch failed; undoing");
                     if matches!(err, AppError::LibvirtUnavailable(_)) {
                         inner.want_recovery();
@@ -246,75 +254,25 @@ pub fn check_memory(available_mib: u64, launching_mib: u64, min_available_mib: u
 }
 
 impl Inner {
-    /// Builds the disk, seed and domain, reserves the address, defines and starts.
-    async fn provision(&self, row: &InstanceRow, image: &Image) -> Result<(), AppError> {
-        let id = Self::instance_id(row)?;
-        let paths = self.deps.paths.clone();
-        let dir_id = id;
-        blocking(move || paths.ensure_instance_dir(&dir_id)).await?;
-        crate::failpoint::pause("launch.before-overlay").await;
-        let disk = self.deps.paths.instance_disk(&id);
-        self.deps
-            .qemu_img
-            .create_overlay(
-                std::path::Path::new(&image.row.file_path),
-                &image.row.format,
-                &disk,
-                (row.disk_gib as u64) << 30,
-            )
-            .await?;
-
-        let seed_dir = self.deps.paths.instance_seed_dir(&id);
-        let seed = cloud_init::SeedSpec {
-            instance_id: row.id.clone(),
-            hostname: row.id.clone(),
-            ssh_public_keys: row.public_key.iter().cloned().collect(),
-            user_data: row.user_data.clone(),
+    /// libvirt answers and the network takes instances. The health snapshot the service
+    /// keeps says so without a child process while it is fresh and good; one that says
+    /// libvirt is down, or the network conflicts or cannot work, refuses at once (503).
+    /// libvirt is asked, as before, when the snapshot is old, when a libvirt call has
+    /// found it unreachable since, or when the network is only stopped (`check_usable`
+    /// starts it, rather than refusing what the service can fix).
+    async fn check_libvirt_side(&self) -> Result<(), AppError> {
+        let verdict = match self.deps.health.get() {
+            Some(snapshot) => snapshot.for_launch(self.config.health_max_age, self.deps.virsh.unreachable_count()),
+            None => LaunchVerdict::Ask,
         };
-        let files = cloud_init::seed_files(&seed);
-        let target = seed_dir.clone();
-        blocking(move || {
-            std::fs::create_dir_all(&target)?;
-            for (file, content) in files {
-                std::fs::write(target.join(file), content)?;
+        match verdict {
+            LaunchVerdict::Ready => Ok(()),
+            LaunchVerdict::Refuse(refusal) => Err(refusal),
+            LaunchVerdict::Ask => {
+                self.deps.virsh.version().await?;
+                self.deps.network.check_usable().await
             }
-            Ok(())
-        })
-        .await?;
-        let tool = self.deps.iso_tool.expect("checked at launch");
-        iso::build_cidata(tool, &seed_dir, &self.deps.paths.instance_cidata(&id), self.config.tool_timeout).await?;
-        blocking(move || std::fs::remove_dir_all(&seed_dir)).await?;
-
-        let spec = DomainSpec {
-            name: row.id.clone(),
-            title: if row.name.is_empty() { row.id.clone() } else { row.name.clone() },
-            instance_type: row.instance_type.clone(),
-            vcpus: row.vcpus,
-            memory_mib: row.memory_mib as u64,
-            mac_address: row.mac_address.clone(),
-            network: self.deps.network.config().name.clone(),
-            disk_path: disk.display().to_string(),
-            cidata_path: self.deps.paths.instance_cidata(&id).display().to_string(),
-            console_log_path: self.deps.paths.instance_console_log(&id).display().to_string(),
-            nvram_path: self.deps.paths.instance_nvram(&id).display().to_string(),
-            qemu_args: self
-                .deps
-                .platform
-                .network
-                .qemu_nic_args(&self.deps.network.config().guest_subnet(), &row.mac_address),
-        };
-        let xml_file = self.deps.paths.instance_domain_xml(&id);
-        let xml = render::domain_xml(&spec, &self.deps.platform)?;
-        let target = xml_file.clone();
-        blocking(move || std::fs::write(&target, xml)).await?;
-        if let Some(host) = Self::dhcp_host(row) {
-            self.deps.network.reserve(&host).await?;
         }
-        crate::failpoint::pause("launch.before-define").await;
-        self.deps.virsh.define(&xml_file).await?;
-        crate::failpoint::pause("launch.before-start").await;
-        self.deps.virsh.start(&row.id).await?;
-        Ok(())
     }
 
     /// REQ-INST-007: the half-made instance is removed and the row says why it failed.

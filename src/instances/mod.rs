@@ -154,6 +154,8 @@ pub struct InstancesConfig {
     pub status_timeout: Duration,
     /// The port status checks probe on guests (sshd's).
     pub guest_ssh_port: u16,
+    /// The oldest health snapshot a launch trusts instead of asking libvirt.
+    pub health_max_age: Duration,
 }
 
 #[derive(Clone)]
@@ -229,6 +231,8 @@ pub struct InstanceDeps {
     pub platform: GuestPlatform,
     /// The ISO tool for cloud-init seeds; None when none is installed (launches fail).
     pub iso_tool: Option<IsoTool>,
+    /// The service's last health snapshot (the host check of a launch reads it).
+    pub health: crate::health::Latest,
 }
 
 impl Instances {

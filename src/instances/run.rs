@@ -81,7 +81,8 @@ impl Instances {
             None => None,
         };
         let image = inner.deps.images.resolve_for_launch(&launch.image).await?;
-        let mut available_memory_mib = self.check_host(&instance_type).await?;
+        let steps = super::create::LaunchSteps::start();
+        let mut available_memory_mib = steps.time("", "host_check", self.check_host(&instance_type)).await?;
 
         let reservation_id = crate::ids::long_id("r");
         if let Some(earlier) = self.claim_reservation(&reservation_id, &run).await? {
@@ -106,11 +107,12 @@ impl Instances {
             row.reservation_id = Some(reservation_id.clone());
             row.disable_api_termination = run.disable_api_termination;
             row.disable_api_stop = run.disable_api_stop;
-            match self.record(row, available_memory_mib, other_tags.clone()).await {
+            let steps = steps.fork();
+            match steps.time("", "record", self.record(row, available_memory_mib, other_tags.clone())).await {
                 Ok((row, ownership)) => {
                     tracing::info!(instance = %row.id, reservation = %reservation_id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
                     instances.push(self.inner().describe(row.clone()));
-                    self.build_in_background(row, image.clone(), ownership);
+                    self.build_in_background(row, image.clone(), ownership, steps);
                 }
                 Err(e) => {
                     refusal = Some(e);

@@ -65,11 +65,18 @@ pub fn config(timeout: Duration) -> InstancesConfig {
         qemu_user: None,
         status_timeout: Duration::from_secs(300),
         guest_ssh_port: 22,
+        health_max_age: Duration::from_secs(60),
     }
 }
 
 /// Instances whose `virsh` answers from `script`, configured as given.
 pub fn instances_configured(script: Scripted, config: InstancesConfig) -> Bench {
+    instances_built(script, config, |_| {})
+}
+
+/// Instances whose `virsh` answers from `script`, their deps changed by `adjust` (an ISO
+/// tool, a health snapshot).
+pub fn instances_built(script: Scripted, config: InstancesConfig, adjust: impl FnOnce(&mut InstanceDeps)) -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let paths = Paths::new(dir.path());
     paths.ensure().unwrap();
@@ -78,7 +85,7 @@ pub fn instances_configured(script: Scripted, config: InstancesConfig) -> Bench 
     let virsh = Virsh::with_runner("test:///scripted", Duration::from_secs(5), script.clone());
     let qemu_img = QemuImg::new(Duration::from_secs(5));
     let host = Host::detect();
-    let deps = InstanceDeps {
+    let mut deps = InstanceDeps {
         db: db.clone(),
         paths: paths.clone(),
         virsh: virsh.clone(),
@@ -88,7 +95,9 @@ pub fn instances_configured(script: Scripted, config: InstancesConfig) -> Bench 
         network: NetworkManager::new(virsh, NetworkConfig::default(), paths.clone(), NetworkMode::LibvirtNat),
         platform: host.guest_platform(Accelerator::Tcg, "/usr/bin/qemu-system-x86_64".into(), NetworkMode::LibvirtNat),
         iso_tool: None,
+        health: Default::default(),
     };
+    adjust(&mut deps);
     Bench { instances: Instances::new(deps, config), script, paths, _dir: dir }
 }
 

@@ -3,11 +3,14 @@
 //! Each instance's address is a DHCP reservation in libvirt's dnsmasq.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::NetworkStatus;
 use crate::config::NetworkConfig;
 use crate::error::AppError;
-use crate::exec::virsh::{DhcpLease, Virsh};
+use crate::exec::virsh::{DhcpLease, Virsh, VirshError};
 use crate::paths::Paths;
 use crate::platform::NetworkMode;
 use crate::render::{self, DhcpHost, NetworkSpec};
@@ -17,11 +20,17 @@ pub struct LibvirtNetwork {
     virsh: Virsh,
     config: NetworkConfig,
     paths: Paths,
+    /// Whether network.xml lags libvirt's definition (a reservation was added or
+    /// removed since it was written). The next `status`, which reads the definition
+    /// anyway, writes it: a reservation costs no read-back of what it just wrote.
+    file_stale: Arc<AtomicBool>,
+    /// One writer of network.xml at a time.
+    file_lock: Arc<Mutex<()>>,
 }
 
 impl LibvirtNetwork {
     pub fn new(virsh: Virsh, config: NetworkConfig, paths: Paths) -> Self {
-        Self { virsh, config, paths }
+        Self { virsh, config, paths, file_stale: Arc::default(), file_lock: Arc::default() }
     }
 
     pub fn spec(&self) -> NetworkSpec {
@@ -63,12 +72,20 @@ impl LibvirtNetwork {
     }
 
     /// Writes libvirt's persistent definition (DHCP reservations included) to
-    /// network.xml, so the file on disk is always the one to replay by hand.
+    /// network.xml, so the file on disk is the one to replay by hand.
     async fn save_definition(&self) -> Result<(), AppError> {
+        self.file_stale.store(false, Ordering::SeqCst);
         let xml = self.virsh.net_dumpxml_inactive(&self.config.name).await?;
+        self.write_definition(&xml)
+    }
+
+    fn write_definition(&self, xml: &str) -> Result<(), AppError> {
         let header =
             "<!-- ec2local NAT network, as defined in libvirt; replay with: virsh net-define network.xml -->\n";
-        std::fs::write(self.paths.network_xml(), format!("{header}{xml}"))?;
+        let _writer = self.file_lock.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::write(self.paths.network_xml(), format!("{header}{xml}")).inspect_err(|_| {
+            self.file_stale.store(true, Ordering::SeqCst);
+        })?;
         Ok(())
     }
 
@@ -81,7 +98,14 @@ impl LibvirtNetwork {
                 ..Default::default()
             });
         };
-        let xml = self.virsh.net_dumpxml_inactive(name).await?;
+        // Cleared before the read: a reservation made after it marks the file again.
+        let stale = self.file_stale.swap(false, Ordering::SeqCst);
+        let xml = self.virsh.net_dumpxml_inactive(name).await.inspect_err(|_| {
+            self.file_stale.fetch_or(stale, Ordering::SeqCst);
+        })?;
+        if stale && let Err(e) = self.write_definition(&xml) {
+            tracing::warn!(error = %e, "could not bring network.xml up to date; retried at the next check");
+        }
         let conflict = match NetworkDefinition::parse(&xml) {
             Ok(found) => found.conflict_with(&self.config),
             Err(e) => Some(format!("its definition could not be read: {e}")),
@@ -106,14 +130,33 @@ impl LibvirtNetwork {
         Ok(definition.hosts.iter().any(|h| h.eq_ignore_ascii_case(mac)))
     }
 
-    /// Reserves `ip` for `mac` in the running and the persistent definition: modify the
-    /// entry the MAC already has, else add one. Any failure is the caller's.
+    /// Reserves `ip` for `mac` in the running and the persistent definition. A launch's
+    /// MAC is one the service has just made, so this is one `add-last`, live and
+    /// persistent (the launch found the network running). Only when libvirt says an
+    /// entry matches (the MAC's, left by a launch a restart cut short) is that entry
+    /// modified instead. Any other failure is the caller's.
     pub async fn reserve(&self, host: &DhcpHost) -> Result<(), AppError> {
         let xml = render::dhcp_host_xml(host)?;
+        let added = self.virsh.net_update_dhcp_host(&self.config.name, "add-last", &xml, true).await;
+        match added {
+            Ok(()) => {}
+            Err(e) if is_existing_entry(&e) => self.modify_reservation(host, &xml, e).await?,
+            Err(e) => return Err(e.into()),
+        }
+        self.file_stale.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Updates the entry `host.mac` already has; `refused` (add-last's error) stands
+    /// when the entry that matched is another MAC's (its address or name).
+    async fn modify_reservation(&self, host: &DhcpHost, xml: &str, refused: VirshError) -> Result<(), AppError> {
+        if !self.has_reservation(&host.mac).await? {
+            return Err(refused.into());
+        }
+        tracing::info!(mac = %host.mac, ip = %host.ip, "the MAC already had a DHCP reservation; updating it");
         let live = self.virsh.net_info(&self.config.name).await?.is_some_and(|i| i.is_active());
-        let command = if self.has_reservation(&host.mac).await? { "modify" } else { "add-last" };
-        self.virsh.net_update_dhcp_host(&self.config.name, command, &xml, live).await?;
-        self.save_definition().await
+        self.virsh.net_update_dhcp_host(&self.config.name, "modify", xml, live).await?;
+        Ok(())
     }
 
     /// Removes a reservation; one that is already gone is not an error, any other
@@ -126,12 +169,18 @@ impl LibvirtNetwork {
         let xml = render::dhcp_host_xml(host)?;
         let live = self.virsh.net_info(&self.config.name).await?.is_some_and(|i| i.is_active());
         self.virsh.net_update_dhcp_host(&self.config.name, "delete", &xml, live).await?;
-        self.save_definition().await
+        self.file_stale.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     pub async fn leases(&self) -> Result<Vec<DhcpLease>, AppError> {
         Ok(self.virsh.net_dhcp_leases(&self.config.name).await?)
     }
+}
+
+/// libvirt's refusal of an `add` whose MAC, name or address an entry already has.
+fn is_existing_entry(err: &VirshError) -> bool {
+    matches!(err, VirshError::Failed(e) if e.stderr().is_some_and(|s| s.contains("existing dhcp host entry")))
 }
 
 /// The parts of a network's XML that ec2local relies on.
@@ -302,6 +351,73 @@ mod tests {
         let narrower = DUMPED.replace("192.168.100.254", "192.168.100.100");
         let conflict = NetworkDefinition::parse(&narrower).unwrap().conflict_with(&NetworkConfig::default()).unwrap();
         assert!(conflict.contains("DHCP range"), "{conflict}");
+    }
+
+    fn scripted(
+        script: crate::exec::scripted::Scripted,
+    ) -> (LibvirtNetwork, std::sync::Arc<crate::exec::scripted::Scripted>) {
+        let script = std::sync::Arc::new(script);
+        let virsh = Virsh::with_runner("test:///scripted", std::time::Duration::from_secs(5), script.clone());
+        (LibvirtNetwork::new(virsh, NetworkConfig::default(), Paths::new("/nonexistent")), script)
+    }
+
+    fn host(mac: &str, ip: &str) -> DhcpHost {
+        DhcpHost { mac: mac.into(), name: "i-0a0b0c0d".into(), ip: ip.into() }
+    }
+
+    // Issue 17: a launch's new MAC costs one child process, and no read-back.
+    #[tokio::test]
+    async fn a_new_mac_is_reserved_with_one_add_last_and_no_dumpxml() {
+        let (network, script) = scripted(crate::exec::scripted::Scripted::default().ok("net-update", ""));
+        network.reserve(&host("52:54:0a:0b:0c:0d", "192.168.100.11")).await.unwrap();
+        let calls = script.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(calls[0].contains("net-update ec2-as-service add-last ip-dhcp-host"), "{calls:?}");
+        assert!(calls[0].contains("--config") && calls[0].contains("--live"), "{calls:?}");
+        assert_eq!(script.count("net-dumpxml") + script.count("modify"), 0);
+    }
+
+    // network.xml follows the reservations without a read-back per launch: the next
+    // status, which reads the definition anyway, writes it.
+    #[tokio::test]
+    async fn network_xml_is_brought_up_to_date_by_the_next_status_after_a_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = std::sync::Arc::new(
+            crate::exec::scripted::Scripted::default()
+                .ok("net-update", "")
+                .ok("net-info", "Name: ec2-as-service\nActive: yes\n")
+                .ok("net-dumpxml", DUMPED),
+        );
+        let virsh = Virsh::with_runner("test:///scripted", std::time::Duration::from_secs(5), script.clone());
+        let network = LibvirtNetwork::new(virsh, NetworkConfig::default(), Paths::new(dir.path()));
+        let file = dir.path().join("network.xml");
+        network.status().await.unwrap();
+        assert!(!file.exists(), "nothing changed: nothing written");
+        network.reserve(&host("52:54:1a:2b:3c:4d", "192.168.100.10")).await.unwrap();
+        assert!(!file.exists(), "the reservation itself writes nothing");
+        network.status().await.unwrap();
+        assert!(std::fs::read_to_string(&file).unwrap().contains("<host mac='52:54:1a:2b:3c:4d'"));
+        assert_eq!(script.count("net-dumpxml"), 2, "one read per status, none for the reservation");
+    }
+
+    // A launch redone after a restart finds its MAC's entry: it is modified.
+    #[tokio::test]
+    async fn a_mac_that_already_has_an_entry_has_it_modified() {
+        let taken = "error: Requested operation is not valid: there is an existing dhcp host entry in network \
+                     'ec2-as-service' that matches \"<host mac='52:54:1a:2b:3c:4d' name='i-1a2b3c4d' ip='192.168.100.10'/>\"";
+        let script = crate::exec::scripted::Scripted::default()
+            .fail("add-last", taken)
+            .ok("net-update ec2-as-service modify", "")
+            .ok("net-dumpxml", DUMPED)
+            .ok("net-info", "Name: ec2-as-service\nActive: yes\n");
+        let (network, script) = scripted(script);
+        network.reserve(&host("52:54:1a:2b:3c:4d", "192.168.100.10")).await.unwrap();
+        assert_eq!(script.count("modify"), 1, "{:?}", script.calls());
+
+        // Another MAC holds the address: add-last's refusal stands, nothing is modified.
+        let err = network.reserve(&host("52:54:0a:0b:0c:0d", "192.168.100.10")).await.unwrap_err();
+        assert!(err.to_string().contains("existing dhcp host entry"), "{err}");
+        assert_eq!(script.count("modify"), 1, "{:?}", script.calls());
     }
 
     #[test]

@@ -36,6 +36,20 @@ pub struct NetworkStatus {
 }
 
 impl NetworkStatus {
+    /// Why instances cannot be attached to the network as it is, if they cannot.
+    pub fn refusal(&self) -> Option<AppError> {
+        let why = match (&self.conflict, &self.problem) {
+            (Some(conflict), _) => conflict.clone(),
+            (None, Some(problem)) => problem.clone(),
+            (None, None) if !self.active => "it is not active".to_string(),
+            (None, None) => return None,
+        };
+        Some(AppError::NetworkUnavailable(format!(
+            "network {} ({}) cannot take new instances: {why}",
+            self.name, self.provider
+        )))
+    }
+
     /// The commands that free the name for ec2local, which then defines its own network.
     pub fn fix_conflict(&self) -> String {
         format!(
@@ -98,16 +112,7 @@ impl NetworkManager {
         if !status.active && status.conflict.is_none() && status.problem.is_none() {
             status = self.ensure().await?;
         }
-        let why = match (&status.conflict, &status.problem) {
-            (Some(conflict), _) => conflict.clone(),
-            (None, Some(problem)) => problem.clone(),
-            (None, None) if !status.active => "it is not active".to_string(),
-            (None, None) => return Ok(()),
-        };
-        Err(AppError::NetworkUnavailable(format!(
-            "network {} ({}) cannot take new instances: {why}",
-            status.name, status.provider
-        )))
+        status.refusal().map_or(Ok(()), Err)
     }
 
     /// Pins the instance's address in the DHCP server where ec2local owns it (libvirt's
