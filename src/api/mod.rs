@@ -8,6 +8,7 @@ pub mod host_guard;
 pub mod images;
 pub mod instances;
 pub mod key_pairs;
+pub mod serde_payload;
 pub mod strict;
 pub mod system;
 pub mod terminal;
