@@ -7,6 +7,9 @@
 //! list benchmark, across 20 launch/terminate cycles and idle at the end. Run by
 //! `scripts/bench-api` inside the bench; prints Markdown tables.
 //!
+//! With EC2LOCAL_BENCH_REFERENCE_BIN (an older build) it only compares the list of the
+//! two builds, with no libvirt and no guest (`scripts/bench-api --list-only REF_BIN`).
+//!
 //! Environment: EC2LOCAL_BIN, EC2LOCAL_BENCH_WORK, EC2LOCAL_TEST_IMAGE; optional
 //! EC2LOCAL_BENCH_GUESTS (10), EC2LOCAL_BENCH_CYCLES (20), EC2LOCAL_BENCH_SETTLE_SECS
 //! (600: how long to wait for the guests' status checks to pass before the second
@@ -188,10 +191,10 @@ async fn seed(data: &str) {
     .unwrap();
 }
 
-fn start_server(bin: &str, data: &str, log: &str) -> (Child, String) {
+fn start_server(bin: &str, data: &str, log: &str, uri: &str) -> (Child, String) {
     let log = std::fs::File::create(log).unwrap();
     let mut server = Command::new(bin)
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", data, "--libvirt-uri", URI, "--pool-name", POOL])
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", data, "--libvirt-uri", uri, "--pool-name", POOL])
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -206,16 +209,64 @@ fn ms_row(what: &str, (p50, p99): (f64, f64)) {
     println!("| {what} | {p50:.2} | {p99:.2} |");
 }
 
+/// A reference built before migration 6 refuses its database: its copy loses what
+/// migration 6 added (two indexes), which is all that differs from schema 5.
+fn schema_before_list_indexes(data: &str) {
+    let conn = rusqlite::Connection::open(ec2local::paths::Paths::new(data).database()).unwrap();
+    let undo = "DROP INDEX instances_created; DROP INDEX instances_live_created; PRAGMA user_version = 5;";
+    conn.execute_batch(undo).unwrap();
+}
+
+/// The list alone, with no libvirt (runs anywhere, no bench): the 1,000 seeded rows
+/// served by `bin` and by `reference` in turn, each from a fresh copy of the database,
+/// three rounds each; latency and RSS per round.
+async fn list_only(bin: &str, reference: &str, work: &str) {
+    let seeded = format!("{work}/seeded");
+    seed(&seeded).await;
+    println!(
+        "| binary, round | list as the UI asks, p50 / p99 (ms) | include_terminated ({ROWS} rows), p50 / p99 (ms) | RSS after start / after (MB) |"
+    );
+    println!("|---|---|---|---|");
+    for round in 1..=3 {
+        for (name, bin) in [("reference", reference), ("this build", bin)] {
+            let data = format!("{work}/{name}-{round}");
+            let copied = Command::new("cp").args(["-a", &seeded, &data]).status().unwrap();
+            assert!(copied.success());
+            if name == "reference" {
+                schema_before_list_indexes(&data);
+            }
+            let no_libvirt = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+            let (mut server, url) = start_server(bin, &data, &format!("{data}.log"), no_libvirt);
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            let bench = Bench { client, url };
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let idle = rss_mb(&server);
+            bench.timed_gets("/api/instances?include_terminated=true", 5).await;
+            let [default, all] = bench.list_latency().await;
+            let after = rss_mb(&server);
+            let _ = server.kill();
+            let _ = server.wait();
+            println!(
+                "| {name}, {round} | {:.2} / {:.2} | {:.2} / {:.2} | {idle:.1} / {after:.1} |",
+                default.0, default.1, all.0, all.1
+            );
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Ok(reference) = std::env::var("EC2LOCAL_BENCH_REFERENCE_BIN") {
+        return list_only(&env("EC2LOCAL_BIN"), &reference, &env("EC2LOCAL_BENCH_WORK")).await;
+    }
     let (bin, work, image_file) = (env("EC2LOCAL_BIN"), env("EC2LOCAL_BENCH_WORK"), env("EC2LOCAL_TEST_IMAGE"));
     let guests = env_or("EC2LOCAL_BENCH_GUESTS", 10) as usize;
     let cycles = env_or("EC2LOCAL_BENCH_CYCLES", 20) as usize;
     let settle = Duration::from_secs(env_or("EC2LOCAL_BENCH_SETTLE_SECS", 600));
     let data = format!("{work}/data");
     seed(&data).await;
-    let (mut server, url) = start_server(&bin, &data, &format!("{work}/service.log"));
+    let (mut server, url) = start_server(&bin, &data, &format!("{work}/service.log"), URI);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap();
     let bench = Bench { client, url };
     tokio::time::sleep(Duration::from_secs(3)).await;
