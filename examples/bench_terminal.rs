@@ -1,6 +1,7 @@
 //! Terminal benchmark (issue 6): echo round-trip latency and bulk throughput through the
 //! service's WebSocket↔SSH relay, next to a direct `ssh` to the same guest. Run by
-//! `scripts/bench-terminal` inside the bench; prints a Markdown table.
+//! `scripts/bench-terminal` inside the bench, once cloud-init has finished in the guest;
+//! two rounds, relay then direct, so both see the same load; prints a Markdown table.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -44,6 +45,92 @@ async fn json(method: reqwest::Method, url: String, body: Option<serde_json::Val
         request = request.json(&body);
     }
     request.send().await.unwrap().json().await.unwrap()
+}
+
+/// Through the relay: the median echo of single keystrokes, then seconds for a 10 MB
+/// cat, timed from the command to the marker after it (the session is already open).
+async fn relay_round(ws_url: &str) -> (f64, f64) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let mut buffer = Vec::new();
+    let mut read_until = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, needle: &[u8]| loop {
+        if let Some(Ok(Message::Binary(b))) = ws.next().await {
+            // Search only the new bytes (and the few before them): linear in the output.
+            let from = buffer.len().saturating_sub(needle.len());
+            buffer.extend_from_slice(&b);
+            if buffer[from..].windows(needle.len()).any(|w| w == needle) {
+                buffer.clear();
+                return;
+            }
+        }
+    };
+    read_until(&mut ws, b"$ ").await;
+    let mut rtt = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        ws.send(Message::Binary(b"x".to_vec().into())).await.unwrap();
+        read_until(&mut ws, b"x").await;
+        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+        ws.send(Message::Binary(b"\x15".to_vec().into())).await.unwrap(); // Ctrl-U clears the line
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    // '-' is not in base64's alphabet, so the marker cannot occur in the data.
+    ws.send(Message::Binary(b"stty -echo; cat /tmp/big; printf '\\n--EN''D--\\n'\n".to_vec().into())).await.unwrap();
+    read_until(&mut ws, b"--END--").await;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = ws.close(None).await;
+    (median(rtt), secs)
+}
+
+/// The same over a direct interactive `ssh -tt`, then a 10 MB cat by `ssh -tt` (its
+/// time includes the connection, which the relay's does not).
+fn direct_round(key: &str, ip: &str) -> (f64, f64) {
+    let mut child = Command::new("ssh")
+        .arg("-tt")
+        .args(ssh_args(key, ip))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut read_direct = |needle: &[u8]| {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 4096];
+        loop {
+            let n = stdout.read(&mut byte).unwrap();
+            let from = seen.len().saturating_sub(needle.len());
+            seen.extend_from_slice(&byte[..n]);
+            if seen[from..].windows(needle.len()).any(|w| w == needle) {
+                return;
+            }
+        }
+    };
+    read_direct(b"$ ");
+    let mut rtt = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        stdin.write_all(b"x").unwrap();
+        stdin.flush().unwrap();
+        read_direct(b"x");
+        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+        stdin.write_all(b"\x15").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // The relay goes through a PTY in the guest; so does ssh -tt.
+    let t = Instant::now();
+    let out = Command::new("ssh")
+        .arg("-tt")
+        .args(ssh_args(key, ip))
+        .arg("cat /tmp/big")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.stdout.len() >= BULK_BYTES);
+    (median(rtt), secs)
 }
 
 #[tokio::main]
@@ -93,99 +180,42 @@ async fn main() {
     }
     assert!(ssh(&key, &ip, &format!("head -c {} /dev/urandom | base64 -w0 > /tmp/big", BULK_BYTES / 4 * 3)));
 
-    // Relay: echo latency of single keystrokes, then a 10 MB cat.
-    let ws_url = format!("{}/api/instances/{id}/terminal", url.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-    let mut buffer = Vec::new();
-    let mut read_until = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, needle: &[u8]| loop {
-        if let Some(Ok(Message::Binary(b))) = ws.next().await {
-            // Search only the new bytes (and the few before them): linear in the output.
-            let from = buffer.len().saturating_sub(needle.len());
-            buffer.extend_from_slice(&b);
-            if buffer[from..].windows(needle.len()).any(|w| w == needle) {
-                buffer.clear();
-                return;
-            }
-        }
-    };
-    read_until(&mut ws, b"$ ").await;
-    let mut relay_rtt = Vec::new();
-    for _ in 0..SAMPLES {
-        let t = Instant::now();
-        ws.send(Message::Binary(b"x".to_vec().into())).await.unwrap();
-        read_until(&mut ws, b"x").await;
-        relay_rtt.push(t.elapsed().as_secs_f64() * 1000.0);
-        ws.send(Message::Binary(b"\x15".to_vec().into())).await.unwrap(); // Ctrl-U clears the line
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Cloud-init still works for a while after SSH first answers: measure a quiet guest.
+    while !ssh(&key, &ip, "test -f /var/lib/cloud/instance/boot-finished") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let t = Instant::now();
-    // '-' is not in base64's alphabet, so the marker cannot occur in the data.
-    ws.send(Message::Binary(b"stty -echo; cat /tmp/big; printf '\\n--EN''D--\\n'\n".to_vec().into())).await.unwrap();
-    read_until(&mut ws, b"--END--").await;
-    let relay_secs = t.elapsed().as_secs_f64();
-    drop(ws);
 
-    // Direct: the same over an interactive ssh -tt, then ssh cat.
-    let mut child = Command::new("ssh")
-        .arg("-tt")
-        .args(ssh_args(&key, &ip))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut read_direct = |needle: &[u8]| {
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 4096];
-        loop {
-            let n = stdout.read(&mut byte).unwrap();
-            let from = seen.len().saturating_sub(needle.len());
-            seen.extend_from_slice(&byte[..n]);
-            if seen[from..].windows(needle.len()).any(|w| w == needle) {
-                return;
-            }
-        }
-    };
-    read_direct(b"$ ");
-    let mut direct_rtt = Vec::new();
-    for _ in 0..SAMPLES {
-        let t = Instant::now();
-        stdin.write_all(b"x").unwrap();
-        stdin.flush().unwrap();
-        read_direct(b"x");
-        direct_rtt.push(t.elapsed().as_secs_f64() * 1000.0);
-        stdin.write_all(b"\x15").unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+    // Two rounds, relay and direct in turn, so that both see the same host load.
+    let ws_url = format!("{}/api/instances/{id}/terminal", url.replace("http://", "ws://"));
+    let mut rounds = Vec::new();
+    for _ in 0..2 {
+        let relay = relay_round(&ws_url).await;
+        let direct = direct_round(&key, &ip);
+        rounds.push((relay, direct));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     let t = Instant::now();
     let out = Command::new("ssh").args(ssh_args(&key, &ip)).arg("cat /tmp/big").output().unwrap();
     let direct_secs = t.elapsed().as_secs_f64();
     assert_eq!(out.stdout.len(), BULK_BYTES);
-    // The relay goes through a PTY in the guest; so does ssh -tt.
-    let t = Instant::now();
-    let out = Command::new("ssh")
-        .arg("-tt")
-        .args(ssh_args(&key, &ip))
-        .arg("cat /tmp/big")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let direct_pty_secs = t.elapsed().as_secs_f64();
-    assert!(out.stdout.len() >= BULK_BYTES);
 
     let mb = BULK_BYTES as f64 / 1e6;
-    println!("| path | echo round trip, median of {SAMPLES} (ms) | 10 MB cat (s) | throughput (MB/s) |");
+    println!("| round, path | echo round trip, median of {SAMPLES} (ms) | 10 MB cat (s) | throughput (MB/s) |");
     println!("|---|---|---|---|");
-    println!("| web terminal relay | {:.1} | {relay_secs:.1} | {:.1} |", median(relay_rtt), mb / relay_secs);
-    println!(
-        "| direct ssh -tt (PTY) | {:.1} | {direct_pty_secs:.1} | {:.1} |",
-        median(direct_rtt),
-        mb / direct_pty_secs
-    );
-    println!("| direct ssh, no PTY | – | {direct_secs:.1} | {:.1} |", mb / direct_secs);
+    for (n, ((relay_rtt, relay_secs), (direct_rtt, pty_secs))) in rounds.iter().enumerate() {
+        let n = n + 1;
+        println!("| {n}, web terminal relay | {relay_rtt:.1} | {relay_secs:.1} | {:.2} |", mb / relay_secs);
+        println!("| {n}, direct ssh -tt (PTY) | {direct_rtt:.1} | {pty_secs:.1} | {:.2} |", mb / pty_secs);
+    }
+    println!("| direct ssh, no PTY | – | {direct_secs:.1} | {:.2} |", mb / direct_secs);
+    println!();
+    for (n, ((relay_rtt, relay_secs), (direct_rtt, pty_secs))) in rounds.iter().enumerate() {
+        println!(
+            "round {}: relay throughput {:.0} % of ssh -tt; echo {:+.1} ms against ssh -tt",
+            n + 1,
+            100.0 * pty_secs / relay_secs,
+            relay_rtt - direct_rtt
+        );
+    }
     json(reqwest::Method::DELETE, api(&format!("/instances/{id}")), None).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let _ = server.kill();

@@ -213,12 +213,7 @@ async fn open_pinned(
         (pinned.is_some(), crate::guest_ssh::trusted_fingerprints(pinned, &keys))
     };
     let seen = Arc::new(std::sync::Mutex::new(None));
-    let config = Arc::new(client::Config {
-        keepalive_interval: Some(options.keepalive),
-        keepalive_max: 3,
-        inactivity_timeout: None,
-        ..Default::default()
-    });
+    let config = Arc::new(client_config(options.keepalive));
     let handler = HostKeyCheck { trusted: trusted.clone(), seen: seen.clone() };
     let address = (target.ip.as_str(), 22);
     let connecting = tokio::time::timeout(Duration::from_secs(15), client::connect(config, address, handler)).await;
@@ -258,6 +253,19 @@ async fn open_pinned(
     Ok(handle)
 }
 
+/// The SSH client's settings. Nagle is off: a keystroke goes out at once, not after the
+/// guest acknowledged the one before. Window and packet size are russh's (OpenSSH's own:
+/// 2 MiB, 32 KiB), so the guest never waits on the window over a local network.
+fn client_config(keepalive: Duration) -> client::Config {
+    client::Config {
+        keepalive_interval: Some(keepalive),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
 async fn log_in(handle: &mut client::Handle<HostKeyCheck>, user: &str, key: PrivateKey) -> Result<(), TerminalError> {
     let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
     let auth = handle
@@ -276,27 +284,59 @@ async fn log_in(handle: &mut client::Handle<HostKeyCheck>, user: &str, key: Priv
     Ok(())
 }
 
+/// Output that has already arrived behind a piece being sent on is joined to it, up to
+/// this many bytes: bulk output goes to the browser in fewer, larger frames. Nothing is
+/// waited for, so a keystroke's echo still goes alone and at once.
+const OUTPUT_BATCH_BYTES: usize = 64 * 1024;
+
+/// Pieces of output (each at most `OUTPUT_BATCH_BYTES`) on their way to the WebSocket.
+/// With russh's own buffer (`channel_buffer_size` messages of at most 32 KiB) and the
+/// 2 MiB SSH window, this bounds what one session holds whatever the guest writes: past
+/// it, the guest's sshd waits on the window.
+pub const OUTPUT_QUEUE: usize = 8;
+
+/// Appends to `out` the output already waiting on `channel`, until `OUTPUT_BATCH_BYTES`.
+/// Returns the first message that is not output (`Some(None)`: the channel ended), to be
+/// handled next.
+fn join_ready(channel: &mut russh::Channel<client::Msg>, out: &mut Vec<u8>) -> Option<Option<ChannelMsg>> {
+    use futures_util::FutureExt;
+    while out.len() < OUTPUT_BATCH_BYTES {
+        match channel.wait().now_or_never()? {
+            Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                out.extend_from_slice(&data)
+            }
+            other => return Some(other),
+        }
+    }
+    None
+}
+
 impl Session {
     /// Relays until either side ends (REQ-TERM-003..006, 009, 010). `from_client`
     /// closing means the WebSocket went away; the SSH channel and connection are closed
     /// before this returns.
     pub async fn relay(mut self, mut from_client: mpsc::Receiver<ClientMsg>, to_client: mpsc::Sender<ServerMsg>) {
         let mut exit_status = None;
+        // A message read while joining output, handled before the channel is read again.
+        let mut held: Option<Option<ChannelMsg>> = None;
         loop {
+            let channel = &mut self.channel;
             tokio::select! {
                 msg = from_client.recv() => match msg {
                     Some(ClientMsg::Input(bytes)) => {
-                        if self.channel.data_bytes(bytes).await.is_err() { break; }
+                        if channel.data_bytes(bytes).await.is_err() { break; }
                     }
                     Some(ClientMsg::Resize { cols, rows }) => {
-                        let _ = self.channel.window_change(cols, rows, 0, 0).await;
+                        let _ = channel.window_change(cols, rows, 0, 0).await;
                     }
                     None => break,
                 },
-                msg = self.channel.wait() => match msg {
+                msg = async { match held.take() { Some(msg) => msg, None => channel.wait().await } } => match msg {
                     Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        let mut out = data.to_vec();
+                        held = join_ready(channel, &mut out);
                         // Awaiting here is the backpressure: no more reads until the client takes this.
-                        if to_client.send(ServerMsg::Output(data.to_vec())).await.is_err() { break; }
+                        if to_client.send(ServerMsg::Output(out)).await.is_err() { break; }
                     }
                     Some(ChannelMsg::ExitStatus { exit_status: status }) => exit_status = Some(status),
                     Some(ChannelMsg::Eof) => {}
@@ -312,6 +352,9 @@ impl Session {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "terminal closed", "en").await;
     }
 }
+
+#[cfg(test)]
+mod backpressure;
 
 #[cfg(test)]
 mod tests {

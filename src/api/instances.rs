@@ -10,6 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
 use super::error::ApiError;
+use super::serde_payload::SerdeJson;
 use crate::app::App;
 use crate::instances::{Instance, LaunchRequest, types};
 
@@ -38,7 +39,8 @@ pub struct LaunchInstanceRequest {
     pub user_data: Option<Text<field::UserData>>,
 }
 
-#[derive(Debug, Object)]
+/// Also `Serialize`: the list is printed by serde (`SerdeJson`), to the same document.
+#[derive(Debug, Object, serde::Serialize)]
 pub struct InstanceDto {
     /// `i-` + 8 hex.
     pub id: String,
@@ -171,9 +173,9 @@ impl InstancesApi {
         &self,
         app: Data<&Arc<App>>,
         include_terminated: Query<Option<bool>>,
-    ) -> Result<Json<Vec<InstanceDto>>, ApiError> {
+    ) -> Result<SerdeJson<Vec<InstanceDto>>, ApiError> {
         let all = app.instances.list(include_terminated.0.unwrap_or(false)).await?;
-        Ok(Json(all.into_iter().map(InstanceDto::from).collect()))
+        Ok(SerdeJson::new(&all.into_iter().map(InstanceDto::from).collect())?)
     }
 
     /// One instance, with its state and address read from libvirt now.
@@ -222,6 +224,7 @@ impl InstancesApi {
 mod tests {
     use std::time::Duration;
 
+    use poem::IntoResponse;
     use poem_openapi::types::ToJSON;
 
     use super::*;
@@ -255,5 +258,27 @@ mod tests {
         let stopped = instances_over(Scripted::default(), Duration::from_secs(1)).with_instance("stopped").await;
         let dto = InstanceDto::from(stopped.instances.inner().describe(stopped.row().await));
         assert_eq!((dto.status.as_str(), dto.status_reason, dto.reachable_at), ("not-applicable", None, None));
+    }
+
+    // issue 17: the list is printed by serde; it is the document poem-openapi's schema
+    // describes, field for field, nulls and empty lists included.
+    #[tokio::test]
+    async fn the_list_printed_by_serde_is_the_documented_object() {
+        let bench = instances_over(Scripted::default(), Duration::from_secs(1)).with_instance("running").await;
+        let mut full = bench.instances.inner().describe(bench.row().await);
+        let sparse = InstanceDto::from(full.clone());
+        full.task = Some(crate::instances::state::Task::Stopping);
+        (full.state_reason, full.ip_address) = (Some("User initiated".into()), Some("192.168.100.10".into()));
+        (full.key_name, full.launched_at) = (Some("k".into()), Some("2026-11-26T10:00:01Z".into()));
+        full.terminated_at = Some("2026-11-26T10:05:00Z".into());
+        full.status_check.reachable_at = Some("2026-11-26T10:00:40Z".into());
+        full.host_keys = vec!["ssh-ed25519 AAAA1".into(), "ecdsa-sha2-nistp256 AAAA2".into()];
+        let list = vec![sparse, InstanceDto::from(full)];
+        let printed = SerdeJson::new(&list).unwrap().into_response().into_body().into_vec().await.unwrap();
+        let printed: serde_json::Value = serde_json::from_slice(&printed).unwrap();
+        assert_eq!(printed, list.to_json().unwrap());
+        assert_eq!(printed[0]["task"], serde_json::Value::Null, "{printed}");
+        assert!(printed[0].as_object().unwrap().contains_key("terminated_at"), "nulls are written out: {printed}");
+        assert_eq!(printed[1]["host_keys"][1], "ecdsa-sha2-nistp256 AAAA2");
     }
 }

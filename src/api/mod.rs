@@ -8,6 +8,7 @@ pub mod host_guard;
 pub mod images;
 pub mod instances;
 pub mod key_pairs;
+pub mod serde_payload;
 pub mod strict;
 pub mod system;
 pub mod terminal;
@@ -17,7 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::http::uri::Scheme;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, EndpointExt, IntoResponse, Route, get};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -210,8 +213,9 @@ pub enum ServeError {
 /// Starts the service and serves until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let bind = config.bind;
-    let acceptor =
-        TcpListener::bind(bind).into_acceptor().await.map_err(|source| ServeError::Bind { addr: bind, source })?;
+    let acceptor = NoDelay(
+        TcpListener::bind(bind).into_acceptor().await.map_err(|source| ServeError::Bind { addr: bind, source })?,
+    );
     let local = acceptor.local_addr().first().and_then(|a| a.as_socket_addr().copied()).unwrap_or(bind);
     let app = App::start(config).await?;
     // Tests and scripts read this line to learn the port when binding to port 0.
@@ -223,6 +227,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(ServeError::Server)
 }
 
+/// poem's TCP acceptor with Nagle's algorithm off on every connection: the web terminal
+/// sends a keystroke's echo and each piece of output as a small WebSocket frame, which
+/// Nagle would hold back until the browser acknowledged the one before (issue 17, item 6).
+struct NoDelay(TcpAcceptor);
+
+impl Acceptor for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let (io, local, remote, scheme) = self.0.accept().await?;
+        io.set_nodelay(true)?;
+        Ok((io, local, remote, scheme))
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -231,4 +254,20 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // issue 17, item 6: terminal output is not held back by Nagle's algorithm.
+    #[tokio::test]
+    async fn connections_are_accepted_with_nagle_off() {
+        let mut acceptor = NoDelay(TcpListener::bind("127.0.0.1:0").into_acceptor().await.unwrap());
+        let address = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _, remote, _) = acceptor.accept().await.unwrap();
+        assert_eq!(remote.as_socket_addr(), Some(&client.local_addr().unwrap()));
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -143,7 +143,7 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
     };
     tracing::info!(instance = %target.instance.id, "terminal session opened");
     let (client_tx, client_rx) = mpsc::channel::<ClientMsg>(64);
-    let (server_tx, server_rx) = mpsc::channel::<ServerMsg>(16);
+    let (server_tx, server_rx) = mpsc::channel::<ServerMsg>(ssh_terminal::OUTPUT_QUEUE);
     let relay = tokio::spawn(async move {
         let _task = Counted::task();
         session.relay(client_rx, server_tx).await;

@@ -111,6 +111,9 @@ struct ActionArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        crate::platform::allocator::tune_for_service();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::serve(args)),

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("migrations/0003_ec2_api.sql")),
     (4, include_str!("migrations/0004_status_checks.sql")),
     (5, include_str!("migrations/0005_port_forwards.sql")),
+    (6, include_str!("migrations/0006_list_order.sql")),
 ];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -239,5 +240,24 @@ mod tests {
             [],
         );
         assert!(err.is_err());
+    }
+
+    // issue 17, item 5: the list reads an index in its order (no sort of every row), and
+    // the default list touches only the instances not terminated.
+    #[test]
+    fn the_instance_lists_are_read_from_their_indexes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&tmp.path().join("x.db")).unwrap();
+        let conn = db.conn.lock().unwrap();
+        let plan = |include_terminated: bool| -> String {
+            let sql = format!("EXPLAIN QUERY PLAN {}", instances::list_sql(include_terminated));
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let all = plan(true);
+        assert!(all.contains("USING INDEX instances_created") && !all.contains("TEMP B-TREE"), "{all}");
+        let live = plan(false);
+        assert!(live.contains("USING INDEX instances_live_created") && !live.contains("TEMP B-TREE"), "{live}");
     }
 }

@@ -5,6 +5,7 @@
 //! the only place that looks at `cfg(target_os)` / `cfg(target_arch)`.
 
 mod accel;
+pub mod allocator;
 pub mod macos;
 mod network;
 
