@@ -4,6 +4,7 @@
 //! safety net, and for the DHCP leases of running guests that have no address yet; an
 //! idle service spawns no process per tick. While it is down, every tick is a full look.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -34,7 +35,24 @@ pub struct Watch {
     /// have been missed before it.
     dirty: AtomicBool,
     last_full: Mutex<Option<Instant>>,
+    /// The state each domain's last event implies, not yet applied (see `implied_state`).
+    pending: Mutex<HashMap<String, Option<&'static str>>>,
     wake: Notify,
+}
+
+/// The domain state a lifecycle event implies, as `virsh list` prints it (None: the
+/// domain is gone), or nothing when the event says nothing about it (`Defined`, or the
+/// `Shutdown` that precedes `Stopped`).
+pub fn implied_state(kind: &str) -> Option<Option<&'static str>> {
+    match kind {
+        "Started" | "Resumed" => Some(Some("running")),
+        "Suspended" => Some(Some("paused")),
+        "Stopped" => Some(Some("shut off")),
+        "Crashed" => Some(Some("crashed")),
+        "PMSuspended" => Some(Some("pmsuspended")),
+        "Undefined" => Some(None),
+        _ => None,
+    }
 }
 
 impl Watch {
@@ -55,10 +73,24 @@ impl Watch {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
-    /// An event about one of the service's domains: look now.
+    /// An event about one of the service's domains: what it implies is applied at once,
+    /// and a full look follows to confirm it.
+    pub fn domain_event(&self, domain: &str, kind: &str) {
+        if let Some(state) = implied_state(kind) {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(domain.to_string(), state);
+        }
+        self.changed();
+    }
+
+    /// Something changed: look now.
     pub fn changed(&self) {
         self.dirty.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// The domain states events implied since the last call.
+    pub fn take_pending(&self) -> HashMap<String, Option<&'static str>> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The stream is up; what happened before it started is caught by a full look at
@@ -133,7 +165,7 @@ async fn follow_feed(inner: &Weak<Inner>, watch: &Watch, mut feed: virsh_events:
         }
         // Only ec2local's own domains concern the monitor.
         if event.subject == virsh_events::Subject::Domain && event.name.parse::<InstanceId>().is_ok() {
-            watch.changed();
+            watch.domain_event(&event.name, &event.kind);
         }
     }
     watch.lost();
@@ -167,6 +199,27 @@ mod tests {
         assert_eq!(watch.plan(SAFETY, false), Look::Full, "a failed look is tried again");
         watch.lost();
         assert_eq!(watch.plan(SAFETY, false), Look::Full);
+    }
+
+    #[test]
+    fn events_imply_domain_states_and_the_last_one_wins() {
+        let watch = Watch::default();
+        watch.connected();
+        watch.domain_event("i-1a2b3c4d", "Stopped");
+        watch.domain_event("i-1a2b3c4d", "Started");
+        watch.domain_event("i-0000beef", "Undefined");
+        watch.domain_event("i-0000cafe", "Defined");
+        let pending = watch.take_pending();
+        assert_eq!(pending.get("i-1a2b3c4d"), Some(&Some("running")));
+        assert_eq!(pending.get("i-0000beef"), Some(&None));
+        assert_eq!(pending.get("i-0000cafe"), None, "a definition says nothing about the state");
+        assert!(watch.take_pending().is_empty());
+        assert_eq!(watch.plan(SAFETY, false), Look::Full, "and a full look confirms");
+        for (kind, state) in [("Crashed", Some("crashed")), ("Suspended", Some("paused")), ("Resumed", Some("running"))]
+        {
+            assert_eq!(implied_state(kind), Some(state), "{kind}");
+        }
+        assert_eq!(implied_state("Shutdown"), None);
     }
 
     #[test]

@@ -103,6 +103,7 @@ impl Inner {
         if instances.is_empty() {
             return Ok(());
         }
+        self.apply_events(&instances).await?;
         let awaiting_address = instances.iter().any(|row| self.awaits_address(row));
         match self.watch.plan(self.config.safety_poll, awaiting_address) {
             Look::Full => {
@@ -115,6 +116,21 @@ impl Inner {
             Look::Leases => self.look_at_leases(instances).await,
             Look::Nothing => Ok(()),
         }
+    }
+
+    /// What libvirt's events said, applied before any virsh call: a change shows as soon
+    /// as its event came, however slow virsh is. A running guest keeps its address;
+    /// the full look that follows confirms both.
+    async fn apply_events(&self, instances: &[InstanceRow]) -> Result<(), crate::error::AppError> {
+        let pending = self.watch.take_pending();
+        for row in instances.iter().filter(|row| !self.has_ticket(&row.id)) {
+            let Some(domain) = pending.get(&row.id) else { continue };
+            if let Some(change) = reconcile(row, *domain, row.ip_address.as_deref()) {
+                tracing::warn!(instance = %row.id, from = %row.state, domain = domain.unwrap_or("gone"), "state changed behind ec2local's back (libvirt event)");
+                self.apply(row, change).await?;
+            }
+        }
+        Ok(())
     }
 
     /// An idle running instance whose guest has not taken its DHCP lease yet.
@@ -356,6 +372,31 @@ mod tests {
             inner.watch.changed();
             inner.monitor_step().await.unwrap();
             assert_eq!(counts(), (2, 3), "an event asks for a full look");
+        }
+
+        // REQ-INST-013, issue 17: what an event says shows before any virsh call
+        // (here virsh answers nothing), and the address stays with a running guest.
+        #[tokio::test]
+        async fn an_event_is_applied_without_asking_virsh() {
+            let script = Scripted::default().fail(" list --all", LIBVIRT_DOWN).fail(" net-dhcp-leases ", LIBVIRT_DOWN);
+            let bench = instances_over(script, Duration::from_secs(1)).with_instance("running").await;
+            let inner = bench.instances.inner();
+            inner.watch.connected();
+            inner.watch.domain_event(ID, "Suspended");
+            let _ = inner.monitor_step().await;
+            let row = bench.row().await;
+            assert_eq!(
+                (row.state.as_str(), row.ip_address.as_deref()),
+                ("running", Some(IP)),
+                "paused is still running"
+            );
+            inner.watch.domain_event(ID, "Stopped");
+            assert!(inner.monitor_step().await.is_err(), "the confirming look finds libvirt away");
+            let row = bench.row().await;
+            assert_eq!((row.state.as_str(), row.ip_address), ("stopped", None));
+            inner.watch.domain_event(ID, "Started");
+            let _ = inner.monitor_step().await;
+            assert_eq!(bench.row().await.state, "running");
         }
 
         // REQ-REL-003
