@@ -363,6 +363,18 @@ async fn host_limits_refuse_new_instances() {
     }
 }
 
+/// The instance as the list shows it (the monitor's view, no live libvirt call) once it is in `state`.
+async fn listed_as(svc: &Service, id: &str, state: &str, what: &str) -> Value {
+    wait_for(what, Duration::from_secs(30), Duration::from_millis(500), || {
+        let url = svc.api("/instances");
+        async move {
+            let (_, list) = get_json(&url).await;
+            list.as_array()?.iter().find(|i| i["id"] == id && i["state"] == state).cloned()
+        }
+    })
+    .await
+}
+
 // REQ-NET-007, REQ-INST-013
 #[tokio::test]
 #[ignore = "needs the test bench: run scripts/test"]
@@ -401,36 +413,12 @@ async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() 
     // list, which reads the monitor's view only (no live libvirt call per request). With
     // the safety poll an hour away, libvirt's lifecycle event is what tells the service.
     virsh().destroy(second_id).await.unwrap();
-    let seen = wait_for(
-        "the monitor to notice the destroyed guest",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || {
-            let url = svc.api("/instances");
-            async move {
-                let (_, list) = get_json(&url).await;
-                list.as_array()?.iter().find(|i| i["id"] == second_id && i["state"] == "stopped").cloned()
-            }
-        },
-    )
-    .await;
+    let seen = listed_as(&svc, second_id, "stopped", "the monitor to notice the destroyed guest").await;
     assert!(seen["state_reason"].as_str().unwrap().contains("shut down"), "{seen}");
     assert_eq!(seen["ip_address"], Value::Null);
     // Started by hand: running again, from its event.
     virsh().run(&["start", second_id]).await.unwrap();
-    let seen = wait_for(
-        "the monitor to notice the guest started by hand",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || {
-            let url = svc.api("/instances");
-            async move {
-                let (_, list) = get_json(&url).await;
-                list.as_array()?.iter().find(|i| i["id"] == second_id && i["state"] == "running").cloned()
-            }
-        },
-    )
-    .await;
+    let seen = listed_as(&svc, second_id, "running", "the monitor to notice the guest started by hand").await;
     assert_eq!(seen["state_reason"], "started outside ec2local", "{seen}");
     let response = common::client().delete(svc.api(&format!("/instances/{second_id}"))).send().await.unwrap();
     assert_eq!(response.status(), 202);

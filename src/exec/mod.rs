@@ -189,25 +189,27 @@ pub async fn run(command: ToolCommand) -> Result<ToolOutput, ExecError> {
     tokio::task::spawn_blocking(move || run_blocking(&command)).await.expect("the process runner does not panic")
 }
 
+/// `command` as a duct expression: stdin closed, stderr kept, a failure not an error
+/// (callers read the status), and the C locale, since output is parsed (virsh's states,
+/// qemu-img's errors).
+fn expression(command: &ToolCommand) -> duct::Expression {
+    duct::cmd(&command.program, &command.args).env("LC_ALL", "C").stdin_null().stderr_capture().unchecked()
+}
+
+/// Why `command` could not start: not installed, or another reason.
+fn spawn_error(command: &ToolCommand, source: std::io::Error) -> ExecError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        ExecError::NotFound { program: command.program.clone() }
+    } else {
+        ExecError::Spawn { command: command.to_string(), source }
+    }
+}
+
 /// Runs a command to completion, killing it at its timeout.
 pub fn run_blocking(command: &ToolCommand) -> Result<ToolOutput, ExecError> {
     let started = Instant::now();
     let shown = command.to_string();
-    // Output is parsed (virsh's states, qemu-img's errors): always in the C locale.
-    let handle = duct::cmd(&command.program, &command.args)
-        .env("LC_ALL", "C")
-        .stdin_null()
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .start()
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                ExecError::NotFound { program: command.program.clone() }
-            } else {
-                ExecError::Spawn { command: shown.clone(), source }
-            }
-        })?;
+    let handle = expression(command).stdout_capture().start().map_err(|source| spawn_error(command, source))?;
     let waited =
         handle.wait_timeout(command.timeout).map_err(|source| ExecError::Spawn { command: shown.clone(), source })?;
     let Some(output) = waited else {

@@ -72,19 +72,7 @@ const QUEUE: usize = 256;
 /// Starts `command` (a `virsh event --loop`) and reads its lines on a thread of its own.
 pub fn follow(command: &ToolCommand) -> Result<EventFeed, ExecError> {
     let shown = command.to_string();
-    let child = duct::cmd(&command.program, &command.args)
-        .env("LC_ALL", "C")
-        .stdin_null()
-        .stderr_capture()
-        .unchecked()
-        .reader()
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                ExecError::NotFound { program: command.program.clone() }
-            } else {
-                ExecError::Spawn { command: shown.clone(), source }
-            }
-        })?;
+    let child = super::expression(command).reader().map_err(|source| super::spawn_error(command, source))?;
     let child = Arc::new(child);
     let (sender, events) = mpsc::channel(QUEUE);
     let reader = child.clone();
