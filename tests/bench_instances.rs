@@ -416,6 +416,9 @@ async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() 
     let seen = listed_as(&svc, second_id, "stopped", "the monitor to notice the destroyed guest").await;
     assert!(seen["state_reason"].as_str().unwrap().contains("shut down"), "{seen}");
     assert_eq!(seen["ip_address"], Value::Null);
+    // Without the event stream every tick would be a full poll and find it too: the log
+    // says which path wrote it.
+    assert!(svc.stderr().contains("behind ec2local's back (libvirt event)"), "not applied from an event");
     // Started by hand: running again, from its event.
     virsh().run(&["start", second_id]).await.unwrap();
     let seen = listed_as(&svc, second_id, "running", "the monitor to notice the guest started by hand").await;

@@ -30,7 +30,10 @@ pub struct LibvirtNetwork {
 
 impl LibvirtNetwork {
     pub fn new(virsh: Virsh, config: NetworkConfig, paths: Paths) -> Self {
-        Self { virsh, config, paths, file_stale: Arc::default(), file_lock: Arc::default() }
+        // Stale at start: reservations an earlier run made just before it was killed
+        // reach network.xml at the first status.
+        let file_stale = Arc::new(AtomicBool::new(true));
+        Self { virsh, config, paths, file_stale, file_lock: Arc::default() }
     }
 
     pub fn spec(&self) -> NetworkSpec {
@@ -392,12 +395,15 @@ mod tests {
         let network = LibvirtNetwork::new(virsh, NetworkConfig::default(), Paths::new(dir.path()));
         let file = dir.path().join("network.xml");
         network.status().await.unwrap();
+        assert!(file.exists(), "the first status writes it: an earlier run may have been killed before it did");
+        std::fs::remove_file(&file).unwrap();
+        network.status().await.unwrap();
         assert!(!file.exists(), "nothing changed: nothing written");
         network.reserve(&host("52:54:1a:2b:3c:4d", "192.168.100.10")).await.unwrap();
         assert!(!file.exists(), "the reservation itself writes nothing");
         network.status().await.unwrap();
         assert!(std::fs::read_to_string(&file).unwrap().contains("<host mac='52:54:1a:2b:3c:4d'"));
-        assert_eq!(script.count("net-dumpxml"), 2, "one read per status, none for the reservation");
+        assert_eq!(script.count("net-dumpxml"), 3, "one read per status, none for the reservation");
     }
 
     // A launch redone after a restart finds its MAC's entry: it is modified.
