@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Bench, Service, get_json, import_test_image, keygen, post_empty, post_json, ssh, wait_for, wait_instance,
+    Bench, Service, get_json, import_test_image, keygen, post_empty, post_json, ssh, ssh_must, wait_for, wait_instance,
 };
 use ec2local::exec::virsh::Virsh;
 use serde_json::{Value, json};
@@ -151,7 +151,7 @@ async fn an_instance_lives_its_whole_life() {
     assert_eq!((status, body["state"].as_str(), body["task"].as_str()), (202, Some("running"), None), "{body}");
 
     // Reboot: same address, a new boot.
-    let boot_id = ssh(&key, "ubuntu", &ip, "cat /proc/sys/kernel/random/boot_id").unwrap();
+    let boot_id = ssh_must(&key, "ubuntu", &ip, "cat /proc/sys/kernel/random/boot_id");
     let (status, _) = post_empty(&svc.api(&format!("/instances/{id}/reboot"))).await;
     assert_eq!(status, 202);
     let new_boot = wait_for("the guest to come back from reboot", BOOT, Duration::from_secs(3), || {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Bench, Service, client, get_json, import_test_image, post_empty, post_json, ssh, wait_for, wait_instance,
+    Bench, Service, client, get_json, import_test_image, post_empty, post_json, ssh, ssh_must, wait_for, wait_instance,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -149,8 +149,8 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
 
     // The file for the bulk transfer is made before the session: a blocking SSH call
     // would stop this client from answering the session's pings.
-    let sum = ssh(&key, "ubuntu", &ip, "head -c 7500000 /dev/urandom | base64 -w0 > /tmp/big && sha256sum < /tmp/big")
-        .unwrap();
+    let sum =
+        ssh_must(&key, "ubuntu", &ip, "head -c 7500000 /dev/urandom | base64 -w0 > /tmp/big && sha256sum < /tmp/big");
     let expected = sum.split_whitespace().next().unwrap().to_string();
 
     let baseline = health_terminal(&svc).await;
@@ -166,7 +166,7 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     ws.send(Message::Text(json!({"type": "resize", "cols": 120, "rows": 40}).to_string().into())).await.unwrap();
     send(&mut ws, "stty size\n").await;
     read_until(&mut ws, "40 120", Duration::from_secs(30)).await;
-    let whoami = ssh(&key, "ubuntu", &ip, "who | wc -l").unwrap();
+    let whoami = ssh_must(&key, "ubuntu", &ip, "who | wc -l");
     assert_eq!(whoami.trim(), "1", "the terminal's login is not in who");
 
     // 10 MB through the relay arrive intact.
@@ -198,7 +198,7 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     let mut ws = open(&svc, &id, "").await;
     // The prompt follows the MOTD after the guest starts a login shell: slow when both lanes load the host.
     read_until(&mut ws, "$ ", Duration::from_secs(120)).await;
-    assert_eq!(ssh(&key, "ubuntu", &ip, "who | wc -l").unwrap().trim(), "1");
+    assert_eq!(ssh_must(&key, "ubuntu", &ip, "who | wc -l").trim(), "1");
     ws.close(None).await.unwrap();
     drop(ws);
     wait_for("the guest session to end", Duration::from_secs(20), Duration::from_millis(500), || {

@@ -200,6 +200,33 @@ pub fn ssh(key: &Path, user: &str, ip: &str, command: &str) -> Option<String> {
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs `command` on a guest that already answers SSH, and returns its output. A loaded
+/// host can keep a TCG guest's sshd from greeting within `ConnectTimeout`, so a failure
+/// to connect (ssh's own exit code, 255) is tried again; any other failure panics with
+/// ssh's error.
+pub fn ssh_must(key: &Path, user: &str, ip: &str, command: &str) -> String {
+    let mut last_error = String::new();
+    for _ in 0..4 {
+        let output = Command::new("ssh")
+            .args(SSH_OPTIONS)
+            .arg("-i")
+            .arg(key)
+            .arg(format!("{user}@{ip}"))
+            .arg(command)
+            .output()
+            .expect("ssh client");
+        if output.status.success() {
+            return String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        last_error = format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+        if output.status.code() != Some(255) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    panic!("ssh {user}@{ip} {command:?} failed: {last_error}");
+}
+
 /// Generates a key of `kind` (ed25519, rsa, ecdsa) with ssh-keygen; returns
 /// (public key line, private key PEM).
 pub fn keygen(dir: &Path, kind: &str, bits: Option<u32>) -> (String, String) {
