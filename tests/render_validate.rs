@@ -91,6 +91,7 @@ fn network_and_pool_xml_validate() {
         dhcp_start: "192.168.100.10".into(),
         dhcp_end: "192.168.100.254".into(),
         hosts: vec![],
+        dnsmasq_options: vec!["dhcp-ignore=tag:!known".into()],
     })
     .unwrap();
     validate(&network, "network");

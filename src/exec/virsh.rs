@@ -113,6 +113,10 @@ impl Virsh {
     pub async fn net_dumpxml_inactive(&self, name: &str) -> Result<String, VirshError> {
         self.run(&["net-dumpxml", "--inactive", name]).await
     }
+    /// The running network's definition (the persistent one while it is stopped).
+    pub async fn net_dumpxml(&self, name: &str) -> Result<String, VirshError> {
+        self.run(&["net-dumpxml", name]).await
+    }
     pub async fn net_define(&self, xml_file: &Path) -> Result<(), VirshError> {
         self.run(&["net-define", &xml_file.to_string_lossy()]).await.map(drop)
     }

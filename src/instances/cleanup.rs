@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::Inner;
+use super::create::RESERVATION_PATIENCE;
 use crate::db::instances::InstanceRow;
 use crate::error::AppError;
 use crate::exec::virsh::VirshError;
@@ -89,7 +90,7 @@ impl Inner {
 
         let mut reservation_released = true;
         if let Some(host) = Self::dhcp_host(row)
-            && let Err(e) = self.deps.network.release(&host).await
+            && let Err(e) = self.starts.after_starts(RESERVATION_PATIENCE, self.deps.network.release(&host)).await
         {
             items.push(format!("the DHCP reservation of {} for {}", host.ip, host.mac));
             cause.get_or_insert(e);

@@ -5,6 +5,10 @@ mod launch_steps;
 #[cfg(test)]
 mod launch_tests;
 mod provision;
+mod start_gate;
+
+pub(crate) use provision::RESERVATION_PATIENCE;
+pub(crate) use start_gate::StartGate;
 
 use std::time::Duration;
 
@@ -116,12 +120,18 @@ impl Instances {
         tokio::spawn(async move {
             let _guard = guard;
             match inner.provision(&row, &image, &steps).await {
-                Ok(()) => {
+                Ok(reserve_later) => {
                     let finish = inner.transition(&row.id, Status::LAUNCHING, Event::Finished, None);
                     let finished = steps.time(&row.id, "finish", finish).await;
                     steps.log_summary(&row.id, "running");
                     match finished {
-                        Ok(Some(_)) => tracing::info!(instance = %row.id, "running"),
+                        Ok(Some(_)) => {
+                            tracing::info!(instance = %row.id, "running");
+                            // Still under the instance's lock: an action taken meanwhile waits.
+                            if reserve_later {
+                                inner.reserve_late(&row, &steps).await;
+                            }
+                        }
                         // Terminated while it was being built: the terminate runs next.
                         Ok(None) => {}
                         // The ticket, dropped undone, asks for a recovery pass.

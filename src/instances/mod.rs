@@ -176,6 +176,8 @@ pub(crate) struct Inner {
     checks: status_round::Checks,
     /// libvirt's event stream, as the monitor sees it.
     watch: Arc<events::Watch>,
+    /// Starts in flight, which late DHCP reservations wait for.
+    starts: create::StartGate,
 }
 
 /// Proof that this process owns work on an instance; released on drop. A ticket
@@ -246,6 +248,7 @@ impl Instances {
                 recovery_wanted: Arc::default(),
                 checks: Default::default(),
                 watch: Arc::default(),
+                starts: Default::default(),
             }),
         }
     }
@@ -267,12 +270,10 @@ impl Instances {
         // Work in flight owns the state; settled instances are compared with libvirt.
         if status.task.is_none() && matches!(status.state, State::Running | State::Stopped) {
             let domain = self.inner.deps.virsh.domstate_if_defined(&id).await?;
-            let lease = if domain.as_deref() == Some("running") {
-                self.inner.deps.network.leases().await?.into_iter().find(|l| l.mac == row.mac_address).map(|l| l.ip)
-            } else {
-                None
-            };
-            if let Some(change) = monitor::reconcile(&row, domain.as_deref(), lease.as_deref()) {
+            // The address is the monitor's to find (it polls leases while a running
+            // instance has none): a lease lookup here would wait for libvirt's network
+            // lock, which a reservation holds through a firewall reload.
+            if let Some(change) = monitor::reconcile(&row, domain.as_deref(), row.ip_address.as_deref()) {
                 self.inner.apply(&row, change).await?;
                 return Ok(self.inner.describe(self.inner.row(&id).await?));
             }

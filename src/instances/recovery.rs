@@ -102,6 +102,53 @@ impl Instances {
                 Err(e) => tracing::error!(instance = %row.id, error = %e, "could not settle interrupted work"),
             }
         }
+        inner.restore_reservations().await
+    }
+}
+
+impl Inner {
+    /// Makes again the DHCP reservation of every idle instance that holds an address
+    /// the network has no reservation for: a launch cut off between its start and its
+    /// reservation, a reservation that kept failing, a network re-created by hand.
+    /// Without it such a guest gets no address (the network answers reserved hosts only).
+    async fn restore_reservations(&self) -> Result<(), AppError> {
+        let reserved = match self.deps.network.reserved_macs().await {
+            Ok(Some(reserved)) => reserved,
+            Ok(None) => return Ok(()),
+            Err(e @ AppError::LibvirtUnavailable(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the DHCP reservations; checked at the next pass");
+                return Ok(());
+            }
+        };
+        let missing = |row: &InstanceRow| {
+            row.task.is_none()
+                && row.state != State::Terminated.as_str()
+                && row.reserved_ip.is_some()
+                && !reserved.iter().any(|mac| mac.eq_ignore_ascii_case(&row.mac_address))
+        };
+        let rows = self.deps.db.call(|c| rows::list(c, false)).await?;
+        for row in rows.iter().filter(|r| missing(r)) {
+            // Work in flight (a launch about to reserve) owns its row.
+            let Some(ticket) = self.ticket_if_free(&row.id) else { continue };
+            let lock = self.lock(&row.id);
+            let _guard = lock.lock().await;
+            let row = self.row(&row.id).await?;
+            let Some(host) = Self::dhcp_host(&row).filter(|_| missing(&row)) else {
+                ticket.done();
+                continue;
+            };
+            match self.deps.network.reserve(&host).await {
+                Ok(()) => tracing::warn!(instance = %row.id, ip = %host.ip, "restored a missing DHCP reservation"),
+                // The ticket, dropped undone, asks for another pass.
+                Err(e @ AppError::LibvirtUnavailable(_)) => return Err(e),
+                // Another host's entry holds the address: retrying would not change that.
+                Err(e) => {
+                    tracing::error!(instance = %row.id, error = %e, "could not restore a missing DHCP reservation")
+                }
+            }
+            ticket.done();
+        }
         Ok(())
     }
 }
@@ -266,7 +313,7 @@ mod tests {
 
         use crate::error::AppError;
         use crate::exec::scripted::Scripted;
-        use crate::instances::testbench::{LIBVIRT_DOWN, instances_over};
+        use crate::instances::testbench::{ID, IP, LIBVIRT_DOWN, MAC, NETWORK_XML, instances_over};
 
         // REQ-REL-001
         #[tokio::test]
@@ -297,6 +344,28 @@ mod tests {
             let row = bench.row().await;
             assert_eq!((row.state.as_str(), row.task.as_deref()), ("stopping", Some("stopping")));
             assert!(bench.instances.recovery_wanted(), "the dropped ticket asks for another pass");
+        }
+
+        // REQ-NET-003: an instance whose launch was cut off between its start and its
+        // reservation (or whose network was re-created) gets its reservation back; one
+        // that has it costs nothing but the read.
+        #[tokio::test]
+        async fn the_pass_restores_a_missing_reservation_and_only_that() {
+            let without = NETWORK_XML.replace(&format!("<host mac='{MAC}' name='{ID}' ip='{IP}'/>"), "");
+            assert_ne!(without, NETWORK_XML);
+            let script = Scripted::default().ok("net-dumpxml", &without).ok("net-update", "");
+            let bench = instances_over(script, Duration::from_secs(1)).with_instance("running").await;
+            bench.instances.recover_interrupted().await.unwrap();
+            let calls = bench.script.calls();
+            let added: Vec<_> = calls.iter().filter(|c| c.contains("net-update")).collect();
+            assert_eq!(added.len(), 1, "{calls:?}");
+            assert!(added[0].contains("add-last") && added[0].contains(MAC) && added[0].contains(IP), "{added:?}");
+            assert!(!bench.instances.recovery_wanted());
+
+            let script = Scripted::default().ok("net-dumpxml", NETWORK_XML);
+            let bench = instances_over(script, Duration::from_secs(1)).with_instance("stopped").await;
+            bench.instances.recover_interrupted().await.unwrap();
+            assert_eq!(bench.script.count("net-update"), 0, "{:?}", bench.script.calls());
         }
     }
 }

@@ -125,6 +125,24 @@ impl NetworkManager {
         }
     }
 
+    /// Whether a launch may start its instance before the reservation is made (the
+    /// DHCP server leases nothing to a host it has no reservation for). On macOS there
+    /// is no reservation to wait for either way.
+    pub fn reserves_after_start(&self) -> bool {
+        match &self.backend {
+            Backend::Libvirt(network) => network.reserves_after_start(),
+            Backend::Vmnet(_) => false,
+        }
+    }
+
+    /// The MACs with a reservation, where ec2local keeps them (None on macOS).
+    pub async fn reserved_macs(&self) -> Result<Option<Vec<String>>, AppError> {
+        match &self.backend {
+            Backend::Libvirt(network) => network.reserved_macs().await.map(Some),
+            Backend::Vmnet(_) => Ok(None),
+        }
+    }
+
     /// Removes a reservation; one that is already gone is not an error.
     pub async fn release(&self, host: &DhcpHost) -> Result<(), AppError> {
         match &self.backend {

@@ -63,6 +63,8 @@ pub struct NetworkSpec {
     pub dhcp_start: String,
     pub dhcp_end: String,
     pub hosts: Vec<DhcpHost>,
+    /// Options passed to libvirt's dnsmasq as they are (`<dnsmasq:options>`).
+    pub dnsmasq_options: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

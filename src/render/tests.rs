@@ -52,6 +52,7 @@ fn network_golden() {
             name: "i-1a2b3c4d".into(),
             ip: "192.168.100.10".into(),
         }],
+        dnsmasq_options: vec!["dhcp-ignore=tag:!known".into()],
     })
     .unwrap();
     golden("network.xml", &xml);

@@ -162,3 +162,28 @@ async fn a_failed_concurrent_step_leaves_no_reservation_files_domain_or_busy_row
     assert!(row.state_reason.unwrap().starts_with("launch failed"));
     assert_eq!(row.id, ID);
 }
+
+// Issue 17: where the network leases nothing to hosts without a reservation, the
+// reservation waits until the instance runs; a launch that fails before that made none.
+#[tokio::test]
+async fn on_a_known_hosts_only_network_the_reservation_follows_the_start() {
+    let known_only = NETWORK_XML.replace(
+        "</network>",
+        "<dnsmasq:options xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+         <dnsmasq:option value='dhcp-ignore=tag:!known'/></dnsmasq:options></network>",
+    );
+    let script = Scripted::default().ok("net-dumpxml", &known_only).ok("net-info", NETWORK_INFO);
+    let with_tool = |deps: &mut crate::instances::InstanceDeps| deps.iso_tool = Some(IsoTool::Genisoimage);
+    let bench = instances_built(script, config(Duration::from_secs(1)), with_tool)
+        .with_busy_instance("pending", Some("launching"))
+        .await;
+    let inner = bench.instances.inner();
+    assert!(!inner.deps.network.reserves_after_start(), "not before a status has seen the running network");
+    inner.deps.network.status().await.unwrap();
+    assert!(inner.deps.network.reserves_after_start());
+
+    let row = bench.row().await;
+    let err = inner.provision(&row, &missing_image(), &LaunchSteps::start()).await.unwrap_err();
+    assert!(err.to_string().contains("qemu-img"), "the overlay failed: {err}");
+    assert_eq!(bench.script.count("net-update"), 0, "no reservation before the start: {:?}", bench.script.calls());
+}

@@ -1,6 +1,9 @@
 //! Building a recorded launch: the disk, the cloud-init seed and the DHCP reservation
-//! (at once: none needs another), then the domain is defined and started. A failure is
-//! the caller's to undo (`fail_launch`), which finds whatever the steps made.
+//! (at once: none needs another), then the domain is defined and started. Where the
+//! DHCP server answers reserved hosts only, the reservation waits until the instance
+//! runs (`reserve_late`): it holds libvirt's network lock through a firewall reload,
+//! which every start on the network waits for. A failure is the caller's to undo
+//! (`fail_launch`), which finds whatever the steps made.
 
 use super::LaunchSteps;
 use crate::db::instances::InstanceRow;
@@ -11,14 +14,23 @@ use crate::images::Image;
 use crate::instances::{Inner, blocking};
 use crate::render::{self, DomainSpec, cloud_init};
 
+/// How long a reservation, or its removal, waits for launches in flight before it goes
+/// ahead.
+pub(crate) const RESERVATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Inner {
     /// Builds the disk, seed and domain, reserves the address, defines and starts.
+    /// Returns whether the reservation is still to be made (`reserve_late`).
     pub(super) async fn provision(
         &self,
         row: &InstanceRow,
         image: &Image,
         steps: &LaunchSteps,
-    ) -> Result<(), AppError> {
+    ) -> Result<bool, AppError> {
+        let reserve_later = self.deps.network.reserves_after_start();
+        // From the first step: a launch a little behind the others must not find its
+        // start queued behind a reservation that went ahead in between.
+        let starting = self.starts.starting();
         let id = Self::instance_id(row)?;
         let paths = self.deps.paths.clone();
         blocking(move || paths.ensure_instance_dir(&id)).await?;
@@ -29,7 +41,12 @@ impl Inner {
         let (disk, seed, address) = tokio::join!(
             steps.time(&row.id, "overlay", self.make_disk(row, image, &id)),
             steps.time(&row.id, "seed_iso", self.make_seed(row, &id)),
-            steps.time(&row.id, "reservation", self.reserve_address(row)),
+            async {
+                if reserve_later {
+                    return Ok(());
+                }
+                steps.time(&row.id, "reservation", self.reserve_address(row)).await
+            },
         );
         disk.and(seed).and(address)?;
         let xml_file = steps.time(&row.id, "domain_xml", self.write_domain_xml(row, &id)).await?;
@@ -37,7 +54,28 @@ impl Inner {
         steps.time(&row.id, "define", self.deps.virsh.define(&xml_file)).await?;
         crate::failpoint::pause("launch.before-start").await;
         steps.time(&row.id, "start", self.deps.virsh.start(&row.id)).await?;
-        Ok(())
+        drop(starting);
+        Ok(reserve_later)
+    }
+
+    /// The reservation of an instance that already runs; its guest's DHCP requests go
+    /// unanswered until it is made. Tried a few times; after that the recovery pass,
+    /// which restores any missing reservation, keeps trying.
+    pub(super) async fn reserve_late(&self, row: &InstanceRow, steps: &LaunchSteps) {
+        for attempt in 1..=3 {
+            let reservation = steps.time(&row.id, "reservation", self.reserve_address(row));
+            match self.starts.after_starts(RESERVATION_PATIENCE, reservation).await {
+                Ok(()) => return,
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(instance = %row.id, attempt, error = %e, "could not reserve the address yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(instance = %row.id, error = %e, "could not reserve the address; the recovery pass retries");
+                    self.want_recovery();
+                }
+            }
+        }
     }
 
     /// The copy-on-write overlay on the image, grown to the instance type's disk.
