@@ -127,20 +127,21 @@ impl Instances {
                     match finished {
                         Ok(Some(_)) => {
                             tracing::info!(instance = %row.id, "running");
-                            // Still under the instance's lock: an action taken meanwhile waits.
+                            // The launch is over: the monitor may apply what libvirt says of
+                            // the guest from now on. The reservation is made still under the
+                            // instance's lock, so an action taken meanwhile waits for it.
+                            ticket.done();
                             if reserve_later {
                                 inner.reserve_late(&row, &steps).await;
                             }
                         }
                         // Terminated while it was being built: the terminate runs next.
-                        Ok(None) => {}
+                        Ok(None) => ticket.done(),
                         // The ticket, dropped undone, asks for a recovery pass.
                         Err(e) => {
                             tracing::error!(instance = %row.id, error = %e, "could not record the launch");
-                            return;
                         }
                     }
-                    ticket.done();
                 }
                 Err(err) => {
                     steps.log_summary(&row.id, "failed");

@@ -134,7 +134,13 @@ impl Inner {
             let lock = self.lock(&row.id);
             let _guard = lock.lock().await;
             let row = self.row(&row.id).await?;
-            let Some(host) = Self::dhcp_host(&row).filter(|_| missing(&row)) else {
+            // Read again under the lock too: a launch's late reservation may have been
+            // made while this pass waited for the lock.
+            let still_missing = match self.deps.network.reserved_macs().await? {
+                Some(now) => !now.iter().any(|mac| mac.eq_ignore_ascii_case(&row.mac_address)),
+                None => false,
+            };
+            let Some(host) = Self::dhcp_host(&row).filter(|_| missing(&row) && still_missing) else {
                 ticket.done();
                 continue;
             };
