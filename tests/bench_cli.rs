@@ -240,6 +240,15 @@ async fn a_person_runs_logs_in_and_forwards_ports_from_the_command_line() {
     assert_eq!(echoed(echo, b"both forwards".to_vec()).await, b"both forwards");
     let listed = user.run(&["forward", "ls"]).ok();
     assert!(listed.contains(&format!("127.0.0.1:{port}")) && listed.contains("active"), "{listed}");
+    // A host port of one's choosing, the instance named by its id; `forward rm` frees it.
+    let chosen = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+    let made = user.run(&["forward", &id, &format!("{chosen}:80")]).ok();
+    assert!(made.starts_with(&format!("127.0.0.1:{chosen} ")), "{made}");
+    assert_eq!(page_through(chosen).await, "hello through the forward\n");
+    user.run(&["forward", "rm", &id, &chosen.to_string()]).ok();
+    assert!(std::net::TcpListener::bind(("127.0.0.1", chosen)).is_ok(), "forward rm left the port taken");
+    let left: serde_json::Value = serde_json::from_str(&user.run(&["forward", "ls", "--json"]).ok()).unwrap();
+    assert_eq!(left.as_array().unwrap().len(), 2, "{left}");
     let console = user.run(&["console", "web"]).ok();
     assert!(console.contains("Cloud-init"), "{console}");
 
@@ -255,5 +264,12 @@ async fn a_person_runs_logs_in_and_forwards_ports_from_the_command_line() {
     .await;
     let stderr = user.run(&["ssh", "web"]).failed();
     assert!(stderr.contains("terminated"), "{stderr}");
+    // `ls` leaves terminated instances out; `ls --all` shows them.
+    let listed = |args: &[&str]| -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&user.run(args).ok()).unwrap().as_array().unwrap().clone()
+    };
+    assert!(!listed(&["ls", "--json"]).iter().any(|i| i["id"] == id.as_str()));
+    let all = listed(&["ls", "--all", "--json"]);
+    assert!(all.iter().any(|i| i["id"] == id.as_str() && i["state"] == "terminated"), "{all:?}");
     common::assert_nothing_orphaned(&service, "ec2-bench-cli").await;
 }

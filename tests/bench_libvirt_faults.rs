@@ -111,7 +111,8 @@ async fn libvirt_stopped_during_a_launch_and_a_stop_leaves_nothing_behind_and_re
     let running = launch("stays").await;
     settled(&svc, &running, "running").await;
 
-    // libvirtd stops after the launch reserved its address and before it defines the domain.
+    // libvirtd stops before the launch defines the domain. (Its address is reserved after
+    // the start; the cleanup, unable to read the network, names the reservation anyway.)
     failpoints.arm("launch.before-define");
     let broken = launch("broken").await;
     failpoints.reached("launch.before-define", 1).await;

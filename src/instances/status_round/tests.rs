@@ -65,6 +65,7 @@ async fn ssh_then_cloud_init_make_an_instance_ok_and_its_host_keys_known() {
     assert_eq!(ok.host_keys.len(), 3, "{:?}", ok.host_keys);
     assert!(ok.host_keys.contains(&sshd.host_key.openssh));
     assert_eq!(sshd.connections(), 2, "one connection per tick");
+    assert_eq!(bench.script.calls(), Vec::<String>::new(), "no virsh call for a status check");
 
     // Once ok, the next re-check is 30 s away: no connection now (given time to be counted).
     round(&bench).await;
