@@ -163,10 +163,11 @@ impl App {
         let (network, pool) = tokio::join!(self.network.ensure(), self.pool.ensure());
         let (network, pool) = (network?, pool?);
         let ready = network.active && network.conflict.is_none() && pool.active && pool.conflict.is_none();
-        self.infrastructure_ready.store(ready, Ordering::SeqCst);
+        let was_ready = self.infrastructure_ready.swap(ready, Ordering::SeqCst);
         // Work an earlier run left, or work an outage cut short, is settled once libvirt
-        // and what instances need from it are back.
-        if ready && (!self.reconciled.load(Ordering::SeqCst) || self.instances.recovery_wanted()) {
+        // and what instances need from it are back; so are the DHCP reservations of a
+        // network that was gone or stopped (re-created, it has none).
+        if ready && (!was_ready || !self.reconciled.load(Ordering::SeqCst) || self.instances.recovery_wanted()) {
             self.instances.recover_interrupted().await?;
             self.reconciled.store(true, Ordering::SeqCst);
         }

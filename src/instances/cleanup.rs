@@ -43,6 +43,16 @@ impl Inner {
         }
     }
 
+    /// Removes a reservation; where reservations follow starts, after the launches on
+    /// their way to their start (the removal holds libvirt's network lock as long).
+    async fn release_reservation(&self, host: &crate::render::DhcpHost) -> Result<(), AppError> {
+        if self.deps.network.reserves_after_start() {
+            self.starts.after_starts(RESERVATION_PATIENCE, self.deps.network.release(host)).await
+        } else {
+            self.deps.network.release(host).await
+        }
+    }
+
     /// Removes the domain (stopped first), the directory and the DHCP reservation, each
     /// tolerating what is already gone. The files stay while the domain could not be
     /// removed: a QEMU may still have them open. The caller frees the row's address
@@ -90,7 +100,7 @@ impl Inner {
 
         let mut reservation_released = true;
         if let Some(host) = Self::dhcp_host(row)
-            && let Err(e) = self.starts.after_starts(RESERVATION_PATIENCE, self.deps.network.release(&host)).await
+            && let Err(e) = self.release_reservation(&host).await
         {
             items.push(format!("the DHCP reservation of {} for {}", host.ip, host.mac));
             cause.get_or_insert(e);

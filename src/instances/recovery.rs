@@ -131,8 +131,14 @@ impl Inner {
         for row in rows.iter().filter(|r| missing(r)) {
             // Work in flight (a launch about to reserve) owns its row.
             let Some(ticket) = self.ticket_if_free(&row.id) else { continue };
+            // Work holding the instance (a launch making its reservation late) is not
+            // waited for: waiting with the ticket would keep the monitor off the row.
             let lock = self.lock(&row.id);
-            let _guard = lock.lock().await;
+            let Ok(_guard) = lock.try_lock() else {
+                self.want_recovery();
+                ticket.done();
+                continue;
+            };
             let row = self.row(&row.id).await?;
             // Read again under the lock too: a launch's late reservation may have been
             // made while this pass waited for the lock.

@@ -36,6 +36,9 @@ pub struct LibvirtNetwork {
     /// Whether the running dnsmasq answers only reserved hosts (seen at each status;
     /// false until then, and for a network an earlier version defined).
     known_hosts_only: Arc<AtomicBool>,
+    /// The addresses the running network reserves, as of the last status and this
+    /// service's own reservations since: one reserved by hand is never handed out.
+    reserved_ips: Arc<Mutex<Vec<Ipv4Addr>>>,
 }
 
 impl LibvirtNetwork {
@@ -43,7 +46,15 @@ impl LibvirtNetwork {
         // Stale at start: reservations an earlier run made just before it was killed
         // reach network.xml at the first status.
         let file_stale = Arc::new(AtomicBool::new(true));
-        Self { virsh, config, paths, file_stale, file_lock: Arc::default(), known_hosts_only: Arc::default() }
+        Self {
+            virsh,
+            config,
+            paths,
+            file_stale,
+            file_lock: Arc::default(),
+            known_hosts_only: Arc::default(),
+            reserved_ips: Arc::default(),
+        }
     }
 
     pub fn spec(&self) -> NetworkSpec {
@@ -113,6 +124,7 @@ impl LibvirtNetwork {
     pub async fn status(&self) -> Result<NetworkStatus, AppError> {
         let name = &self.config.name;
         let Some(info) = self.virsh.net_info(name).await? else {
+            self.known_hosts_only.store(false, Ordering::SeqCst);
             return Ok(NetworkStatus {
                 name: name.clone(),
                 provider: NetworkMode::LibvirtNat.provider(),
@@ -134,7 +146,10 @@ impl LibvirtNetwork {
         // What runs (the persistent definition while stopped) is what instances get.
         let xml = self.virsh.net_dumpxml(name).await?;
         let conflict = match NetworkDefinition::parse(&xml) {
-            Ok(found) => found.conflict_with(&self.config),
+            Ok(found) => {
+                *self.reserved_ips.lock().unwrap_or_else(|p| p.into_inner()) = found.reserved_ips.clone();
+                found.conflict_with(&self.config)
+            }
             Err(e) => Some(format!("its definition could not be read: {e}")),
         };
         self.known_hosts_only.store(info.is_active() && has_dnsmasq_option(&xml, KNOWN_HOSTS_ONLY), Ordering::SeqCst);
@@ -177,7 +192,15 @@ impl LibvirtNetwork {
             Err(e) => return Err(e.into()),
         }
         self.file_stale.store(true, Ordering::SeqCst);
+        if let Ok(ip) = host.ip.parse() {
+            self.reserved_ips.lock().unwrap_or_else(|p| p.into_inner()).push(ip);
+        }
         Ok(())
+    }
+
+    /// The addresses reserved in the network (see `reserved_ips`).
+    pub fn reserved_addresses(&self) -> Vec<Ipv4Addr> {
+        self.reserved_ips.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Updates the entry `host.mac` already has; `refused` (add-last's error) stands
@@ -203,6 +226,7 @@ impl LibvirtNetwork {
         let live = self.virsh.net_info(&self.config.name).await?.is_some_and(|i| i.is_active());
         self.virsh.net_update_dhcp_host(&self.config.name, "delete", &xml, live).await?;
         self.file_stale.store(true, Ordering::SeqCst);
+        self.reserved_ips.lock().unwrap_or_else(|p| p.into_inner()).retain(|ip| ip.to_string() != host.ip);
         Ok(())
     }
 
@@ -247,6 +271,8 @@ pub struct NetworkDefinition {
     pub dhcp_end: Option<String>,
     /// The MACs of the DHCP reservations (`<host mac=…>`).
     pub hosts: Vec<String>,
+    /// The addresses the DHCP reservations hold.
+    pub reserved_ips: Vec<Ipv4Addr>,
 }
 
 impl NetworkDefinition {
@@ -267,6 +293,12 @@ impl NetworkDefinition {
                 .iter()
                 .filter_map(|ip| ip.dhcp.as_ref())
                 .flat_map(|dhcp| dhcp.host.iter().filter_map(|h| h.mac.clone()))
+                .collect(),
+            reserved_ips: network
+                .ip
+                .iter()
+                .filter_map(|ip| ip.dhcp.as_ref())
+                .flat_map(|dhcp| dhcp.host.iter().filter_map(|h| h.ip.as_deref()?.parse().ok()))
                 .collect(),
         })
     }
@@ -353,6 +385,8 @@ mod xml {
     pub struct Host {
         #[serde(rename = "@mac")]
         pub mac: Option<String>,
+        #[serde(rename = "@ip")]
+        pub ip: Option<String>,
     }
 }
 

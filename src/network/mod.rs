@@ -181,11 +181,16 @@ impl NetworkManager {
         }
     }
 
-    /// The lowest address of the DHCP range that is not in `taken` (REQ-NET-007).
+    /// The lowest address of the DHCP range that is not in `taken` (REQ-NET-007), nor
+    /// reserved in libvirt's network for another host (a guest reserved by hand).
     pub fn first_free_address(&self, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        let reserved = match &self.backend {
+            Backend::Libvirt(network) => network.reserved_addresses(),
+            Backend::Vmnet(_) => Vec::new(),
+        };
         (u32::from(self.config.dhcp_start)..=u32::from(self.config.dhcp_end))
             .map(Ipv4Addr::from)
-            .find(|ip| !taken.contains(ip))
+            .find(|ip| !taken.contains(ip) && !reserved.contains(ip))
     }
 }
 
