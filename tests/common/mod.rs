@@ -189,15 +189,19 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
 
 /// Runs a command in a guest over SSH as `user`; None while SSH is not up yet.
 pub fn ssh(key: &Path, user: &str, ip: &str, command: &str) -> Option<String> {
-    let output = Command::new("ssh")
+    let output = ssh_output(key, user, ip, command);
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn ssh_output(key: &Path, user: &str, ip: &str, command: &str) -> std::process::Output {
+    Command::new("ssh")
         .args(SSH_OPTIONS)
         .arg("-i")
         .arg(key)
         .arg(format!("{user}@{ip}"))
         .arg(command)
         .output()
-        .expect("ssh client");
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        .expect("ssh client")
 }
 
 /// Runs `command` on a guest that already answers SSH, and returns its output. A loaded
@@ -207,14 +211,7 @@ pub fn ssh(key: &Path, user: &str, ip: &str, command: &str) -> Option<String> {
 pub fn ssh_must(key: &Path, user: &str, ip: &str, command: &str) -> String {
     let mut last_error = String::new();
     for _ in 0..4 {
-        let output = Command::new("ssh")
-            .args(SSH_OPTIONS)
-            .arg("-i")
-            .arg(key)
-            .arg(format!("{user}@{ip}"))
-            .arg(command)
-            .output()
-            .expect("ssh client");
+        let output = ssh_output(key, user, ip, command);
         if output.status.success() {
             return String::from_utf8_lossy(&output.stdout).into_owned();
         }
