@@ -65,6 +65,40 @@ async fn next_control(ws: &mut Ws) -> (Option<Value>, Option<(u16, String)>) {
     }
 }
 
+/// The terminal's shell in the guest and the sshd process of its connection (its
+/// parent), as the shell itself says: `SHELL,SSHD`, ready for `ps -p`.
+async fn session_pids(ws: &mut Ws) -> String {
+    // The quotes keep the echoed command line from matching the markers.
+    send(ws, "echo SESSION''PIDS=$$,$PPID,END''PIDS\n").await;
+    let output = read_until(ws, ",ENDPIDS", Duration::from_secs(30)).await;
+    let from = output.find("SESSIONPIDS=").expect("the session's pids") + "SESSIONPIDS=".len();
+    let pids = &output[from..output.rfind(",ENDPIDS").unwrap()];
+    let valid = pids.split(',').filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).count() == 2;
+    assert!(valid, "not two pids: {pids:?}");
+    pids.to_string()
+}
+
+/// A guest command that lists those processes that still run (pid and terminal),
+/// or prints `gone`.
+fn session_state(pids: &str) -> String {
+    format!("ps -o pid=,tty= -p {pids} || echo gone")
+}
+
+/// Checks over a separate SSH connection that the terminal's shell runs on a
+/// pseudo-terminal of the guest; on failure, says what the guest has instead.
+fn assert_session_runs(key: &std::path::Path, ip: &str, pids: &str) {
+    let state = ssh_must(key, "ubuntu", ip, &session_state(pids));
+    let shell = pids.split(',').next().unwrap();
+    let on_a_terminal = state.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.next() == Some(shell) && fields.next().is_some_and(|tty| tty.starts_with("pts/"))
+    });
+    if !on_a_terminal {
+        let seen = ssh_must(key, "ubuntu", ip, "who -a; ps -eo pid,ppid,user,tty,args");
+        panic!("the terminal's shell is not running on a terminal ({pids}: {state:?}); the guest has:\n{seen}");
+    }
+}
+
 async fn health_terminal(svc: &Service) -> (u64, u64) {
     let (_, h) = get_json(&svc.api("/health")).await;
     (h["terminal"]["sessions"].as_u64().unwrap(), h["terminal"]["tasks"].as_u64().unwrap())
@@ -166,8 +200,8 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     ws.send(Message::Text(json!({"type": "resize", "cols": 120, "rows": 40}).to_string().into())).await.unwrap();
     send(&mut ws, "stty size\n").await;
     read_until(&mut ws, "40 120", Duration::from_secs(30)).await;
-    let whoami = ssh_must(&key, "ubuntu", &ip, "who | wc -l");
-    assert_eq!(whoami.trim(), "1", "the terminal's login is not in who");
+    let session = session_pids(&mut ws).await;
+    assert_session_runs(&key, &ip, &session);
 
     // 10 MB through the relay arrive intact.
     send(&mut ws, "stty -echo; printf 'BEG''IN\\n'; cat /tmp/big; printf '\\nEN''D\\n'; stty echo\n").await;
@@ -198,14 +232,18 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     let mut ws = open(&svc, &id, "").await;
     // The prompt follows the MOTD after the guest starts a login shell: slow when both lanes load the host.
     read_until(&mut ws, "$ ", Duration::from_secs(120)).await;
-    assert_eq!(ssh_must(&key, "ubuntu", &ip, "who | wc -l").trim(), "1");
+    let session = session_pids(&mut ws).await;
+    assert_session_runs(&key, &ip, &session);
     ws.close(None).await.unwrap();
     drop(ws);
-    wait_for("the guest session to end", Duration::from_secs(20), Duration::from_millis(500), || {
-        let (key, ip) = (key.clone(), ip.clone());
+    // The shell and its connection's sshd end in the guest.
+    wait_for("the guest's session to end", Duration::from_secs(20), Duration::from_millis(500), || {
+        let (key, ip, session) = (key.clone(), ip.clone(), session.clone());
         async move {
-            let who = tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, "who | wc -l")).await.unwrap()?;
-            (who.trim() == "0").then_some(())
+            let state = tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, &session_state(&session)))
+                .await
+                .unwrap()?;
+            (state.trim() == "gone").then_some(())
         }
     })
     .await;
