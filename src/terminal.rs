@@ -1,8 +1,9 @@
 //! The web terminal's SSH side (REQ-TERM-002..012): who to log into and with which key,
 //! the russh connection with a PTY and a login shell, and the relay between that
-//! channel and the client's messages. The WebSocket itself lives in `api::terminal`;
-//! the two meet through bounded channels, so a slow browser slows the guest's output
-//! instead of growing a buffer.
+//! channel and the client. The WebSocket itself lives in `api::terminal`, behind the
+//! `Client` trait; one task runs both sides, so a keystroke and its echo cross no queue
+//! of the service's own, and a slow browser slows the guest's output instead of growing
+//! a buffer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect, client};
-use tokio::sync::mpsc;
 
 use crate::db::Db;
 use crate::db::instances as rows;
@@ -143,6 +143,16 @@ pub enum ClientMsg {
 pub enum ServerMsg {
     Output(Vec<u8>),
     Exit(u32),
+}
+
+/// The client's end of a session, as the relay sees it.
+pub trait Client: Send {
+    /// The next keystrokes or resize; None when the client is gone. Raced against the
+    /// guest's output, so dropping it unfinished must lose no client input.
+    fn recv(&mut self) -> impl Future<Output = Option<ClientMsg>> + Send;
+    /// Sends output or the exit; false when the client is gone. The relay reads nothing
+    /// more from the guest until this returns: that wait is the backpressure.
+    fn send(&mut self, msg: ServerMsg) -> impl Future<Output = bool> + Send;
 }
 
 struct HostKeyCheck {
@@ -289,12 +299,6 @@ async fn log_in(handle: &mut client::Handle<HostKeyCheck>, user: &str, key: Priv
 /// waited for, so a keystroke's echo still goes alone and at once.
 const OUTPUT_BATCH_BYTES: usize = 64 * 1024;
 
-/// Pieces of output (each at most `OUTPUT_BATCH_BYTES`) on their way to the WebSocket.
-/// With russh's own buffer (`channel_buffer_size` messages of at most 32 KiB) and the
-/// 2 MiB SSH window, this bounds what one session holds whatever the guest writes: past
-/// it, the guest's sshd waits on the window.
-pub const OUTPUT_QUEUE: usize = 8;
-
 /// Appends to `out` the output already waiting on `channel`, until `OUTPUT_BATCH_BYTES`.
 /// Returns the first message that is not output (`Some(None)`: the channel ended), to be
 /// handled next.
@@ -312,17 +316,19 @@ fn join_ready(channel: &mut russh::Channel<client::Msg>, out: &mut Vec<u8>) -> O
 }
 
 impl Session {
-    /// Relays until either side ends (REQ-TERM-003..006, 009, 010). `from_client`
-    /// closing means the WebSocket went away; the SSH channel and connection are closed
-    /// before this returns.
-    pub async fn relay(mut self, mut from_client: mpsc::Receiver<ClientMsg>, to_client: mpsc::Sender<ServerMsg>) {
+    /// Relays until either side ends (REQ-TERM-003..006, 009, 010). What one session
+    /// holds is bounded whatever the guest writes: the piece being sent to the client
+    /// (at most `OUTPUT_BATCH_BYTES`), russh's buffer (`channel_buffer_size` messages of
+    /// at most 32 KiB) and the 2 MiB SSH window; past that the guest's sshd waits. The
+    /// SSH channel and connection are closed before this returns.
+    pub async fn relay(mut self, client: &mut impl Client) {
         let mut exit_status = None;
         // A message read while joining output, handled before the channel is read again.
         let mut held: Option<Option<ChannelMsg>> = None;
         loop {
             let channel = &mut self.channel;
             tokio::select! {
-                msg = from_client.recv() => match msg {
+                msg = client.recv() => match msg {
                     Some(ClientMsg::Input(bytes)) => {
                         if channel.data_bytes(bytes).await.is_err() { break; }
                     }
@@ -335,13 +341,12 @@ impl Session {
                     Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
                         let mut out = data.to_vec();
                         held = join_ready(channel, &mut out);
-                        // Awaiting here is the backpressure: no more reads until the client takes this.
-                        if to_client.send(ServerMsg::Output(out)).await.is_err() { break; }
+                        if !client.send(ServerMsg::Output(out)).await { break; }
                     }
                     Some(ChannelMsg::ExitStatus { exit_status: status }) => exit_status = Some(status),
                     Some(ChannelMsg::Eof) => {}
                     Some(ChannelMsg::Close) | None => {
-                        let _ = to_client.send(ServerMsg::Exit(exit_status.unwrap_or(0))).await;
+                        client.send(ServerMsg::Exit(exit_status.unwrap_or(0))).await;
                         break;
                     }
                     Some(_) => {}

@@ -16,14 +16,13 @@ use poem::{IntoResponse, Request, Response};
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Path, Query};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use super::ApiTags;
 use super::error::{HttpRefusal, TerminalAnswer, json_body, terminal_status};
 use crate::app::App;
 use crate::keypairs::{LoginKey, PrivateKeyPem};
 use crate::terminal::{
-    self as ssh_terminal, ClientMsg, Counted, ServerMsg, SshOptions, Target, TerminalError, close_code,
+    self as ssh_terminal, Client, ClientMsg, Counted, ServerMsg, SshOptions, Target, TerminalError, close_code,
 };
 
 /// The address the service is bound to, for the Origin check.
@@ -142,14 +141,10 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
         Err(e) => return refuse(sink.reunite(stream).expect("same socket"), &e).await,
     };
     tracing::info!(instance = %target.instance.id, "terminal session opened");
-    let (client_tx, client_rx) = mpsc::channel::<ClientMsg>(64);
-    let (server_tx, server_rx) = mpsc::channel::<ServerMsg>(ssh_terminal::OUTPUT_QUEUE);
-    let relay = tokio::spawn(async move {
-        let _task = Counted::task();
-        session.relay(client_rx, server_tx).await;
-    });
-    let close = pump(&mut sink, &mut stream, client_tx, server_rx, app.config.terminal_keepalive).await;
-    let _ = relay.await;
+    let _task = Counted::task();
+    let mut client = WsClient::new(&mut sink, &mut stream, app.config.terminal_keepalive);
+    session.relay(&mut client).await;
+    let close = client.close;
     if let Some((code, reason)) = close.clone() {
         let _ = sink.send(Message::Close(Some((CloseCode::from(code), reason)))).await;
     }
@@ -191,60 +186,81 @@ async fn login_key(sink: &mut Sink, stream: &mut Stream, target: &Target) -> Res
     })
 }
 
-/// Carries keystrokes and resizes to the SSH session and its output back, pinging the
-/// client every `interval`. Returns the close frame to send, None when the client left.
-async fn pump(
-    sink: &mut Sink,
-    stream: &mut Stream,
-    client_tx: mpsc::Sender<ClientMsg>,
-    mut server_rx: mpsc::Receiver<ServerMsg>,
+/// The browser's end of a session: keystrokes and resizes from the WebSocket, output to
+/// it, and a ping every `interval` while waiting for the client.
+struct WsClient<'a> {
+    sink: &'a mut Sink,
+    stream: &'a mut Stream,
+    ping: tokio::time::Interval,
     interval: Duration,
-) -> Option<(u16, String)> {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    let mut last_pong = Instant::now();
-    loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(bytes))) => {
-                    last_pong = Instant::now(); // any frame shows the client is alive
-                    if client_tx.send(ClientMsg::Input(bytes)).await.is_err() { break; }
-                }
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Control>(&text) {
-                    Ok(Control::Resize { cols, rows }) => {
-                        let _ = client_tx.send(ClientMsg::Resize { cols: cols.clamp(10, 1000), rows: rows.clamp(5, 1000) }).await;
+    last_pong: Instant,
+    /// The close frame to send when the relay ends; None when the client left.
+    close: Option<(u16, String)>,
+}
+
+impl<'a> WsClient<'a> {
+    fn new(sink: &'a mut Sink, stream: &'a mut Stream, interval: Duration) -> Self {
+        Self {
+            sink,
+            stream,
+            ping: tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+            interval,
+            last_pong: Instant::now(),
+            close: Some((close_code::NORMAL, "session ended".into())),
+        }
+    }
+
+    fn gone(&mut self) -> bool {
+        self.close = None;
+        false
+    }
+}
+
+impl Client for WsClient<'_> {
+    /// Dropped unfinished, it loses at most a ping or a note on a bad control message:
+    /// both the stream's next frame and the interval's tick are cancel-safe.
+    async fn recv(&mut self) -> Option<ClientMsg> {
+        loop {
+            tokio::select! {
+                msg = self.stream.next() => match msg {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        self.last_pong = Instant::now(); // any frame shows the client is alive
+                        return Some(ClientMsg::Input(bytes));
                     }
-                    Ok(Control::Auth { .. }) => {}
-                    Err(_) => {
-                        let note = serde_json::json!({"type": "error", "code": "BadControlMessage", "message": "unknown control message; expected {\"type\":\"resize\",\"cols\":N,\"rows\":N}"});
-                        let _ = sink.send(Message::Text(note.to_string())).await;
-                    }
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<Control>(&text) {
+                        Ok(Control::Resize { cols, rows }) => {
+                            return Some(ClientMsg::Resize { cols: cols.clamp(10, 1000), rows: rows.clamp(5, 1000) });
+                        }
+                        Ok(Control::Auth { .. }) => {}
+                        Err(_) => {
+                            let note = serde_json::json!({"type": "error", "code": "BadControlMessage", "message": "unknown control message; expected {\"type\":\"resize\",\"cols\":N,\"rows\":N}"});
+                            let _ = self.sink.send(Message::Text(note.to_string())).await;
+                        }
+                    },
+                    Some(Ok(Message::Pong(_))) => self.last_pong = Instant::now(),
+                    Some(Ok(_)) => {}
+                    // The client left: no close frame to send back.
+                    Some(Err(_)) | None => { self.gone(); return None; }
                 },
-                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
-                Some(Ok(_)) => {}
-                // The client left: no close frame to send back.
-                Some(Err(_)) | None => return None,
-            },
-            out = server_rx.recv() => match out {
-                Some(ServerMsg::Output(bytes)) => {
-                    if sink.send(Message::Binary(bytes)).await.is_err() { return None; }
+                _ = self.ping.tick() => {
+                    // Three missed pongs: a busy client may read a ping late, behind output.
+                    if self.last_pong.elapsed() > self.interval * 3 + Duration::from_secs(1) {
+                        self.close = Some((close_code::TIMEOUT, "the client stopped answering keep-alive pings".into()));
+                        return None;
+                    }
+                    if self.sink.send(Message::Ping(b"ec2local".to_vec())).await.is_err() { self.gone(); return None; }
                 }
-                Some(ServerMsg::Exit(status)) => {
-                    let exit = serde_json::json!({"type": "exit", "status": status});
-                    let _ = sink.send(Message::Text(exit.to_string())).await;
-                    break;
-                }
-                None => break,
-            },
-            _ = ping.tick() => {
-                // Three missed pongs: a busy client may read a ping late, behind output.
-                if last_pong.elapsed() > interval * 3 + Duration::from_secs(1) {
-                    return Some((close_code::TIMEOUT, "the client stopped answering keep-alive pings".into()));
-                }
-                if sink.send(Message::Ping(b"ec2local".to_vec())).await.is_err() { return None; }
             }
         }
     }
-    Some((close_code::NORMAL, "session ended".into()))
+
+    async fn send(&mut self, msg: ServerMsg) -> bool {
+        let message = match msg {
+            ServerMsg::Output(bytes) => Message::Binary(bytes),
+            ServerMsg::Exit(status) => Message::Text(serde_json::json!({"type": "exit", "status": status}).to_string()),
+        };
+        self.sink.send(message).await.is_ok() || self.gone()
+    }
 }
 
 /// The first control message must bring the key when the service has none.

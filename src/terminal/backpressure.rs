@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelId};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use super::*;
 use crate::guest_ssh::test_sshd::random_key;
@@ -52,6 +53,19 @@ impl server::Handler for Flood {
     }
 }
 
+/// A client at the end of two queues; the one for output holds this many messages.
+struct Queued(mpsc::Receiver<ClientMsg>, mpsc::Sender<ServerMsg>);
+const QUEUED: usize = 8;
+
+impl Client for Queued {
+    async fn recv(&mut self) -> Option<ClientMsg> {
+        self.0.recv().await
+    }
+    async fn send(&mut self, msg: ServerMsg) -> bool {
+        self.1.send(msg).await.is_ok()
+    }
+}
+
 /// A relaying session to a flooding guest; returns the guest's count of bytes written.
 async fn session_to_flood() -> (Session, Arc<AtomicUsize>) {
     let sent = Arc::new(AtomicUsize::new(0));
@@ -92,10 +106,10 @@ async fn stalled(sent: &AtomicUsize) -> usize {
 async fn a_client_that_reads_nothing_stops_the_guest_not_the_services_memory() {
     let (session, sent) = session_to_flood().await;
     let (client_tx, client_rx) = mpsc::channel(64);
-    let (server_tx, mut server_rx) = mpsc::channel(OUTPUT_QUEUE);
-    let relay = tokio::spawn(session.relay(client_rx, server_tx));
+    let (server_tx, mut server_rx) = mpsc::channel(QUEUED);
+    let relay = tokio::spawn(async move { session.relay(&mut Queued(client_rx, server_tx)).await });
 
-    // Nobody reads: what the guest got out is the window, russh's buffer and our queue.
+    // Nobody reads: what the guest got out is the window, russh's buffer and the client's queue.
     let held = stalled(&sent).await;
     assert!(held > 0, "the flood never started");
     assert!(held < 16 << 20, "{held} bytes written that nobody read");
