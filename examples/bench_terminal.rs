@@ -1,7 +1,7 @@
 //! Terminal benchmark (issue 6): echo round-trip latency and bulk throughput through the
 //! service's WebSocket↔SSH relay, next to a direct `ssh` to the same guest. Run by
 //! `scripts/bench-terminal` inside the bench, once cloud-init has finished in the guest;
-//! two rounds, relay then direct, so both see the same load; prints a Markdown table.
+//! rounds of relay then direct, so both see the same load; prints a Markdown table.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -14,7 +14,9 @@ mod ssh_options;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const SAMPLES: usize = 30;
+/// Keystrokes per round and path, and rounds.
+const SAMPLES: usize = 100;
+const ROUNDS: usize = 4;
 const BULK_BYTES: usize = 10_000_000;
 
 fn env(name: &str) -> String {
@@ -33,9 +35,18 @@ fn ssh(key: &str, ip: &str, command: &str) -> bool {
     Command::new("ssh").args(ssh_args(key, ip)).arg(command).status().map(|s| s.success()).unwrap_or(false)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
+}
+
+fn p90(v: &[f64]) -> f64 {
+    quantile(v, 0.9)
 }
 
 async fn json(method: reqwest::Method, url: String, body: Option<serde_json::Value>) -> serde_json::Value {
@@ -47,9 +58,9 @@ async fn json(method: reqwest::Method, url: String, body: Option<serde_json::Val
     request.send().await.unwrap().json().await.unwrap()
 }
 
-/// Through the relay: the median echo of single keystrokes, then seconds for a 10 MB
+/// Through the relay: the echo of each single keystroke (ms), then seconds for a 10 MB
 /// cat, timed from the command to the marker after it (the session is already open).
-async fn relay_round(ws_url: &str) -> (f64, f64) {
+async fn relay_round(ws_url: &str) -> (Vec<f64>, f64) {
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     let mut buffer = Vec::new();
     let mut read_until = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, needle: &[u8]| loop {
@@ -79,11 +90,11 @@ async fn relay_round(ws_url: &str) -> (f64, f64) {
     read_until(&mut ws, b"--END--").await;
     let secs = t.elapsed().as_secs_f64();
     let _ = ws.close(None).await;
-    (median(rtt), secs)
+    (rtt, secs)
 }
 
 /// The same over a direct interactive `ssh -tt` session (the reference).
-fn direct_round(key: &str, ip: &str) -> (f64, f64) {
+fn direct_round(key: &str, ip: &str) -> (Vec<f64>, f64) {
     let mut child = Command::new("ssh")
         .arg("-tt")
         .args(ssh_args(key, ip))
@@ -125,7 +136,7 @@ fn direct_round(key: &str, ip: &str) -> (f64, f64) {
     let secs = t.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
-    (median(rtt), secs)
+    (rtt, secs)
 }
 
 #[tokio::main]
@@ -180,10 +191,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    // Two rounds, relay and direct in turn, so that both see the same host load.
+    // Rounds of relay and direct in turn, so that both see the same host load.
     let ws_url = format!("{}/api/instances/{id}/terminal", url.replace("http://", "ws://"));
     let mut rounds = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..ROUNDS {
         let relay = relay_round(&ws_url).await;
         let direct = direct_round(&key, &ip);
         rounds.push((relay, direct));
@@ -194,25 +205,45 @@ async fn main() {
     assert_eq!(out.stdout.len(), BULK_BYTES);
 
     let mb = BULK_BYTES as f64 / 1e6;
-    println!("| round, path | echo round trip, median of {SAMPLES} (ms) | 10 MB cat (s) | throughput (MB/s) |");
+    println!("| round, path | echo round trip, median / p90 of {SAMPLES} (ms) | 10 MB cat (s) | throughput (MB/s) |");
     println!("|---|---|---|---|");
     for (n, ((relay_rtt, relay_secs), (direct_rtt, pty_secs))) in rounds.iter().enumerate() {
         let n = n + 1;
-        println!("| {n}, web terminal relay | {relay_rtt:.1} | {relay_secs:.1} | {:.2} |", mb / relay_secs);
-        println!("| {n}, direct ssh -tt (PTY) | {direct_rtt:.1} | {pty_secs:.1} | {:.2} |", mb / pty_secs);
+        let (rm, rp, dm, dp) = (median(relay_rtt), p90(relay_rtt), median(direct_rtt), p90(direct_rtt));
+        println!("| {n}, web terminal relay | {rm:.2} / {rp:.2} | {relay_secs:.1} | {:.2} |", mb / relay_secs);
+        println!("| {n}, direct ssh -tt (PTY) | {dm:.2} / {dp:.2} | {pty_secs:.1} | {:.2} |", mb / pty_secs);
     }
     println!("| direct ssh, no PTY | – | {direct_secs:.1} | {:.2} |", mb / direct_secs);
     println!();
     for (n, ((relay_rtt, relay_secs), (direct_rtt, pty_secs))) in rounds.iter().enumerate() {
         println!(
-            "round {}: relay throughput {:.0} % of ssh -tt; echo {:+.1} ms against ssh -tt",
+            "round {}: relay throughput {:.0} % of ssh -tt; echo median {:+.2} ms against ssh -tt",
             n + 1,
             100.0 * pty_secs / relay_secs,
-            relay_rtt - direct_rtt
+            median(relay_rtt) - median(direct_rtt)
         );
     }
+    let relay_all: Vec<f64> = rounds.iter().flat_map(|((rtt, _), _)| rtt.iter().copied()).collect();
+    let direct_all: Vec<f64> = rounds.iter().flat_map(|(_, (rtt, _))| rtt.iter().copied()).collect();
+    println!(
+        "all {} keystrokes each: relay median {:.2} ms, p90 {:.2}; ssh -tt median {:.2} ms, p90 {:.2}; median {:+.2} ms",
+        relay_all.len(),
+        median(&relay_all),
+        p90(&relay_all),
+        median(&direct_all),
+        p90(&direct_all),
+        median(&relay_all) - median(&direct_all)
+    );
+    let (relay_secs, pty_secs): (f64, f64) =
+        rounds.iter().map(|((_, r), (_, d))| (*r, *d)).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!("all {ROUNDS} rounds' 10 MB together: relay throughput {:.0} % of ssh -tt", 100.0 * pty_secs / relay_secs);
     json(reqwest::Method::DELETE, api(&format!("/instances/{id}")), None).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Gone before the service is: no domain or reservation is left for the next run.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while json(reqwest::Method::GET, api(&format!("/instances/{id}")), None).await["state"] != "terminated" {
+        assert!(Instant::now() < deadline, "the guest was not terminated within 120 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let _ = server.kill();
     let _ = server.wait();
 }
