@@ -164,6 +164,13 @@ impl App {
         let (network, pool) = (network?, pool?);
         let ready = network.active && network.conflict.is_none() && pool.active && pool.conflict.is_none();
         let was_ready = self.infrastructure_ready.swap(ready, Ordering::SeqCst);
+        if ready && !was_ready {
+            // The leases of guests gone before this run, kept out of the next launches'
+            // addresses (see `NetworkManager::first_free_address`).
+            if let Err(e) = self.network.leases().await {
+                tracing::warn!(error = %e, "could not read the DHCP leases");
+            }
+        }
         // Work an earlier run left, or work an outage cut short, is settled once libvirt
         // and what instances need from it are back; so are the DHCP reservations of a
         // network that was gone or stopped (re-created, it has none).

@@ -254,6 +254,31 @@ async fn an_instance_lives_its_whole_life() {
     assert_eq!(again.status(), 202);
     let (status, body) = post_empty(&svc.api(&format!("/instances/{id}/start"))).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("IncorrectInstanceState")));
+
+    // Issue 17: the gone guest's lease outlives it (its ACPI shutdown sends no DHCP
+    // release), so the next launch is reserved another address; dnsmasq would give the
+    // guest reserved at a leased one some other address of the range.
+    let leases = virsh().run(&["net-dhcp-leases", "ec2-as-service"]).await.unwrap();
+    assert!(leases.contains(&mac), "the terminated guest's lease is gone:\n{leases}");
+    let (status, next) =
+        post_json(&svc.api("/instances"), &json!({"instance_type": "t2.nano", "image_id": "debian-12-test"})).await;
+    assert_eq!(status, 202, "{next}");
+    let next_id = next["id"].as_str().unwrap().to_string();
+    let next_mac = next["mac_address"].as_str().unwrap().to_string();
+    let reserved =
+        wait_for("the next instance's reservation", Duration::from_secs(120), Duration::from_millis(500), || {
+            let next_mac = next_mac.clone();
+            async move {
+                let net = virsh().run(&["net-dumpxml", "ec2-as-service"]).await.ok()?;
+                let line = net.lines().find(|l| l.contains(&format!("mac='{next_mac}'")))?.to_string();
+                Some(line.split("ip='").nth(1)?.split('\'').next()?.to_string())
+            }
+        })
+        .await;
+    assert_ne!(reserved, ip, "the address still leased to the terminated guest was reserved again");
+    let response = common::client().delete(svc.api(&format!("/instances/{next_id}"))).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    wait_instance(&svc, &next_id, "terminated", Duration::from_secs(120), |i| i["state"] == "terminated").await;
 }
 
 // REQ-INST-002, REQ-INST-004, REQ-IMG-004

@@ -39,6 +39,11 @@ pub struct LibvirtNetwork {
     /// The addresses the running network reserves, as of the last status and this
     /// service's own reservations since: one reserved by hand is never handed out.
     reserved_ips: Arc<Mutex<Vec<Ipv4Addr>>>,
+    /// The addresses in the lease table at the last look. A guest's lease outlives it
+    /// (an hour by default): while an address is leased to a gone guest's MAC, dnsmasq
+    /// gives the next guest reserved at it some other address of the range, which the
+    /// guest then gives up at its first renewal once the old lease ran out.
+    leased_ips: Arc<Mutex<Vec<Ipv4Addr>>>,
 }
 
 impl LibvirtNetwork {
@@ -54,6 +59,7 @@ impl LibvirtNetwork {
             file_lock: Arc::default(),
             known_hosts_only: Arc::default(),
             reserved_ips: Arc::default(),
+            leased_ips: Arc::default(),
         }
     }
 
@@ -230,8 +236,17 @@ impl LibvirtNetwork {
         Ok(())
     }
 
+    /// The lease table, remembered for `leased_addresses`.
     pub async fn leases(&self) -> Result<Vec<DhcpLease>, AppError> {
-        Ok(self.virsh.net_dhcp_leases(&self.config.name).await?)
+        let leases = self.virsh.net_dhcp_leases(&self.config.name).await?;
+        *self.leased_ips.lock().unwrap_or_else(|p| p.into_inner()) =
+            leases.iter().filter_map(|lease| lease.ip.parse().ok()).collect();
+        Ok(leases)
+    }
+
+    /// The addresses leased at the last look at the lease table (see `leased_ips`).
+    pub fn leased_addresses(&self) -> Vec<Ipv4Addr> {
+        self.leased_ips.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

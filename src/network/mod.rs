@@ -182,15 +182,17 @@ impl NetworkManager {
     }
 
     /// The lowest address of the DHCP range that is not in `taken` (REQ-NET-007), nor
-    /// reserved in libvirt's network for another host (a guest reserved by hand).
+    /// reserved in libvirt's network for another host (a guest reserved by hand). One
+    /// still leased to a gone guest is taken only when no other is left: the guest
+    /// reserved at it would get another address until that lease runs out.
     pub fn first_free_address(&self, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
-        let reserved = match &self.backend {
-            Backend::Libvirt(network) => network.reserved_addresses(),
-            Backend::Vmnet(_) => Vec::new(),
+        let (reserved, leased) = match &self.backend {
+            Backend::Libvirt(network) => (network.reserved_addresses(), network.leased_addresses()),
+            Backend::Vmnet(_) => (Vec::new(), Vec::new()),
         };
-        (u32::from(self.config.dhcp_start)..=u32::from(self.config.dhcp_end))
-            .map(Ipv4Addr::from)
-            .find(|ip| !taken.contains(ip) && !reserved.contains(ip))
+        let range = (u32::from(self.config.dhcp_start)..=u32::from(self.config.dhcp_end)).map(Ipv4Addr::from);
+        let free = |ip: &Ipv4Addr| !taken.contains(ip) && !reserved.contains(ip);
+        range.clone().find(|ip| free(ip) && !leased.contains(ip)).or_else(|| range.clone().find(free))
     }
 }
 
@@ -228,5 +230,24 @@ mod tests {
         assert_eq!(network.first_free_address(&taken), Some(Ipv4Addr::new(192, 168, 100, 11)));
         let all: Vec<Ipv4Addr> = (10..=254).map(|n| Ipv4Addr::new(192, 168, 100, n)).collect();
         assert_eq!(network.first_free_address(&all), None, "REQ-NET-007: the pool is exhausted");
+    }
+
+    // Issue 17: an address still leased to a gone guest's MAC is handed out last, or
+    // dnsmasq would give the guest reserved at it another address of the range.
+    #[tokio::test]
+    async fn an_address_still_leased_to_a_gone_guest_is_handed_out_last() {
+        let leases = " 2026-11-27 08:41:02   52:54:1a:2b:3c:4d   ipv4       192.168.100.10/24   i-1a2b3c4d   -\n                       2026-11-27 08:42:10   52:54:1a:2b:3c:4e   ipv4       192.168.100.11/24   i-1a2b3c4e   -\n";
+        let script = std::sync::Arc::new(crate::exec::scripted::Scripted::default().ok("net-dhcp-leases", leases));
+        let virsh = Virsh::with_runner("test:///scripted", std::time::Duration::from_secs(5), script);
+        let network =
+            NetworkManager::new(virsh, NetworkConfig::default(), Paths::new("/nonexistent"), NetworkMode::LibvirtNat);
+        let ip = |n| Ipv4Addr::new(192, 168, 100, n);
+        assert_eq!(network.first_free_address(&[]), Some(ip(10)), "no lease seen yet");
+        network.leases().await.unwrap();
+        assert_eq!(network.first_free_address(&[]), Some(ip(12)));
+        assert_eq!(network.first_free_address(&[ip(12)]), Some(ip(13)));
+        // Every other address taken: a leased one rather than none.
+        let others: Vec<Ipv4Addr> = (12..=254).map(ip).collect();
+        assert_eq!(network.first_free_address(&others), Some(ip(10)));
     }
 }
