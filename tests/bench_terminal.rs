@@ -78,24 +78,49 @@ async fn session_pids(ws: &mut Ws) -> String {
     pids.to_string()
 }
 
-/// A guest command that lists those processes that still run (pid and terminal),
-/// or prints `gone`.
+/// A guest command that lists those processes that still run (pid, terminal and
+/// command name), or prints `gone`.
 fn session_state(pids: &str) -> String {
-    format!("ps -o pid=,tty= -p {pids} || echo gone")
+    format!("ps -o pid=,tty=,comm= -p {pids} || echo gone")
+}
+
+/// Runs a blocking guest command while this client keeps reading the session, so its
+/// pings are answered: the service ends a session whose client stops answering.
+async fn beside_session<T: Send + 'static>(ws: &mut Ws, job: impl FnOnce() -> T + Send + 'static) -> T {
+    let mut job = tokio::task::spawn_blocking(job);
+    loop {
+        tokio::select! {
+            done = &mut job => return done.unwrap(),
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => panic!("control message while a guest command ran: {text}"),
+                Some(Ok(_)) => {}
+                other => panic!("the session ended while a guest command ran: {other:?}"),
+            },
+        }
+    }
 }
 
 /// Checks over a separate SSH connection that the terminal's shell runs on a
-/// pseudo-terminal of the guest; on failure, says what the guest has instead.
-fn assert_session_runs(key: &std::path::Path, ip: &str, pids: &str) {
-    let state = ssh_must(key, "ubuntu", ip, &session_state(pids));
-    let shell = pids.split(',').next().unwrap();
-    let on_a_terminal = state.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        fields.next() == Some(shell) && fields.next().is_some_and(|tty| tty.starts_with("pts/"))
-    });
-    if !on_a_terminal {
-        let seen = ssh_must(key, "ubuntu", ip, "who -a; ps -eo pid,ppid,user,tty,args");
-        panic!("the terminal's shell is not running on a terminal ({pids}: {state:?}); the guest has:\n{seen}");
+/// pseudo-terminal of the guest under its connection's sshd; on failure, says what the
+/// guest has instead.
+async fn assert_session_runs(ws: &mut Ws, key: &std::path::Path, ip: &str, pids: &str) {
+    let (key, ip) = (key.to_path_buf(), ip.to_string());
+    let state = {
+        let (key, ip, command) = (key.clone(), ip.clone(), session_state(pids));
+        beside_session(ws, move || ssh_must(&key, "ubuntu", &ip, &command)).await
+    };
+    let mut wanted = pids.split(',');
+    let (shell, sshd) = (wanted.next().unwrap(), wanted.next().unwrap());
+    let lines: Vec<Vec<&str>> = state.lines().map(|line| line.split_whitespace().collect()).collect();
+    let shell_on_a_terminal =
+        lines.iter().any(|l| l.first() == Some(&shell) && l.get(1).is_some_and(|t| t.starts_with("pts/")));
+    // `sshd`, or `sshd-session` from OpenSSH 9.8 on.
+    let sshd_runs = lines.iter().any(|l| l.first() == Some(&sshd) && l.last().is_some_and(|c| c.starts_with("sshd")));
+    if !(shell_on_a_terminal && sshd_runs) {
+        let seen = ssh_must(&key, "ubuntu", &ip, "who -a; ps -eo pid,ppid,user,tty,args");
+        panic!(
+            "the terminal's shell is not running on a terminal under sshd ({pids}: {state:?}); the guest has:\n{seen}"
+        );
     }
 }
 
@@ -201,7 +226,7 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     send(&mut ws, "stty size\n").await;
     read_until(&mut ws, "40 120", Duration::from_secs(30)).await;
     let session = session_pids(&mut ws).await;
-    assert_session_runs(&key, &ip, &session);
+    assert_session_runs(&mut ws, &key, &ip, &session).await;
 
     // 10 MB through the relay arrive intact.
     send(&mut ws, "stty -echo; printf 'BEG''IN\\n'; cat /tmp/big; printf '\\nEN''D\\n'; stty echo\n").await;
@@ -233,7 +258,7 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     // The prompt follows the MOTD after the guest starts a login shell: slow when both lanes load the host.
     read_until(&mut ws, "$ ", Duration::from_secs(120)).await;
     let session = session_pids(&mut ws).await;
-    assert_session_runs(&key, &ip, &session);
+    assert_session_runs(&mut ws, &key, &ip, &session).await;
     ws.close(None).await.unwrap();
     drop(ws);
     // The shell and its connection's sshd end in the guest.
@@ -286,6 +311,28 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     assert!(matches!(ended, Some(None) | Some(Some(4408))), "a silent client was not disconnected: {ended:?}");
     wait_for("the silent session to be released", Duration::from_secs(10), Duration::from_millis(200), || async {
         (health_terminal(&svc).await == baseline).then_some(())
+    })
+    .await;
+
+    // A client that keeps its connection but reads nothing while the guest writes without
+    // end is dropped once the output has waited three keep-alive intervals: the session
+    // and the guest's shell are not held for ever.
+    let mut flooded = open(&svc, &id, "").await;
+    read_until(&mut flooded, "$ ", Duration::from_secs(120)).await;
+    send(&mut flooded, "yes\n").await;
+    wait_for("the flooded session to be released", Duration::from_secs(120), Duration::from_millis(500), || async {
+        (health_terminal(&svc).await == baseline).then_some(())
+    })
+    .await;
+    drop(flooded);
+    wait_for("the guest's yes to end", Duration::from_secs(30), Duration::from_secs(1), || {
+        let (key, ip) = (key.clone(), ip.clone());
+        async move {
+            let yes = tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, "pgrep -x yes || echo none"))
+                .await
+                .unwrap()?;
+            (yes.trim() == "none").then_some(())
+        }
     })
     .await;
 

@@ -146,7 +146,9 @@ async fn run(socket: WebSocketStream, app: Arc<App>, target: Target, options: Ss
     session.relay(&mut client).await;
     let close = client.close;
     if let Some((code, reason)) = close.clone() {
-        let _ = sink.send(Message::Close(Some((CloseCode::from(code), reason)))).await;
+        // Bounded: a client that stopped answering pings may read nothing at all.
+        let closing = sink.send(Message::Close(Some((CloseCode::from(code), reason))));
+        let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
     }
     tracing::info!(instance = %target.instance.id, close = ?close, "terminal session closed");
 }
@@ -200,14 +202,23 @@ struct WsClient<'a> {
 
 impl<'a> WsClient<'a> {
     fn new(sink: &'a mut Sink, stream: &'a mut Stream, interval: Duration) -> Self {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        // After a long send, one ping, not a burst of the missed ones.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             sink,
             stream,
-            ping: tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+            ping,
             interval,
             last_pong: Instant::now(),
             close: Some((close_code::NORMAL, "session ended".into())),
         }
+    }
+
+    /// How long the client may go without answering a ping, or without taking output:
+    /// three pings missed (a busy client may read one late, behind output).
+    fn patience(&self) -> Duration {
+        self.interval * 3 + Duration::from_secs(1)
     }
 
     fn gone(&mut self) -> bool {
@@ -222,6 +233,8 @@ impl Client for WsClient<'_> {
     async fn recv(&mut self) -> Option<ClientMsg> {
         loop {
             tokio::select! {
+                // A pong already waiting counts before a ping falls due.
+                biased;
                 msg = self.stream.next() => match msg {
                     Some(Ok(Message::Binary(bytes))) => {
                         self.last_pong = Instant::now(); // any frame shows the client is alive
@@ -243,8 +256,7 @@ impl Client for WsClient<'_> {
                     Some(Err(_)) | None => { self.gone(); return None; }
                 },
                 _ = self.ping.tick() => {
-                    // Three missed pongs: a busy client may read a ping late, behind output.
-                    if self.last_pong.elapsed() > self.interval * 3 + Duration::from_secs(1) {
+                    if self.last_pong.elapsed() > self.patience() {
                         self.close = Some((close_code::TIMEOUT, "the client stopped answering keep-alive pings".into()));
                         return None;
                     }
@@ -259,7 +271,15 @@ impl Client for WsClient<'_> {
             ServerMsg::Output(bytes) => Message::Binary(bytes),
             ServerMsg::Exit(status) => Message::Text(serde_json::json!({"type": "exit", "status": status}).to_string()),
         };
-        self.sink.send(message).await.is_ok() || self.gone()
+        match tokio::time::timeout(self.patience(), self.sink.send(message)).await {
+            Ok(sent) => sent.is_ok() || self.gone(),
+            // A client that keeps its connection but reads nothing would hold the session
+            // and the guest's sshd for ever; a close frame would wait like the output.
+            Err(_) => {
+                tracing::info!(patience = ?self.patience(), "the terminal's client took no output; dropping it");
+                self.gone()
+            }
+        }
     }
 }
 
