@@ -42,7 +42,9 @@ pub struct LibvirtNetwork {
     /// The addresses in the lease table at the last look. A guest's lease outlives it
     /// (an hour by default): while an address is leased to a gone guest's MAC, dnsmasq
     /// gives the next guest reserved at it some other address of the range, which the
-    /// guest then gives up at its first renewal once the old lease ran out.
+    /// guest then gives up at its first renewal once the old lease ran out. Looked at
+    /// at start and whenever the monitor reads leases (never while no instance lives),
+    /// so it may hold leases since expired: they only come later in the order.
     leased_ips: Arc<Mutex<Vec<Ipv4Addr>>>,
 }
 
