@@ -100,19 +100,30 @@ async fn responses_cannot_be_framed_or_sniffed_and_the_ui_loads_nothing_from_els
 #[tokio::test]
 async fn chunked_bodies_over_the_limit_are_refused_and_bodies_where_none_is_taken_get_an_answer() {
     let (_tmp, service) = start();
-    // 2 MiB sent chunked: no Content-Length to check up front.
-    let chunks = (0..32).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024]));
+    // 8 MiB sent chunked: no Content-Length to check up front. More than the sockets
+    // buffer, so the client is still sending when the service refuses: the service reads
+    // the rest and drops it, and the client gets the 413, not a reset connection.
+    let chunks = (0..128).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024]));
     let response = client()
         .post(service.api("/key-pairs"))
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
         .send()
         .await
-        .unwrap();
+        .expect("an answer, not a reset connection");
     assert_eq!(response.status(), 413);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "PayloadTooLarge");
     assert!(key_pair_names(&service).await.is_empty());
+    // The same with its length said up front.
+    let response = client()
+        .post(service.api("/key-pairs"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 8 << 20])
+        .send()
+        .await
+        .expect("an answer, not a reset connection");
+    assert_eq!(response.status(), 413);
 
     // A small chunked body within the limit still works.
     let json = serde_json::to_vec(&json!({"name": "chunked", "public_key": PUBLIC_KEY})).unwrap();

@@ -158,26 +158,59 @@ fn payload_too_large() -> poem::Response {
     error::HttpRefusal::PayloadTooLarge { limit: MAX_BODY_BYTES }.response()
 }
 
+/// After a body is refused as too large, up to this much more of it is read and
+/// dropped, for at most `DRAIN_TIME`: a client still sending it then reads the 413
+/// instead of a reset connection. Past that the connection is closed.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// Holds every request body to `MAX_BODY_BYTES`, whether it says its length or comes
 /// chunked: the body is read (up to the limit) before any handler sees it, so a
 /// handler that takes no body still answers, and a large one never reaches memory.
 async fn limit_body(req: &mut poem::Request) -> Option<poem::Response> {
+    use futures_util::StreamExt;
     let length = req.headers().get(poem::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-    if length.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_BODY_BYTES) {
+    if let Some(length) = length.and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > MAX_BODY_BYTES) {
+        if length <= DRAIN_BYTES {
+            drain(req.take_body().into_bytes_stream(), 0).await;
+        }
         return Some(payload_too_large());
     }
     // WebSocket upgrades carry no body; reading one would wait on the connection.
     if req.headers().contains_key(poem::http::header::UPGRADE) {
         return None;
     }
-    match req.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
-        Ok(bytes) => {
-            req.set_body(bytes);
-            None
+    let mut stream = std::pin::pin!(req.take_body().into_bytes_stream());
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return Some(poem::Error::from(poem::error::ReadBodyError::Io(e)).into_response()),
+        };
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            drain(stream, body.len() + chunk.len()).await;
+            return Some(payload_too_large());
         }
-        Err(poem::error::ReadBodyError::PayloadTooLarge) => Some(payload_too_large()),
-        Err(e) => Some(poem::Error::from(e).into_response()),
+        body.extend_from_slice(&chunk);
     }
+    req.set_body(body);
+    None
+}
+
+/// Reads and drops what is left of a refused body (`read` bytes of it came already),
+/// within `DRAIN_BYTES` and `DRAIN_TIME`.
+async fn drain<B: AsRef<[u8]>>(stream: impl futures_util::Stream<Item = std::io::Result<B>>, mut read: usize) {
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(stream);
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while read <= DRAIN_BYTES {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.as_ref().len(),
+                _ => return,
+            }
+        }
+    })
+    .await;
 }
 
 /// What a browser may do with our responses. Every response: no framing by other
