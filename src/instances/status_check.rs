@@ -2,10 +2,13 @@
 //! instance can be used yet. Decided here without I/O, from the last check, what this
 //! tick's probe saw and what the console shows; `status_round` does the probing.
 //!
-//! Until it is ok, an instance is probed every tick with an SSH handshake; `ok` needs
-//! SSH to answer and cloud-init to have finished (or no cloud-init on the console after
-//! SSH answered for a minute). Once ok, a plain TCP connect every 30 s; three failures in
-//! a row make it impaired, and a later success ok again.
+//! Until SSH answers, an instance is probed every tick with an SSH handshake; then, while
+//! the console shows cloud-init still running, the console alone is read: every
+//! connection makes a TCG guest's sshd start a process and sign a key exchange, time
+//! taken from cloud-init's last stages. `ok` needs SSH to answer and cloud-init to have
+//! finished (or no cloud-init on the console after SSH answered for a minute); the tick
+//! that sees it finish shakes hands again. Once ok, a plain TCP connect every 30 s; three
+//! failures in a row make it impaired, and a later success ok again.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
@@ -72,6 +75,9 @@ pub enum CloudInit {
 pub enum Due {
     /// Until ok: an SSH handshake, and a look at the console.
     Handshake,
+    /// SSH answered in this run and it is not ok yet: the console, and a handshake only
+    /// when it no longer shows cloud-init running.
+    Console,
     /// Once ok: a plain TCP connect.
     Connect,
     /// A re-check is not due yet.
@@ -115,6 +121,7 @@ impl Check {
 
     pub fn due(&self, now: DateTime<Utc>) -> Due {
         match self.probed_at {
+            _ if !self.confirmed && self.reachable_at.is_some() => Due::Console,
             _ if !self.confirmed => Due::Handshake,
             Some(last) if now - last < RECHECK_EVERY => Due::Nothing,
             _ => Due::Connect,

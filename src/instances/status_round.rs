@@ -99,7 +99,18 @@ impl Inner {
                 let answered = guest_ssh::accepts(self.ssh_address(ip), CONNECT_TIMEOUT).await;
                 (if answered { Probe::Answered } else { Probe::NoAnswer }, CloudInit::Absent)
             }
-            (Due::Handshake, Some(ip)) => self.first_contact(row, self.ssh_address(ip)).await?,
+            (Due::Handshake, Some(ip)) => {
+                let (seen, console) = tokio::join!(self.handshake(ip), self.console_facts(row));
+                self.judge(row, seen, console).await?
+            }
+            (Due::Console, Some(ip)) => match self.console_facts(row).await {
+                // SSH answered in this run: no handshake until cloud-init is done.
+                console if console.cloud_init == CloudInit::Running => (Probe::Answered, CloudInit::Running),
+                console => {
+                    let seen = self.handshake(ip).await;
+                    self.judge(row, seen, console).await?
+                }
+            },
         };
         let timeout = chrono::Duration::from_std(self.config.status_timeout).unwrap_or(chrono::Duration::MAX);
         let next = decide(&prev, probe, cloud_init, now, timeout);
@@ -123,10 +134,18 @@ impl Inner {
         SocketAddr::new(ip, self.config.guest_ssh_port)
     }
 
-    /// Until ok: an SSH handshake and the console, with the host keys judged and recorded.
-    async fn first_contact(&self, row: &InstanceRow, address: SocketAddr) -> Result<(Probe, CloudInit), AppError> {
-        let (seen, console) =
-            tokio::join!(guest_ssh::host_key(address, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT), self.console_facts(row));
+    /// The host key the guest's sshd shows in a handshake, if it answers.
+    async fn handshake(&self, ip: IpAddr) -> Option<HostKey> {
+        guest_ssh::host_key(self.ssh_address(ip), CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT).await
+    }
+
+    /// The probe a handshake and the console amount to, with the host keys judged and recorded.
+    async fn judge(
+        &self,
+        row: &InstanceRow,
+        seen: Option<HostKey>,
+        console: console_facts::ConsoleFacts,
+    ) -> Result<(Probe, CloudInit), AppError> {
         let recorded: Vec<HostKey> = row.host_public_keys.iter().filter_map(|k| HostKey::parse(k)).collect();
         let outcome = judge_host_keys(row.host_key.as_deref(), &recorded, &console.host_keys, seen.as_ref());
         if outcome.record.is_some() || outcome.pin.is_some() {

@@ -65,6 +65,7 @@ fn ssh_before_cloud_init_finishes_waits_for_it_then_is_impaired_after_the_timeou
     let waiting = after(&[(20, Answered, Running)]);
     assert_eq!(shown(&waiting), (Initializing, Some("waiting for cloud-init to finish")));
     assert_eq!(waiting.reachable_at, Some(at(20)));
+    assert_eq!(waiting.due(at(21)), Due::Console, "the guest is spared a handshake per tick");
     let slow = decide(&waiting, Answered, Running, at(300), TIMEOUT);
     assert_eq!(shown(&slow), (Impaired, Some("cloud-init did not finish within 300 s")));
     assert_eq!(slow.failing_since, Some(at(300)));
@@ -83,6 +84,7 @@ fn a_changed_host_key_is_impaired_until_the_known_key_answers() {
     let changed = after(&[(20, HostKeyChanged, Finished)]);
     assert_eq!(shown(&changed), (Impaired, Some("host key changed")));
     assert_eq!((changed.failing_since, changed.reachable_at), (Some(at(20)), None));
+    assert_eq!(changed.due(at(21)), Due::Handshake, "an unknown server is not the guest answering");
     assert_eq!(shown(&decide(&changed, Answered, Finished, at(25), TIMEOUT)), (Fine, None));
 }
 

@@ -56,6 +56,16 @@ async fn ssh_then_cloud_init_make_an_instance_ok_and_its_host_keys_known() {
     assert_eq!(row.reachable_at, waiting.status_check.reachable_at, "stored for a restart");
     assert_eq!(row.host_key.as_deref(), Some(sshd.host_key.fingerprint.as_str()), "pinned like the terminal does");
 
+    // While the console shows cloud-init running, the guest's sshd is left alone.
+    round(&bench).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sshd.connections(), 1, "no handshake per tick once SSH answered");
+    let still = instance(&bench).await.status_check;
+    assert_eq!(
+        (still.status, still.reachable_at),
+        (CheckStatus::Initializing, waiting.status_check.reachable_at.clone())
+    );
+
     // cloud-init finished and printed all three host keys: ok, and they replace the one seen.
     std::fs::write(&log, console(&sshd, "Debian GNU/Linux 12")).unwrap();
     round(&bench).await;
@@ -64,7 +74,7 @@ async fn ssh_then_cloud_init_make_an_instance_ok_and_its_host_keys_known() {
     assert_eq!(ok.status_check.reachable_at, waiting.status_check.reachable_at);
     assert_eq!(ok.host_keys.len(), 3, "{:?}", ok.host_keys);
     assert!(ok.host_keys.contains(&sshd.host_key.openssh));
-    assert_eq!(sshd.connections(), 2, "one connection per tick");
+    assert_eq!(sshd.connections(), 2, "a handshake again when cloud-init finished");
     assert_eq!(bench.script.calls(), Vec::<String>::new(), "no virsh call for a status check");
 
     // Once ok, the next re-check is 30 s away: no connection now (given time to be counted).
