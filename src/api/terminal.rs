@@ -7,7 +7,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use poem::web::Data;
@@ -189,10 +191,11 @@ async fn login_key(sink: &mut Sink, stream: &mut Stream, target: &Target) -> Res
 }
 
 /// The browser's end of a session: keystrokes and resizes from the WebSocket, output to
-/// it, and a ping every `interval` while waiting for the client.
-struct WsClient<'a> {
-    sink: &'a mut Sink,
-    stream: &'a mut Stream,
+/// it, and a ping every `interval` while waiting for the client. Generic over the
+/// socket's halves so that its timing can be tested without a network.
+struct WsClient<'a, S, R> {
+    sink: &'a mut S,
+    stream: &'a mut R,
     ping: tokio::time::Interval,
     interval: Duration,
     last_pong: Instant,
@@ -200,9 +203,9 @@ struct WsClient<'a> {
     close: Option<(u16, String)>,
 }
 
-impl<'a> WsClient<'a> {
-    fn new(sink: &'a mut Sink, stream: &'a mut Stream, interval: Duration) -> Self {
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+impl<'a, S, R> WsClient<'a, S, R> {
+    fn new(sink: &'a mut S, stream: &'a mut R, interval: Duration) -> Self {
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         // After a long send, one ping, not a burst of the missed ones.
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
@@ -227,7 +230,12 @@ impl<'a> WsClient<'a> {
     }
 }
 
-impl Client for WsClient<'_> {
+impl<S, R, E> Client for WsClient<'_, S, R>
+where
+    S: futures_util::Sink<Message> + Unpin + Send,
+    R: futures_util::Stream<Item = Result<Message, E>> + Unpin + Send,
+    E: Send,
+{
     /// Dropped unfinished, it loses at most a ping or a note on a bad control message:
     /// both the stream's next frame and the interval's tick are cancel-safe.
     async fn recv(&mut self) -> Option<ClientMsg> {
@@ -302,3 +310,6 @@ async fn wait_for_key(stream: &mut Stream) -> Option<PrivateKeyPem> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
