@@ -124,6 +124,18 @@ async fn assert_session_runs(ws: &mut Ws, key: &std::path::Path, ip: &str, pids:
     }
 }
 
+/// Waits until `command`, run on the guest over a separate SSH connection, prints `wanted`.
+async fn wait_for_guest(what: &str, key: &std::path::Path, ip: &str, command: &str, wanted: &str, timeout: Duration) {
+    wait_for(what, timeout, Duration::from_millis(500), || {
+        let (key, ip, command) = (key.to_path_buf(), ip.to_string(), command.to_string());
+        async move {
+            let out = tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, &command)).await.unwrap()?;
+            (out.trim() == wanted).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn health_terminal(svc: &Service) -> (u64, u64) {
     let (_, h) = get_json(&svc.api("/health")).await;
     (h["terminal"]["sessions"].as_u64().unwrap(), h["terminal"]["tasks"].as_u64().unwrap())
@@ -262,16 +274,8 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     ws.close(None).await.unwrap();
     drop(ws);
     // The shell and its connection's sshd end in the guest.
-    wait_for("the guest's session to end", Duration::from_secs(20), Duration::from_millis(500), || {
-        let (key, ip, session) = (key.clone(), ip.clone(), session.clone());
-        async move {
-            let state = tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, &session_state(&session)))
-                .await
-                .unwrap()?;
-            (state.trim() == "gone").then_some(())
-        }
-    })
-    .await;
+    wait_for_guest("the guest's session to end", &key, &ip, &session_state(&session), "gone", Duration::from_secs(20))
+        .await;
     wait_for("the service to release the session", Duration::from_secs(10), Duration::from_millis(200), || async {
         (health_terminal(&svc).await == baseline).then_some(())
     })
@@ -325,16 +329,8 @@ async fn a_browser_terminal_reaches_the_guest_shell() {
     })
     .await;
     drop(flooded);
-    wait_for("the guest's yes to end", Duration::from_secs(30), Duration::from_secs(1), || {
-        let (key, ip) = (key.clone(), ip.clone());
-        async move {
-            let yes = tokio::task::spawn_blocking(move || ssh(&key, "ubuntu", &ip, "pgrep -x yes || echo none"))
-                .await
-                .unwrap()?;
-            (yes.trim() == "none").then_some(())
-        }
-    })
-    .await;
+    wait_for_guest("the guest's yes to end", &key, &ip, "pgrep -x yes || echo none", "none", Duration::from_secs(30))
+        .await;
 
     // The pair is deleted and made again under the same name: its new key is not used
     // for the instance launched with the old one; the old key, given by the user, is.
