@@ -45,16 +45,32 @@ pub async fn accepts(address: SocketAddr, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, TcpStream::connect(address)).await, Ok(Ok(_)))
 }
 
-/// The host key an SSH server at `address` shows in its key exchange; None when nothing
-/// answers within `connect_timeout`, or no handshake completes within `handshake_timeout`.
-pub async fn host_key(address: SocketAddr, connect_timeout: Duration, handshake_timeout: Duration) -> Option<HostKey> {
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await.ok()?.ok()?;
+/// What an SSH handshake with a guest found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// The host key the server showed in its key exchange.
+    Key(HostKey),
+    /// Nothing accepted a connection within the connect timeout.
+    NoAnswer,
+    /// A connection was accepted but no key exchange completed in time: a server still
+    /// starting, or a guest too busy to start one.
+    Slow,
+}
+
+/// The host key an SSH server at `address` shows in its key exchange, stopping there.
+pub async fn host_key(address: SocketAddr, connect_timeout: Duration, handshake_timeout: Duration) -> Handshake {
+    let Ok(Ok(stream)) = tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await else {
+        return Handshake::NoAnswer;
+    };
     let seen = Arc::new(Mutex::new(None));
     let config = Arc::new(client::Config { inactivity_timeout: Some(handshake_timeout), ..Default::default() });
     let handshake = client::connect_stream(config, stream, KeyRecorder { seen: seen.clone() });
-    let handle = tokio::time::timeout(handshake_timeout, handshake).await.ok()?.ok()?;
+    let Ok(Ok(handle)) = tokio::time::timeout(handshake_timeout, handshake).await else {
+        return Handshake::Slow;
+    };
     let _ = handle.disconnect(Disconnect::ByApplication, "status check", "en").await;
-    seen.lock().unwrap_or_else(|p| p.into_inner()).take()
+    let key = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+    key.map_or(Handshake::Slow, Handshake::Key)
 }
 
 /// Accepts any server key and keeps it: judging it is the caller's business.
@@ -147,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn a_handshake_learns_the_servers_host_key_without_logging_in() {
         let sshd = Sshd::start().await;
-        let seen = host_key(sshd.address, SECOND, 5 * SECOND).await.expect("sshd answered");
+        let Handshake::Key(seen) = host_key(sshd.address, SECOND, 5 * SECOND).await else { panic!("sshd answered") };
         assert_eq!(seen, sshd.host_key);
         assert!(seen.openssh.starts_with("ssh-ed25519 AAAA") && !seen.openssh.ends_with(' '), "{}", seen.openssh);
         assert!(seen.fingerprint.starts_with("SHA256:"), "{}", seen.fingerprint);
@@ -155,16 +171,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn nothing_listening_or_a_silent_listener_is_no_answer() {
+    async fn nothing_listening_is_no_answer_and_a_silent_listener_is_slow() {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         assert!(!accepts(closed, SECOND).await);
-        assert_eq!(host_key(closed, SECOND, SECOND).await, None);
+        assert_eq!(host_key(closed, SECOND, SECOND).await, Handshake::NoAnswer);
         // Accepts connections but never speaks SSH: the handshake's bound ends the wait.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = silent.local_addr().unwrap();
         assert!(accepts(address, SECOND).await);
         let started = std::time::Instant::now();
-        assert_eq!(host_key(address, SECOND, SECOND / 2).await, None);
+        assert_eq!(host_key(address, SECOND, SECOND / 2).await, Handshake::Slow);
         assert!(started.elapsed() < 3 * SECOND, "{:?}", started.elapsed());
     }
 

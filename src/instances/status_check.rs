@@ -21,6 +21,11 @@ pub const RECHECK_EVERY: Duration = Duration::seconds(30);
 pub const FAILURES_TO_IMPAIR: u32 = 3;
 /// How long SSH must have answered before a guest showing no cloud-init is ok.
 pub const NO_CLOUD_INIT_GRACE: Duration = Duration::seconds(60);
+/// The spacing of handshakes after the first that found sshd too slow to finish one,
+/// doubled for each further one, up to `SLOW_SPACING_MAX`: every attempt given up makes
+/// the guest start another sshd, time a busy guest would rather spend booting.
+pub const SLOW_SPACING: Duration = Duration::seconds(5);
+pub const SLOW_SPACING_MAX: Duration = Duration::seconds(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckStatus {
@@ -54,6 +59,8 @@ pub enum Probe {
     /// The instance has no IP address yet: there was nothing to probe.
     NoAddress,
     NoAnswer,
+    /// A connection was accepted but no handshake completed in time (a busy guest).
+    Slow,
     /// SSH answered (for a handshake: with a host key the service trusts).
     Answered,
     /// sshd answered with a host key other than the pinned or recorded ones.
@@ -101,6 +108,8 @@ pub struct Check {
     pub failing_since: Option<DateTime<Utc>>,
     /// Failed re-checks in a row.
     pub failures: u32,
+    /// Handshakes in a row that found sshd too slow: the next waits `slow_spacing`.
+    pub slow: u32,
 }
 
 const WAITING_FOR_SSH: &str = "waiting for SSH";
@@ -116,11 +125,13 @@ impl Check {
             probed_at: None,
             failing_since: None,
             failures: 0,
+            slow: 0,
         }
     }
 
     pub fn due(&self, now: DateTime<Utc>) -> Due {
         match self.probed_at {
+            Some(last) if !self.confirmed && self.slow > 0 && now - last < slow_spacing(self.slow) => Due::Nothing,
             _ if !self.confirmed && self.reachable_at.is_some() => Due::Console,
             _ if !self.confirmed => Due::Handshake,
             Some(last) if now - last < RECHECK_EVERY => Due::Nothing,
@@ -129,9 +140,15 @@ impl Check {
     }
 }
 
+/// The wait before the handshake that follows `slow` slow ones in a row.
+pub fn slow_spacing(slow: u32) -> Duration {
+    (SLOW_SPACING * 2i32.saturating_pow(slow.saturating_sub(1).min(8))).min(SLOW_SPACING_MAX)
+}
+
 /// The check after this tick's probe.
 pub fn decide(prev: &Check, probe: Probe, cloud_init: CloudInit, now: DateTime<Utc>, timeout: Duration) -> Check {
     let mut next = Check { probed_at: Some(now), ..prev.clone() };
+    next.slow = if probe == Probe::Slow { prev.slow + 1 } else { 0 };
     if prev.confirmed {
         recheck(&mut next, probe, now);
         return next;
@@ -154,13 +171,16 @@ pub fn decide(prev: &Check, probe: Probe, cloud_init: CloudInit, now: DateTime<U
             _ => (CheckStatus::Initializing, "waiting for cloud-init to finish".to_string()),
         },
         Probe::NoAddress if !timed_out => (CheckStatus::Initializing, "waiting for an IP address".to_string()),
-        Probe::NoAnswer if !timed_out => (CheckStatus::Initializing, WAITING_FOR_SSH.to_string()),
+        // A handshake that did not finish is no answer yet.
+        Probe::NoAnswer | Probe::Slow if !timed_out => (CheckStatus::Initializing, WAITING_FOR_SSH.to_string()),
         Probe::NoAddress => (CheckStatus::Impaired, format!("no IP address within {secs} s")),
-        Probe::NoAnswer if prev.reachable_at.is_some() => (CheckStatus::Impaired, "SSH stopped answering".to_string()),
-        Probe::NoAnswer => (CheckStatus::Impaired, format!("SSH did not answer within {secs} s")),
+        Probe::NoAnswer | Probe::Slow if prev.reachable_at.is_some() => {
+            (CheckStatus::Impaired, "SSH stopped answering".to_string())
+        }
+        Probe::NoAnswer | Probe::Slow => (CheckStatus::Impaired, format!("SSH did not answer within {secs} s")),
     };
     // EC2: an instance impaired since its launch is impaired since its launch time.
-    let failing_from = if matches!(probe, Probe::NoAddress | Probe::NoAnswer) { prev.since } else { now };
+    let failing_from = if matches!(probe, Probe::NoAddress | Probe::NoAnswer | Probe::Slow) { prev.since } else { now };
     next.failing_since = (status == CheckStatus::Impaired).then(|| prev.failing_since.unwrap_or(failing_from));
     next.confirmed = status == CheckStatus::Ok;
     next.status = status;

@@ -16,7 +16,7 @@ use super::status_check::{Check, CloudInit, Due, Probe, StatusCheck, decide, jud
 use super::{Inner, status_of};
 use crate::db::instances::{self as rows, InstanceRow};
 use crate::error::AppError;
-use crate::guest_ssh::{self, HostKey};
+use crate::guest_ssh::{self, Handshake, HostKey};
 
 /// A guest's SSH port gets this long to accept a connection.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -67,6 +67,11 @@ impl Checks {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn current_for_test(&self, id: &str) -> Check {
+        self.lock().get(id).expect("a check").1.clone()
+    }
+
     fn keep_only(&self, running: &[&str]) {
         self.lock().retain(|id, _| running.contains(&id.as_str()));
     }
@@ -113,7 +118,8 @@ impl Inner {
             },
         };
         let timeout = chrono::Duration::from_std(self.config.status_timeout).unwrap_or(chrono::Duration::MAX);
-        let next = decide(&prev, probe, cloud_init, now, timeout);
+        // Timed from the probe's end: a handshake given up took its whole timeout.
+        let next = decide(&prev, probe, cloud_init, Utc::now(), timeout);
         let newly_reachable = next.reachable_at.filter(|_| prev.reachable_at.is_none());
         let (status, reason) = (next.status, next.reason.clone());
         if !self.checks.store(&row.id, run, next) {
@@ -134,8 +140,8 @@ impl Inner {
         SocketAddr::new(ip, self.config.guest_ssh_port)
     }
 
-    /// The host key the guest's sshd shows in a handshake, if it answers.
-    async fn handshake(&self, ip: IpAddr) -> Option<HostKey> {
+    /// What the guest's sshd shows in a handshake.
+    async fn handshake(&self, ip: IpAddr) -> Handshake {
         guest_ssh::host_key(self.ssh_address(ip), CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT).await
     }
 
@@ -143,9 +149,14 @@ impl Inner {
     async fn judge(
         &self,
         row: &InstanceRow,
-        seen: Option<HostKey>,
+        handshake: Handshake,
         console: console_facts::ConsoleFacts,
     ) -> Result<(Probe, CloudInit), AppError> {
+        let (seen, unanswered) = match handshake {
+            Handshake::Key(key) => (Some(key), Probe::NoAnswer),
+            Handshake::NoAnswer => (None, Probe::NoAnswer),
+            Handshake::Slow => (None, Probe::Slow),
+        };
         let recorded: Vec<HostKey> = row.host_public_keys.iter().filter_map(|k| HostKey::parse(k)).collect();
         let outcome = judge_host_keys(row.host_key.as_deref(), &recorded, &console.host_keys, seen.as_ref());
         if outcome.record.is_some() || outcome.pin.is_some() {
@@ -156,7 +167,7 @@ impl Inner {
         let probe = match (outcome.changed, seen) {
             (true, _) => Probe::HostKeyChanged,
             (false, Some(_)) => Probe::Answered,
-            (false, None) => Probe::NoAnswer,
+            (false, None) => unanswered,
         };
         Ok((probe, console.cloud_init))
     }

@@ -23,7 +23,7 @@ fn shown(check: &Check) -> (CheckStatus, Option<&str>) {
 
 use CheckStatus::{Impaired, Initializing, Ok as Fine};
 use CloudInit::{Absent, Finished, Running};
-use Probe::{Answered, HostKeyChanged, NoAddress, NoAnswer};
+use Probe::{Answered, HostKeyChanged, NoAddress, NoAnswer, Slow};
 
 #[test]
 fn a_new_run_is_initializing_and_wants_a_handshake() {
@@ -50,6 +50,26 @@ fn no_ssh_waits_then_is_impaired_after_the_timeout() {
     assert_eq!(late.due(at(305)), Due::Handshake);
     let recovered = decide(&late, Answered, Finished, at(310), TIMEOUT);
     assert_eq!((shown(&recovered), recovered.failing_since), ((Fine, None), None));
+}
+
+#[test]
+fn handshakes_sshd_was_too_slow_for_are_spaced_out_then_every_tick_again_once_one_finishes() {
+    let once = after(&[(10, Slow, Running)]);
+    assert_eq!(shown(&once), (Initializing, Some("waiting for SSH")));
+    assert_eq!((once.due(at(14)), once.due(at(15))), (Due::Nothing, Due::Handshake), "5 s after the first");
+    let twice = decide(&once, Slow, Running, at(15), TIMEOUT);
+    assert_eq!((twice.due(at(24)), twice.due(at(25))), (Due::Nothing, Due::Handshake), "then 10 s");
+    let many = (0..6).fold(twice, |c, i| decide(&c, Slow, Running, at(30 + 40 * i), TIMEOUT));
+    assert_eq!(many.slow, 8);
+    assert_eq!((many.due(at(259)), many.due(at(260))), (Due::Nothing, Due::Handshake), "at most 30 s");
+    assert_eq!(slow_spacing(u32::MAX), SLOW_SPACING_MAX);
+    // An answer, or a refused connection (nothing to give up), probes every tick again.
+    assert_eq!(decide(&once, NoAnswer, Running, at(15), TIMEOUT).due(at(16)), Due::Handshake);
+    let answered = decide(&once, Answered, Running, at(15), TIMEOUT);
+    assert_eq!((answered.slow, answered.reachable_at), (0, Some(at(15))));
+    // It is no answer for the status: impaired when the timeout passes.
+    let late = decide(&once, Slow, Running, at(300), TIMEOUT);
+    assert_eq!(shown(&late), (Impaired, Some("SSH did not answer within 300 s")));
 }
 
 #[test]

@@ -122,6 +122,19 @@ async fn no_answer_within_the_timeout_is_impaired() {
 }
 
 #[tokio::test]
+async fn a_guest_too_busy_to_finish_a_handshake_is_given_room() {
+    // Accepts connections (the kernel's backlog) and never speaks SSH.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bench = running_at_loopback(silent.local_addr().unwrap().port(), Duration::from_secs(300)).await;
+    round(&bench).await;
+    let waiting = instance(&bench).await.status_check;
+    assert_eq!((waiting.status, waiting.reason.as_deref()), (CheckStatus::Initializing, Some("waiting for SSH")));
+    let check = bench.instances.inner().checks.current_for_test(ID);
+    assert_eq!(check.slow, 1, "the handshake was given up");
+    assert_eq!(check.due(chrono::Utc::now()), crate::instances::status_check::Due::Nothing, "the next waits");
+}
+
+#[tokio::test]
 async fn instances_that_are_not_idle_and_running_are_not_probed() {
     let sshd = Sshd::start().await;
     let bench = running_at_loopback(sshd.address.port(), Duration::from_secs(300)).await;
