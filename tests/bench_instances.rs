@@ -431,12 +431,17 @@ async fn an_exhausted_address_pool_refuses_launches_until_an_address_is_freed() 
     let (status, second) = post_json(&svc.api("/instances"), &launch).await;
     assert_eq!(status, 202, "the freed address was not reused: {second}");
     let second_id = second["id"].as_str().unwrap();
-    let running = wait_instance(&svc, second_id, "running", BOOT, |i| i["state"] == "running").await;
+    // With its address, so that losing it below means something.
+    let running = wait_instance(&svc, second_id, "running with an address", BOOT, |i| {
+        i["state"] == "running" && i["ip_address"].is_string()
+    })
+    .await;
     assert_eq!(running["state_reason"], Value::Null);
 
     // REQ-INST-013: a guest destroyed behind the service's back shows as stopped in the
     // list, which reads the monitor's view only (no live libvirt call per request). With
-    // the safety poll an hour away, libvirt's lifecycle event is what tells the service.
+    // the safety poll an hour away, libvirt's lifecycle event is what tells the service;
+    // the other tests' domains on the same libvirt make this service look at nothing.
     virsh().destroy(second_id).await.unwrap();
     let seen = listed_as(&svc, second_id, "stopped", "the monitor to notice the destroyed guest").await;
     assert!(seen["state_reason"].as_str().unwrap().contains("shut down"), "{seen}");

@@ -4,7 +4,7 @@
 //! safety net, and for the DHCP leases of running guests that have no address yet; an
 //! idle service spawns no process per tick. While it is down, every tick is a full look.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -31,13 +31,31 @@ pub enum Look {
 pub struct Watch {
     /// The `virsh event` child is running: changes arrive as events.
     live: AtomicBool,
-    /// A full look is due: an event came, or the stream (re)started and events may
-    /// have been missed before it.
+    /// A full look is due: the stream (re)started and events may have been missed
+    /// before it, or the last look failed.
     dirty: AtomicBool,
     last_full: Mutex<Option<Instant>>,
-    /// The state each domain's last event implies, not yet applied (see `implied_state`).
-    pending: Mutex<HashMap<String, Option<&'static str>>>,
+    /// What events said since the monitor last took them.
+    heard: Mutex<Heard>,
     wake: Notify,
+}
+
+/// What libvirt's events said about `i-…` domains since the monitor last asked. Only
+/// the monitor knows which of them are this service's: another service on the same
+/// libvirt, or a user's own domain named like ours, must not cost a full look.
+#[derive(Debug, Default)]
+pub struct Heard {
+    /// Every domain an event named.
+    pub domains: HashSet<String>,
+    /// The state each domain's last event implies, not yet applied (see `implied_state`).
+    pub implied: HashMap<String, Option<&'static str>>,
+}
+
+impl Heard {
+    /// Whether any event named one of `ids`.
+    pub fn names_any<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> bool {
+        ids.any(|id| self.domains.contains(id))
+    }
 }
 
 /// The domain state a lifecycle event implies, as `virsh list` prints it (None: the
@@ -56,12 +74,14 @@ pub fn implied_state(kind: &str) -> Option<Option<&'static str>> {
 }
 
 impl Watch {
-    /// The next tick's look, and the start of a full one.
-    pub fn plan(&self, safety_poll: Duration, awaiting_address: bool) -> Look {
+    /// The next tick's look, and the start of a full one. `heard_of_ours`: an event named
+    /// one of the service's instances, and a full look confirms what it implied.
+    pub fn plan(&self, safety_poll: Duration, awaiting_address: bool, heard_of_ours: bool) -> Look {
         let now = Instant::now();
         let mut last_full = self.last_full.lock().unwrap_or_else(|p| p.into_inner());
         let safety_due = last_full.is_none_or(|at| now.duration_since(at) >= safety_poll);
-        if !self.live.load(Ordering::SeqCst) || self.dirty.swap(false, Ordering::SeqCst) || safety_due {
+        let dirty = self.dirty.swap(false, Ordering::SeqCst);
+        if !self.live.load(Ordering::SeqCst) || dirty || heard_of_ours || safety_due {
             *last_full = Some(now);
             return Look::Full;
         }
@@ -73,24 +93,28 @@ impl Watch {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
-    /// An event about one of the service's domains: what it implies is applied at once,
-    /// and a full look follows to confirm it.
+    /// An event about a domain named like the service's: the monitor wakes, applies
+    /// what it implies at once if the domain is one of its own, and looks to confirm.
     pub fn domain_event(&self, domain: &str, kind: &str) {
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.domains.insert(domain.to_string());
         if let Some(state) = implied_state(kind) {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(domain.to_string(), state);
+            heard.implied.insert(domain.to_string(), state);
         }
-        self.changed();
+        drop(heard);
+        self.wake.notify_one();
     }
 
     /// Something changed: look now.
+    #[cfg(test)]
     pub fn changed(&self) {
         self.dirty.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
-    /// The domain states events implied since the last call.
-    pub fn take_pending(&self) -> HashMap<String, Option<&'static str>> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    /// What events said since the last call.
+    pub fn take_heard(&self) -> Heard {
+        std::mem::take(&mut *self.heard.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The stream is up; what happened before it started is caught by a full look at
@@ -181,24 +205,24 @@ mod tests {
     #[test]
     fn without_the_event_stream_every_tick_is_a_full_look() {
         let watch = Watch::default();
-        assert_eq!(watch.plan(SAFETY, false), Look::Full);
-        assert_eq!(watch.plan(SAFETY, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Full);
     }
 
     #[test]
     fn with_the_stream_an_idle_tick_looks_at_nothing_and_an_event_at_everything() {
         let watch = Watch::default();
         watch.connected();
-        assert_eq!(watch.plan(SAFETY, false), Look::Full, "events before the stream started are caught up");
-        assert_eq!(watch.plan(SAFETY, false), Look::Nothing);
-        assert_eq!(watch.plan(SAFETY, true), Look::Leases, "a running guest still waits for its address");
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Full, "events before the stream started are caught up");
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Nothing);
+        assert_eq!(watch.plan(SAFETY, true, false), Look::Leases, "a running guest still waits for its address");
         watch.changed();
-        assert_eq!(watch.plan(SAFETY, false), Look::Full);
-        assert_eq!(watch.plan(SAFETY, false), Look::Nothing);
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Nothing);
         watch.full_look_failed();
-        assert_eq!(watch.plan(SAFETY, false), Look::Full, "a failed look is tried again");
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Full, "a failed look is tried again");
         watch.lost();
-        assert_eq!(watch.plan(SAFETY, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Full);
     }
 
     #[test]
@@ -209,12 +233,16 @@ mod tests {
         watch.domain_event("i-1a2b3c4d", "Started");
         watch.domain_event("i-0000beef", "Undefined");
         watch.domain_event("i-0000cafe", "Defined");
-        let pending = watch.take_pending();
-        assert_eq!(pending.get("i-1a2b3c4d"), Some(&Some("running")));
-        assert_eq!(pending.get("i-0000beef"), Some(&None));
-        assert_eq!(pending.get("i-0000cafe"), None, "a definition says nothing about the state");
-        assert!(watch.take_pending().is_empty());
-        assert_eq!(watch.plan(SAFETY, false), Look::Full, "and a full look confirms");
+        let heard = watch.take_heard();
+        assert_eq!(heard.implied.get("i-1a2b3c4d"), Some(&Some("running")));
+        assert_eq!(heard.implied.get("i-0000beef"), Some(&None));
+        assert_eq!(heard.implied.get("i-0000cafe"), None, "a definition says nothing about the state");
+        assert!(heard.names_any(["i-0000cafe"].into_iter()), "but it names the domain");
+        assert!(!heard.names_any(["i-0000f00d"].into_iter()));
+        assert!(watch.take_heard().domains.is_empty());
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Full, "the stream's start is caught up");
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Nothing, "events alone ask for no look");
+        assert_eq!(watch.plan(SAFETY, false, true), Look::Full, "events about the service's own do");
         for (kind, state) in [("Crashed", Some("crashed")), ("Suspended", Some("paused")), ("Resumed", Some("running"))]
         {
             assert_eq!(implied_state(kind), Some(state), "{kind}");
@@ -226,9 +254,9 @@ mod tests {
     fn the_safety_poll_looks_at_everything_when_due() {
         let watch = Watch::default();
         watch.connected();
-        assert_eq!(watch.plan(Duration::ZERO, false), Look::Full);
-        assert_eq!(watch.plan(Duration::ZERO, false), Look::Full);
-        assert_eq!(watch.plan(SAFETY, false), Look::Nothing);
+        assert_eq!(watch.plan(Duration::ZERO, false, false), Look::Full);
+        assert_eq!(watch.plan(Duration::ZERO, false, false), Look::Full);
+        assert_eq!(watch.plan(SAFETY, false, false), Look::Nothing);
     }
 
     #[test]
@@ -252,7 +280,7 @@ mod tests {
         let waiter = watch.clone();
         let woken = tokio::spawn(async move { waiter.wait(Duration::from_secs(3600)).await });
         tokio::task::yield_now().await;
-        watch.changed();
+        watch.domain_event("i-1a2b3c4d", "Stopped");
         tokio::time::timeout(Duration::from_secs(60), woken).await.expect("an hour's sleep cut short").unwrap();
     }
 }

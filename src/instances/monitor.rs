@@ -100,12 +100,14 @@ impl Inner {
     /// One tick: the look the watch says is due, often none.
     async fn monitor_step(&self) -> Result<(), crate::error::AppError> {
         let instances = self.deps.db.call(|c| rows::list(c, false)).await?;
+        let heard = self.watch.take_heard();
         if instances.is_empty() {
             return Ok(());
         }
-        self.apply_events(&instances).await?;
+        let heard_of_ours = heard.names_any(instances.iter().map(|row| row.id.as_str()));
+        self.apply_events(&instances, heard.implied).await?;
         let awaiting_address = instances.iter().any(|row| self.awaits_address(row));
-        match self.watch.plan(self.config.safety_poll, awaiting_address) {
+        match self.watch.plan(self.config.safety_poll, awaiting_address, heard_of_ours) {
             Look::Full => {
                 let looked = self.look_at_everything(instances).await;
                 if looked.is_err() {
@@ -121,10 +123,13 @@ impl Inner {
     /// What libvirt's events said, applied before any virsh call: a change shows as soon
     /// as its event came, however slow virsh is. A running guest keeps its address;
     /// the full look that follows confirms both.
-    async fn apply_events(&self, instances: &[InstanceRow]) -> Result<(), crate::error::AppError> {
-        let pending = self.watch.take_pending();
+    async fn apply_events(
+        &self,
+        instances: &[InstanceRow],
+        implied: HashMap<String, Option<&'static str>>,
+    ) -> Result<(), crate::error::AppError> {
         for row in instances.iter().filter(|row| !self.has_ticket(&row.id)) {
-            let Some(domain) = pending.get(&row.id) else { continue };
+            let Some(domain) = implied.get(&row.id) else { continue };
             if let Some(change) = reconcile(row, *domain, row.ip_address.as_deref()) {
                 tracing::warn!(instance = %row.id, from = %row.state, domain = domain.unwrap_or("gone"), "state changed behind ec2local's back (libvirt event)");
                 self.apply(row, change).await?;
@@ -346,7 +351,8 @@ mod tests {
         }
 
         // Issue 17: with libvirt's events followed, an idle tick runs no virsh at all, a
-        // running guest without an address costs one lease lookup, and an event a full look.
+        // running guest without an address costs one lease lookup, and an event about
+        // one of the service's own domains a full look.
         #[tokio::test]
         async fn with_events_followed_an_idle_tick_spawns_nothing() {
             let list = format!("{LIST_HEADER} 3    {ID}   running\n");
@@ -369,9 +375,14 @@ mod tests {
             inner.monitor_step().await.unwrap();
             assert_eq!(counts(), (1, 2));
 
-            inner.watch.changed();
+            // A domain named like ours but not in this service's database: another
+            // service's on the same libvirt, or the user's own.
+            inner.watch.domain_event("i-0000f00d", "Stopped");
             inner.monitor_step().await.unwrap();
-            assert_eq!(counts(), (2, 3), "an event asks for a full look");
+            assert_eq!(counts(), (1, 2), "an event about a domain not ours asks for no look");
+            inner.watch.domain_event(ID, "Resumed");
+            inner.monitor_step().await.unwrap();
+            assert_eq!(counts(), (2, 3), "an event about ours asks for a full look");
         }
 
         // REQ-INST-013, issue 17: what an event says shows before any virsh call
