@@ -97,24 +97,7 @@ impl App {
             iso_tool,
             health: health.clone(),
         };
-        let instances = Instances::new(
-            deps,
-            InstancesConfig {
-                limits: config.limits,
-                stop_timeout: config.stop_timeout,
-                terminate_grace: config.terminate_grace,
-                monitor_interval: config.monitor_interval,
-                safety_poll: config.safety_poll_interval,
-                tool_timeout: config.tool_timeout,
-                qemu_user: qemu_user.clone(),
-                status_timeout: config.status_timeout,
-                guest_ssh_port: 22,
-                // A snapshot is retaken every recheck interval; twice that means its loop is stuck.
-                // While events are followed and all is well, a snapshot is renewed when
-                // something changes and at least every safety poll.
-                health_max_age: config.safety_poll_interval.max(config.libvirt_recheck_interval) * 2,
-            },
-        );
+        let instances = Instances::new(deps, instances_config(&config, qemu_user.clone()));
         let forwards = Forwards::open(db.clone(), ForwardsConfig::new(config.forward_bind)).await;
         let app = Arc::new(App {
             network,
@@ -156,6 +139,7 @@ impl App {
         tokio::spawn(follow_infrastructure(Arc::downgrade(self), Subject::Network));
         tokio::spawn(follow_infrastructure(Arc::downgrade(self), Subject::Pool));
         self.instances.spawn_monitor();
+        self.instances.spawn_spare_keeper();
     }
 
     /// Creates/starts the network and the storage pool if needed (idempotent).
@@ -303,5 +287,25 @@ async fn supervise(app: std::sync::Weak<App>) {
             Ok(()) => {}
             Err(err) => tracing::debug!(error = %err, "libvirt still not ready"),
         }
+    }
+}
+
+/// What the instances are built with, from the service's configuration.
+fn instances_config(config: &Config, qemu_user: Option<String>) -> InstancesConfig {
+    InstancesConfig {
+        limits: config.limits,
+        stop_timeout: config.stop_timeout,
+        terminate_grace: config.terminate_grace,
+        monitor_interval: config.monitor_interval,
+        safety_poll: config.safety_poll_interval,
+        warm_spares: config.warm_spares,
+        tool_timeout: config.tool_timeout,
+        qemu_user,
+        status_timeout: config.status_timeout,
+        guest_ssh_port: 22,
+        // A snapshot is retaken every recheck interval; twice that means its loop is stuck.
+        // While events are followed and all is well, a snapshot is renewed when
+        // something changes and at least every safety poll.
+        health_max_age: config.safety_poll_interval.max(config.libvirt_recheck_interval) * 2,
     }
 }

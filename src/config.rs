@@ -144,6 +144,8 @@ pub struct Config {
     pub monitor_interval: Duration,
     /// How often the monitor looks at every instance although no event asked it to.
     pub safety_poll_interval: Duration,
+    /// How many warm spares to keep of the image and type launched last (0: none).
+    pub warm_spares: usize,
     /// How long a launched, started or rebooted instance has for SSH to answer before its
     /// status check is impaired.
     pub status_timeout: Duration,
@@ -182,6 +184,7 @@ impl Config {
             terminal_max_sessions: 16,
             monitor_interval: Duration::from_secs(2),
             safety_poll_interval: Duration::from_secs(30),
+            warm_spares: 0,
             status_timeout: Duration::from_secs(300),
             vmnet_socket: None,
             forward_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),

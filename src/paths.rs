@@ -113,6 +113,10 @@ impl Paths {
     pub fn instance_cidata(&self, id: &InstanceId) -> PathBuf {
         self.instance_dir(id).join("cloud-init.iso")
     }
+    /// A warm spare's seed as it is made, before it is written into `instance_cidata`.
+    pub fn instance_cidata_next(&self, id: &InstanceId) -> PathBuf {
+        self.instance_dir(id).join("cloud-init.new.iso")
+    }
     pub fn instance_domain_xml(&self, id: &InstanceId) -> PathBuf {
         self.instance_dir(id).join("domain.xml")
     }

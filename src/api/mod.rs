@@ -254,11 +254,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Tests and scripts read this line to learn the port when binding to port 0.
     println!("ec2local listening on http://{local}");
     tracing::info!(address = %local, "listening");
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(routes(app, local), shutdown_signal(), Some(Duration::from_secs(5)))
-        .await
-        .map_err(ServeError::Server)
+    let served = poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(routes(app.clone(), local), shutdown_signal(), Some(Duration::from_secs(5)))
+        .await;
+    if tokio::time::timeout(SPARES_SHUTDOWN, app.instances.discard_spares_at_shutdown()).await.is_err() {
+        tracing::warn!("warm spares are left for the next start to discard");
+    }
+    served.map_err(ServeError::Server)
 }
+
+/// How long a shutdown waits for the warm spares to go (about a second each).
+const SPARES_SHUTDOWN: Duration = Duration::from_secs(30);
 
 /// poem's TCP acceptor with Nagle's algorithm off on every connection: the web terminal
 /// sends a keystroke's echo and each piece of output as a small WebSocket frame, which

@@ -126,6 +126,27 @@ pub struct HostResourcesDto {
     pub disk_headroom_gib: u64,
 }
 
+/// Warm spares (`--warm-spares`): domains started paused ahead of any launch of their
+/// image and type; a launch takes one and keeps its ID and address.
+#[derive(Debug, Object)]
+pub struct WarmSparesDto {
+    /// How many the service keeps (`--warm-spares`).
+    pub wanted: u64,
+    pub spares: Vec<WarmSpareDto>,
+}
+
+#[derive(Debug, Object)]
+pub struct WarmSpareDto {
+    /// The ID the instance that takes it will have.
+    pub id: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub ip_address: Option<String>,
+    /// `building`, `ready` (a launch can take it) or `discarding`.
+    pub state: String,
+    pub created_at: String,
+}
+
 #[derive(Debug, Object)]
 pub struct NetworkDto {
     pub name: String,
@@ -280,6 +301,26 @@ impl SystemApi {
             min_available_memory_mib: app.config.limits.min_available_memory_mib,
             disk_headroom_gib: app.config.limits.disk_headroom_gib,
         })
+    }
+
+    /// The warm spares kept for the next launch (`--warm-spares`).
+    #[oai(path = "/warm-spares", method = "get")]
+    async fn warm_spares(&self, app: Data<&Arc<App>>) -> Result<Json<WarmSparesDto>, ApiError> {
+        let spares = app.instances.spares().await?;
+        Ok(Json(WarmSparesDto {
+            wanted: app.config.warm_spares as u64,
+            spares: spares
+                .into_iter()
+                .map(|s| WarmSpareDto {
+                    id: s.id,
+                    image_id: s.image_id,
+                    instance_type: s.instance_type,
+                    ip_address: s.reserved_ip,
+                    state: s.state,
+                    created_at: s.created_at,
+                })
+                .collect(),
+        }))
     }
 
     /// The NAT network instances are attached to, and its current DHCP leases.

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// (a safety net: changes made outside ec2local arrive as events).
     #[arg(long, env = "EC2LOCAL_SAFETY_POLL_SECS", default_value_t = 30)]
     safety_poll_secs: u64,
+    /// Warm spares: domains of the image and type launched last, started paused ahead
+    /// of any request, so that the next such launch is running in a fraction of a
+    /// second. Each holds an address and a small QEMU process until it is taken.
+    #[arg(long, env = "EC2LOCAL_WARM_SPARES", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=20))]
+    warm_spares: u16,
     /// Seconds a launched, started or rebooted instance has for SSH to answer before its
     /// status check is `impaired`.
     #[arg(long, env = "EC2LOCAL_STATUS_TIMEOUT_SECS", default_value_t = 300)]
@@ -127,6 +132,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     config.terminate_grace = std::time::Duration::from_secs(args.terminate_grace_secs);
     config.monitor_interval = std::time::Duration::from_secs(args.monitor_interval_secs.max(1));
     config.safety_poll_interval = std::time::Duration::from_secs(args.safety_poll_secs.max(1));
+    config.warm_spares = usize::from(args.warm_spares);
     config.status_timeout = std::time::Duration::from_secs(args.status_timeout_secs.max(1));
     config.terminal_keepalive = std::time::Duration::from_secs(args.terminal_keepalive_secs.max(1));
     config.terminal_max_sessions = args.terminal_max_sessions;

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceRow {
     pub id: String,
     pub name: String,
@@ -147,6 +147,10 @@ pub enum LaunchRefusal {
 /// the row is written, inside the transaction: whatever it takes (the launch's ticket
 /// and lock) is held before any other reader can see the row. Concurrent launches are
 /// serialised here.
+///
+/// With `warm`, a ready warm spare of the row's image and type is taken instead, if
+/// there is one: the instance gets its ID, MAC and address, and the third value is true.
+#[allow(clippy::too_many_arguments)]
 pub fn record_launch<T>(
     conn: &mut Connection,
     mut row: InstanceRow,
@@ -154,34 +158,44 @@ pub fn record_launch<T>(
     new_id: impl Fn() -> (String, String),
     pick_address: impl FnOnce(&[Ipv4Addr]) -> Option<Ipv4Addr>,
     tags: &[(String, String)],
+    warm: bool,
     claim: impl FnOnce(&str) -> T,
-) -> Result<Result<(InstanceRow, T), LaunchRefusal>, DbError> {
+) -> Result<Result<(InstanceRow, T, bool), LaunchRefusal>, DbError> {
     let tx = conn.transaction()?;
     if let Err(refused) = admit(launching_memory_mib(&tx)?) {
         return Ok(Err(LaunchRefusal::Memory(refused)));
     }
-    let (id, mac) = loop {
-        let (id, mac) = new_id();
-        if !id_exists(&tx, &id)? {
-            break (id, mac);
-        }
-    };
-    let Some(ip) = pick_address(&reserved_ips(&tx)?) else {
-        return Ok(Err(LaunchRefusal::NoAddress));
-    };
-    row.id = id;
-    row.mac_address = mac;
-    row.reserved_ip = Some(ip.to_string());
+    let spare = if warm { super::spares::take_ready(&tx, &row.image_id, &row.instance_type)? } else { None };
+    let from_spare = spare.is_some();
+    if let Some(spare) = spare {
+        row.id = spare.id;
+        row.mac_address = spare.mac_address;
+        row.reserved_ip = spare.reserved_ip;
+    } else {
+        let (id, mac) = loop {
+            let (id, mac) = new_id();
+            if !id_exists(&tx, &id)? {
+                break (id, mac);
+            }
+        };
+        let Some(ip) = pick_address(&reserved_ips(&tx)?) else {
+            return Ok(Err(LaunchRefusal::NoAddress));
+        };
+        row.id = id;
+        row.mac_address = mac;
+        row.reserved_ip = Some(ip.to_string());
+    }
     let claimed = claim(&row.id);
     insert(&tx, &row)?;
     super::tags::put(&tx, std::slice::from_ref(&row.id), tags)?;
     tx.commit()?;
-    Ok(Ok((row, claimed)))
+    Ok(Ok((row, claimed, from_spare)))
 }
 
 /// Whether an id was ever used, terminated rows included (IDs are never reused).
 pub fn id_exists(conn: &Connection, id: &str) -> Result<bool, DbError> {
-    Ok(conn.query_row("SELECT 1 FROM instances WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some())
+    Ok(conn.query_row("SELECT 1 FROM instances WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some()
+        || super::spares::id_exists(conn, id)?)
 }
 
 pub fn list(conn: &Connection, include_terminated: bool) -> Result<Vec<InstanceRow>, DbError> {
@@ -203,9 +217,12 @@ pub fn launching_memory_mib(conn: &Connection) -> Result<u64, DbError> {
     Ok(total.max(0) as u64)
 }
 
-/// The addresses currently reserved.
+/// The addresses currently reserved, warm spares' included.
 pub fn reserved_ips(conn: &Connection) -> Result<Vec<Ipv4Addr>, DbError> {
-    let mut stmt = conn.prepare("SELECT reserved_ip FROM instances WHERE reserved_ip IS NOT NULL")?;
+    let mut stmt = conn.prepare(
+        "SELECT reserved_ip FROM instances WHERE reserved_ip IS NOT NULL
+         UNION ALL SELECT reserved_ip FROM spares WHERE reserved_ip IS NOT NULL",
+    )?;
     let ips: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
     Ok(ips.iter().filter_map(|ip| ip.parse().ok()).collect())
 }

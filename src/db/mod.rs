@@ -6,6 +6,7 @@ pub mod images;
 pub mod instances;
 pub mod key_pairs;
 pub mod reservations;
+pub mod spares;
 pub mod tags;
 
 use std::os::unix::fs::PermissionsExt;
@@ -22,6 +23,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (4, include_str!("migrations/0004_status_checks.sql")),
     (5, include_str!("migrations/0005_port_forwards.sql")),
     (6, include_str!("migrations/0006_list_order.sql")),
+    (7, include_str!("migrations/0007_warm_spares.sql")),
 ];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -162,7 +164,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(tables, ["images", "instance_tags", "instances", "key_pairs", "port_forwards", "reservations"]);
+        assert_eq!(
+            tables,
+            ["images", "instance_tags", "instances", "key_pairs", "port_forwards", "reservations", "spares"]
+        );
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 

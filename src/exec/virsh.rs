@@ -178,6 +178,23 @@ impl Virsh {
     pub async fn start(&self, name: &str) -> Result<(), VirshError> {
         self.run(&["start", name]).await.map(drop)
     }
+    /// Starts QEMU with the CPUs stopped, before the firmware runs (a warm spare).
+    pub async fn start_paused(&self, name: &str) -> Result<(), VirshError> {
+        self.run(&["start", "--paused", name]).await.map(drop)
+    }
+    pub async fn resume(&self, name: &str) -> Result<(), VirshError> {
+        self.run(&["resume", name]).await.map(drop)
+    }
+    /// Has QEMU open `file` anew in the removable drive `target` (same path, new content).
+    pub async fn update_media(&self, name: &str, target: &str, file: &Path) -> Result<(), VirshError> {
+        let file = file.to_string_lossy();
+        self.run(&["change-media", name, target, &file, "--update", "--live", "--config"]).await.map(drop)
+    }
+    /// The domain's title (what `virsh list --title` shows), live and in the definition.
+    pub async fn set_title(&self, name: &str, title: &str) -> Result<(), VirshError> {
+        let title = format!("--new-desc={title}");
+        self.run(&["desc", name, "--live", "--config", "--title", &title]).await.map(drop)
+    }
     pub async fn destroy(&self, name: &str) -> Result<(), VirshError> {
         self.run(&["destroy", name]).await.map(drop)
     }

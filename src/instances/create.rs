@@ -7,7 +7,7 @@ mod launch_tests;
 mod provision;
 mod start_gate;
 
-pub(crate) use provision::RESERVATION_PATIENCE;
+pub(crate) use provision::{Boot, RESERVATION_PATIENCE};
 pub(crate) use start_gate::StartGate;
 
 use std::time::Duration;
@@ -30,8 +30,9 @@ pub const MAX_NAME_CHARS: usize = 255;
 /// How long a failed launch keeps trying to record its failure (the disk may be full).
 const RECORD_RETRY_FOR: Duration = Duration::from_secs(600);
 
-/// A recorded launch: its row, and the ownership its build holds from the first step.
-pub(super) type Recorded = (InstanceRow, (Ticket, OwnedMutexGuard<()>));
+/// A recorded launch: its row, the ownership its build holds from the first step, and
+/// whether it took a warm spare (its domain waits, paused, for its seed).
+pub(super) type Recorded = (InstanceRow, (Ticket, OwnedMutexGuard<()>), bool);
 
 impl Instances {
     /// Validates and records a launch, answers with the `pending` instance, and builds
@@ -63,6 +64,38 @@ impl Instances {
         tags: Vec<(String, String)>,
     ) -> Result<Recorded, AppError> {
         let inner = self.inner();
+        let warm = inner.config.warm_spares > 0;
+        let mut evicted = false;
+        loop {
+            let recorded = self.record_once(row.clone(), available_memory_mib, tags.clone(), warm).await?;
+            match recorded {
+                Ok(recorded) => {
+                    if warm {
+                        inner.spares.launched(&recorded.0.image_id, &recorded.0.instance_type);
+                    }
+                    return Ok(recorded);
+                }
+                Err(rows::LaunchRefusal::Memory(message)) => {
+                    return Err(InstanceError::InsufficientMemory(message).into());
+                }
+                // Warm spares never cost a launch its address: one is given up for it.
+                Err(rows::LaunchRefusal::NoAddress) if warm && !evicted && inner.discard_a_spare().await => {
+                    evicted = true;
+                }
+                Err(rows::LaunchRefusal::NoAddress) => return Err(self.pool_exhausted()),
+            }
+        }
+    }
+
+    /// One try at recording a launch (`record`).
+    async fn record_once(
+        &self,
+        row: InstanceRow,
+        available_memory_mib: u64,
+        tags: Vec<(String, String)>,
+        warm: bool,
+    ) -> Result<Result<Recorded, rows::LaunchRefusal>, AppError> {
+        let inner = self.inner();
         let min_available_memory_mib = inner.config.limits.min_available_memory_mib;
         let network = inner.deps.network.clone();
         let owner = inner.clone();
@@ -83,6 +116,7 @@ impl Instances {
                     },
                     |taken| network.first_free_address(taken),
                     &tags,
+                    warm,
                     // Owned before the row exists: the recovery pass never sees this launch
                     // without its owner, and the build holds the lock from its first step.
                     |id| {
@@ -93,19 +127,17 @@ impl Instances {
                 )
             })
             .await?;
-        match recorded {
-            Ok(recorded) => Ok(recorded),
-            Err(rows::LaunchRefusal::Memory(message)) => Err(InstanceError::InsufficientMemory(message).into()),
-            Err(rows::LaunchRefusal::NoAddress) => {
-                let config = inner.deps.network.config();
-                Err(InstanceError::AddressPoolExhausted(format!(
-                    "all {} addresses of network {} are in use; terminate an instance first",
-                    config.dhcp_size(),
-                    config.name
-                ))
-                .into())
-            }
-        }
+        Ok(recorded)
+    }
+
+    fn pool_exhausted(&self) -> AppError {
+        let config = self.inner().deps.network.config();
+        InstanceError::AddressPoolExhausted(format!(
+            "all {} addresses of network {} are in use; terminate an instance first",
+            config.dhcp_size(),
+            config.name
+        ))
+        .into()
     }
 
     /// Builds the recorded instance; a failure undoes the build and says why on the row.
@@ -114,12 +146,18 @@ impl Instances {
         row: InstanceRow,
         image: Image,
         (ticket, guard): (Ticket, OwnedMutexGuard<()>),
+        from_spare: bool,
         steps: LaunchSteps,
     ) {
         let inner = self.inner().clone();
         tokio::spawn(async move {
             let _guard = guard;
-            match inner.provision(&row, &image, &steps).await {
+            let built = if from_spare {
+                inner.hand_over_spare(&row, &steps).await.map(|()| false)
+            } else {
+                inner.provision(&row, &image, &steps, Boot::Now).await
+            };
+            match built {
                 Ok(reserve_later) => {
                     let finish = inner.transition(&row.id, Status::LAUNCHING, Event::Finished, None);
                     let finished = steps.time(&row.id, "finish", finish).await;
@@ -133,6 +171,13 @@ impl Instances {
                             ticket.done();
                             if reserve_later {
                                 inner.reserve_late(&row, &steps).await;
+                            }
+                            // A spare was defined before its name was known.
+                            if from_spare && !row.name.is_empty() {
+                                let titled = inner.deps.virsh.set_title(&row.id, &row.name).await;
+                                if let Err(e) = titled {
+                                    tracing::warn!(instance = %row.id, error = %e, "could not set the domain's title");
+                                }
                             }
                         }
                         // Terminated while it was being built: the terminate runs next.

@@ -17,6 +17,7 @@ pub mod types;
 pub(crate) mod actions;
 mod cleanup;
 pub mod run;
+mod spares;
 mod status_round;
 pub mod tags;
 
@@ -146,6 +147,8 @@ pub struct InstancesConfig {
     pub monitor_interval: Duration,
     /// How often a full look is taken even though no event asked for one.
     pub safety_poll: Duration,
+    /// How many warm spares to keep (`spares`).
+    pub warm_spares: usize,
     pub tool_timeout: Duration,
     /// The user libvirt runs QEMU as, when it is not the service's own (system daemon):
     /// it must reach the data dir before a launch or start is accepted.
@@ -178,6 +181,8 @@ pub(crate) struct Inner {
     watch: Arc<events::Watch>,
     /// Starts in flight, which late DHCP reservations wait for.
     starts: create::StartGate,
+    /// What the warm spares are kept for.
+    spares: spares::Wanted,
 }
 
 /// Proof that this process owns work on an instance; released on drop. A ticket
@@ -249,6 +254,7 @@ impl Instances {
                 checks: Default::default(),
                 watch: Arc::default(),
                 starts: Default::default(),
+                spares: Default::default(),
             }),
         }
     }

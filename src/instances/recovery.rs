@@ -168,8 +168,14 @@ impl Inner {
 impl Inner {
     async fn recover(&self, row: &InstanceRow) -> Result<(), AppError> {
         let status = status_of(row);
-        let domain = Domain::from_domstate(self.deps.virsh.domstate_if_defined(&row.id).await?.as_deref());
-        let decision = decide(status, domain, row.launched_at.is_some());
+        let domstate = self.deps.virsh.domstate_if_defined(&row.id).await?;
+        let domain = Domain::from_domstate(domstate.as_deref());
+        let decision = match (status.task, domstate.as_deref()) {
+            // A launch that took a warm spare, cut off before its guest resumed: the
+            // guest never ran (its seed may not be in), so the launch is undone.
+            (Some(Task::Launching), Some("paused")) if row.launched_at.is_none() => Recovery::UndoLaunch,
+            _ => decide(status, domain, row.launched_at.is_some()),
+        };
         if decision != Recovery::Leave {
             tracing::warn!(instance = %row.id, %status, ?domain, ?decision, "settling work cut short by a restart or an outage");
         }
@@ -325,7 +331,7 @@ mod tests {
 
         use crate::error::AppError;
         use crate::exec::scripted::Scripted;
-        use crate::instances::testbench::{ID, IP, LIBVIRT_DOWN, MAC, NETWORK_XML, instances_over};
+        use crate::instances::testbench::{ID, IP, LIBVIRT_DOWN, MAC, NETWORK_INFO, NETWORK_XML, instances_over};
 
         // REQ-REL-001
         #[tokio::test]
@@ -343,6 +349,29 @@ mod tests {
             bench.instances.recover_interrupted().await.unwrap();
             let row = bench.row().await;
             assert_eq!((row.state.as_str(), row.task), ("running", None));
+        }
+
+        // REQ-REL-001, issue 17: a launch that took a warm spare and was cut off before
+        // its guest resumed is undone, not taken for running: its guest never ran, and
+        // its seed may not be in.
+        #[tokio::test]
+        async fn a_launch_cut_off_before_its_spare_resumed_is_undone() {
+            let script = Scripted::default()
+                .ok(" domstate ", "paused\n")
+                .ok(" destroy ", "")
+                .ok(" undefine ", "")
+                .ok(" net-info ", NETWORK_INFO)
+                .ok("net-dumpxml", NETWORK_XML)
+                .ok("net-update", "");
+            let bench =
+                instances_over(script, Duration::from_secs(1)).with_busy_instance("pending", Some("launching")).await;
+            bench.instances.recover_interrupted().await.unwrap();
+            let row = bench.row().await;
+            assert_eq!((row.state.as_str(), row.task.as_deref()), ("error", None), "{row:?}");
+            assert!(row.state_reason.unwrap().contains("restarted before the instance was built"));
+            let calls = bench.script.calls();
+            assert!(calls.iter().any(|c| c.contains(" destroy ")), "{calls:?}");
+            assert!(!calls.iter().any(|c| c.contains(" resume ")), "{calls:?}");
         }
 
         // REQ-REL-001, REQ-REL-003

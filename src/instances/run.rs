@@ -109,10 +109,10 @@ impl Instances {
             row.disable_api_stop = run.disable_api_stop;
             let steps = steps.fork();
             match steps.time("", "record", self.record(row, available_memory_mib, other_tags.clone())).await {
-                Ok((row, ownership)) => {
-                    tracing::info!(instance = %row.id, reservation = %reservation_id, instance_type = %row.instance_type, image = %row.image_name, "launch accepted");
+                Ok((row, ownership, from_spare)) => {
+                    tracing::info!(instance = %row.id, reservation = %reservation_id, instance_type = %row.instance_type, image = %row.image_name, warm_spare = from_spare, "launch accepted");
                     instances.push(self.inner().describe(row.clone()));
-                    self.build_in_background(row, image.clone(), ownership, steps);
+                    self.build_in_background(row, image.clone(), ownership, from_spare, steps);
                 }
                 Err(e) => {
                     refusal = Some(e);

@@ -61,6 +61,7 @@ pub fn config(timeout: Duration) -> InstancesConfig {
         terminate_grace: timeout,
         monitor_interval: Duration::from_secs(3600),
         safety_poll: Duration::from_secs(3600),
+        warm_spares: 0,
         tool_timeout: Duration::from_secs(5),
         qemu_user: None,
         status_timeout: Duration::from_secs(300),

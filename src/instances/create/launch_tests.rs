@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::LaunchSteps;
+use super::{Boot, LaunchSteps};
 use crate::db::images::ImageRow;
 use crate::error::AppError;
 use crate::exec::scripted::Scripted;
@@ -149,7 +149,7 @@ async fn a_failed_concurrent_step_leaves_no_reservation_files_domain_or_busy_row
     let inner = bench.instances.inner();
     let row = bench.row().await;
 
-    let err = inner.provision(&row, &missing_image(), &LaunchSteps::start()).await.unwrap_err();
+    let err = inner.provision(&row, &missing_image(), &LaunchSteps::start(), Boot::Now).await.unwrap_err();
     assert!(err.to_string().contains("qemu-img"), "the overlay failed: {err}");
     assert_eq!(bench.script.count("add-last"), 1, "the reservation ran to its end: {:?}", bench.script.calls());
     assert_eq!(bench.script.count(" define ") + bench.script.count(" start "), 0, "{:?}", bench.script.calls());
@@ -186,7 +186,7 @@ async fn on_a_known_hosts_only_network_the_reservation_follows_the_start() {
     assert_eq!(first, Some(std::net::Ipv4Addr::new(192, 168, 100, 11)), "{known_only}");
 
     let row = bench.row().await;
-    let err = inner.provision(&row, &missing_image(), &LaunchSteps::start()).await.unwrap_err();
+    let err = inner.provision(&row, &missing_image(), &LaunchSteps::start(), Boot::Now).await.unwrap_err();
     assert!(err.to_string().contains("qemu-img"), "the overlay failed: {err}");
     assert_eq!(bench.script.count("net-update"), 0, "no reservation before the start: {:?}", bench.script.calls());
 }

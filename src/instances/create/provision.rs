@@ -13,6 +13,37 @@ use crate::ids::InstanceId;
 use crate::images::Image;
 use crate::instances::{Inner, blocking};
 use crate::render::{self, DomainSpec, cloud_init};
+use std::path::Path;
+
+/// The length of a warm spare's seed placeholder: more than any seed (a seed with 16 KiB
+/// of user data is under 400 KiB), sparse on disk.
+const SPARE_SEED_BYTES: u64 = 4 << 20;
+
+/// Writes the seed `fresh` into the placeholder `cidata` in place: QEMU holds the file
+/// open, with its length read at start, and the paused guest has read none of it. The
+/// rest of the placeholder stays zeros, past the end of the ISO's volume. False (nothing
+/// written) when the seed is longer than the placeholder.
+fn fill_placeholder(fresh: &Path, cidata: &Path) -> std::io::Result<bool> {
+    use std::io::Write;
+    let seed = std::fs::read(fresh)?;
+    let mut file = std::fs::OpenOptions::new().write(true).open(cidata)?;
+    if seed.len() as u64 > file.metadata()?.len() {
+        return Ok(false);
+    }
+    file.write_all(&seed)?;
+    file.sync_data()?;
+    std::fs::remove_file(fresh)?;
+    Ok(true)
+}
+
+/// How a provisioned domain is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Boot {
+    /// Booted now, with its seed.
+    Now,
+    /// A warm spare: QEMU up and paused before the firmware runs, its seed a placeholder.
+    Paused,
+}
 
 /// How long a reservation, or its removal, waits for launches in flight before it goes
 /// ahead.
@@ -21,11 +52,12 @@ pub(crate) const RESERVATION_PATIENCE: std::time::Duration = std::time::Duration
 impl Inner {
     /// Builds the disk, seed and domain, reserves the address, defines and starts.
     /// Returns whether the reservation is still to be made (`reserve_late`).
-    pub(super) async fn provision(
+    pub(crate) async fn provision(
         &self,
         row: &InstanceRow,
         image: &Image,
         steps: &LaunchSteps,
+        boot: Boot,
     ) -> Result<bool, AppError> {
         let reserve_later = self.deps.network.reserves_after_start();
         // From the first step: a launch a little behind the others must not find its
@@ -40,7 +72,13 @@ impl Inner {
         // after the cleanup has run (a file, a reservation) would be left behind.
         let (disk, seed, address) = tokio::join!(
             steps.time(&row.id, "overlay", self.make_disk(row, image, &id)),
-            steps.time(&row.id, "seed_iso", self.make_seed(row, &id)),
+            async {
+                match boot {
+                    Boot::Now => steps.time(&row.id, "seed_iso", self.make_seed(row, &id)).await,
+                    // A spare's seed is written when a launch takes it, into this file.
+                    Boot::Paused => self.make_seed_placeholder(&id).await,
+                }
+            },
             async {
                 if reserve_later {
                     return Ok(());
@@ -53,9 +91,46 @@ impl Inner {
         crate::failpoint::pause("launch.before-define").await;
         steps.time(&row.id, "define", self.deps.virsh.define(&xml_file)).await?;
         crate::failpoint::pause("launch.before-start").await;
-        steps.time(&row.id, "start", self.deps.virsh.start(&row.id)).await?;
+        match boot {
+            Boot::Now => steps.time(&row.id, "start", self.deps.virsh.start(&row.id)).await?,
+            Boot::Paused => steps.time(&row.id, "start", self.deps.virsh.start_paused(&row.id)).await?,
+        }
         drop(starting);
         Ok(reserve_later)
+    }
+
+    /// A launch that took a warm spare (`spares`): its domain is up, paused before the
+    /// firmware ran, with a seed file of zeros the guest has not read. The seed is
+    /// written into that file, and the guest boots.
+    pub(crate) async fn hand_over_spare(&self, row: &InstanceRow, steps: &LaunchSteps) -> Result<(), AppError> {
+        let id = Self::instance_id(row)?;
+        let fresh = self.deps.paths.instance_cidata_next(&id);
+        steps.time(&row.id, "seed_iso", self.make_seed_at(row, &id, &fresh)).await?;
+        let cidata = self.deps.paths.instance_cidata(&id);
+        let filled = blocking({
+            let (fresh, cidata) = (fresh.clone(), cidata.clone());
+            move || fill_placeholder(&fresh, &cidata)
+        });
+        if !steps.time(&row.id, "write_seed", filled).await? {
+            // Bigger than the placeholder (never with today's tools): QEMU opens the file anew.
+            blocking({
+                let (fresh, cidata) = (fresh.clone(), cidata.clone());
+                move || std::fs::rename(fresh, cidata)
+            })
+            .await?;
+            let target = self.deps.platform.cdrom_target;
+            steps.time(&row.id, "insert_seed", self.deps.virsh.update_media(&row.id, target, &cidata)).await?;
+        }
+        steps.time(&row.id, "domain_xml", self.write_domain_xml(row, &id)).await?;
+        crate::failpoint::pause("launch.before-resume").await;
+        steps.time(&row.id, "resume", self.deps.virsh.resume(&row.id)).await?;
+        Ok(())
+    }
+
+    /// A warm spare's seed file: zeros, sparse, as long as any seed (`SPARE_SEED_BYTES`).
+    async fn make_seed_placeholder(&self, id: &InstanceId) -> Result<(), AppError> {
+        let cidata = self.deps.paths.instance_cidata(id);
+        blocking(move || std::fs::File::create(cidata)?.set_len(SPARE_SEED_BYTES)).await
     }
 
     /// The reservation of an instance that already runs; its guest's DHCP requests go
@@ -88,6 +163,10 @@ impl Inner {
 
     /// The NoCloud seed ISO; the files it is packed from are removed once it is made.
     async fn make_seed(&self, row: &InstanceRow, id: &InstanceId) -> Result<(), AppError> {
+        self.make_seed_at(row, id, &self.deps.paths.instance_cidata(id)).await
+    }
+
+    async fn make_seed_at(&self, row: &InstanceRow, id: &InstanceId, output: &Path) -> Result<(), AppError> {
         let seed_dir = self.deps.paths.instance_seed_dir(id);
         let seed = cloud_init::SeedSpec {
             instance_id: row.id.clone(),
@@ -106,13 +185,13 @@ impl Inner {
         })
         .await?;
         let tool = self.deps.iso_tool.expect("checked at launch");
-        iso::build_cidata(tool, &seed_dir, &self.deps.paths.instance_cidata(id), self.config.tool_timeout).await?;
+        iso::build_cidata(tool, &seed_dir, output, self.config.tool_timeout).await?;
         blocking(move || std::fs::remove_dir_all(&seed_dir)).await?;
         Ok(())
     }
 
     /// The address picked when the launch was recorded, pinned in the DHCP server.
-    async fn reserve_address(&self, row: &InstanceRow) -> Result<(), AppError> {
+    pub(crate) async fn reserve_address(&self, row: &InstanceRow) -> Result<(), AppError> {
         match Self::dhcp_host(row) {
             Some(host) => self.deps.network.reserve(&host).await,
             None => Ok(()),
@@ -141,5 +220,32 @@ impl Inner {
         let target = xml_file.clone();
         blocking(move || std::fs::write(&target, xml)).await?;
         Ok(xml_file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 17: a spare's seed goes into the file QEMU holds open, in place: same file,
+    // same length, the seed at its start and zeros after it.
+    #[test]
+    fn a_seed_fills_the_placeholder_in_place_and_a_longer_one_is_left_to_the_caller() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (fresh, cidata) = (dir.path().join("new.iso"), dir.path().join("cloud-init.iso"));
+        std::fs::File::create(&cidata).unwrap().set_len(8192).unwrap();
+        let inode = std::fs::metadata(&cidata).unwrap().ino();
+        std::fs::write(&fresh, b"CD001 cidata").unwrap();
+        assert!(fill_placeholder(&fresh, &cidata).unwrap());
+        let written = std::fs::read(&cidata).unwrap();
+        assert_eq!((written.len(), &written[..12]), (8192, &b"CD001 cidata"[..]));
+        assert!(written[12..].iter().all(|b| *b == 0));
+        assert_eq!(std::fs::metadata(&cidata).unwrap().ino(), inode, "the file QEMU holds");
+        assert!(!fresh.exists());
+
+        std::fs::write(&fresh, vec![1u8; 8193]).unwrap();
+        assert!(!fill_placeholder(&fresh, &cidata).unwrap(), "longer than the placeholder");
+        assert_eq!(std::fs::read(&cidata).unwrap(), written, "untouched");
     }
 }

@@ -1,0 +1,315 @@
+//! Warm spares (issue 17, item 1): `--warm-spares N` keeps N domains of the image and
+//! type launched last, built and started paused before any request: overlay, address
+//! reservation, definition, QEMU up with its CPUs stopped before the firmware ran, and
+//! an empty CD-ROM drive. A launch of that image and type takes one (`record_launch`,
+//! in its transaction) and only hands over the rest (`hand_over_spare`): its seed goes
+//! into the drive and the guest resumes, so it runs in tens of milliseconds instead of
+//! libvirt's half-second start. The instance gets the spare's ID, MAC and address.
+//!
+//! Spares live in their own table, never in the instance list, and nothing of a user's
+//! is in them. What an earlier run left (a crash, a stop) is discarded at start-up; a
+//! launch that finds no address gets one given up by a spare; an image's spares go
+//! before the image.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::create::{Boot, LaunchSteps, RESERVATION_PATIENCE};
+use super::{Inner, Instances, LaunchRequest, types};
+use crate::db::instances::InstanceRow;
+use crate::db::spares::{self, SpareRow};
+use crate::error::AppError;
+use crate::ids::InstanceId;
+use crate::images::Image;
+
+/// How long a launch that needs a spare's address waits for one being built or discarded.
+const SPARE_GIVES_WAY_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long the keeper waits after a spare could not be made (libvirt away, no disk).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// What spares are kept of: the image and type launched last.
+#[derive(Default)]
+pub(crate) struct Wanted {
+    last: Mutex<Option<(String, String)>>,
+    wake: Notify,
+    /// Held while a spare is built: the shutdown waits for it, then builds none.
+    building: tokio::sync::Mutex<()>,
+    closing: AtomicBool,
+}
+
+impl Wanted {
+    /// A launch of `image_id` × `instance_type` was recorded: keep spares of it.
+    pub(crate) fn launched(&self, image_id: &str, instance_type: &str) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((image_id.into(), instance_type.into()));
+        self.wake.notify_one();
+    }
+
+    fn get(&self) -> Option<(String, String)> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn forget(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Instances {
+    /// Discards what an earlier run left, then (with `--warm-spares`) keeps the spares.
+    pub fn spawn_spare_keeper(&self) {
+        let inner = self.inner().clone();
+        tokio::spawn(async move {
+            while let Err(e) = inner.discard_leftover_spares().await {
+                tracing::warn!(error = %e, "could not discard the warm spares an earlier run left; retrying");
+                tokio::time::sleep(inner.config.monitor_interval.max(Duration::from_secs(5))).await;
+            }
+            if inner.config.warm_spares == 0 {
+                return;
+            }
+            inner.want_spares_of_the_last_launch().await;
+            loop {
+                let wait = match inner.keep_spares().await {
+                    Ok(()) => inner.config.safety_poll,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not make a warm spare; trying again later");
+                        RETRY_AFTER_FAILURE
+                    }
+                };
+                let _ = tokio::time::timeout(wait, inner.spares.wake.notified()).await;
+            }
+        });
+    }
+
+    /// The spares of an image are given up before it is deleted: they hold it open.
+    pub async fn discard_spares_of_image(&self, image_id_or_name: &str) -> Result<(), AppError> {
+        let inner = self.inner();
+        let Ok(image) = inner.deps.images.get(image_id_or_name).await else { return Ok(()) };
+        let image_id = image.row.id;
+        let taken =
+            inner.deps.db.call(move |c| spares::take_for_discarding(c, |s| s.image_id == image_id, false)).await?;
+        for spare in taken {
+            inner.discard_spare(spare).await?;
+        }
+        Ok(())
+    }
+
+    /// At shutdown: no spare is built any more, and those there are go, so that no
+    /// paused QEMU outlives the service (a crash leaves them to the next start).
+    pub async fn discard_spares_at_shutdown(&self) {
+        let inner = self.inner();
+        inner.spares.closing.store(true, Ordering::SeqCst);
+        let _no_build = inner.spares.building.lock().await;
+        match inner.deps.db.call(|c| spares::take_for_discarding(c, |_| true, true)).await {
+            Ok(taken) => {
+                for spare in taken {
+                    if let Err(e) = inner.discard_spare(spare).await {
+                        tracing::warn!(error = %e, "a warm spare is left for the next start to discard");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "warm spares are left for the next start to discard"),
+        }
+    }
+
+    /// The warm spares there are, ready or being built.
+    pub async fn spares(&self) -> Result<Vec<SpareRow>, AppError> {
+        Ok(self.inner().deps.db.call(|c| spares::list(c)).await?)
+    }
+}
+
+impl Inner {
+    /// At start-up every spare row is an earlier run's: its domain may be paused, shut
+    /// off (the host rebooted) or half made.
+    async fn discard_leftover_spares(&self) -> Result<(), AppError> {
+        let taken = self.deps.db.call(|c| spares::take_for_discarding(c, |_| true, true)).await?;
+        for spare in taken {
+            tracing::info!(spare = %spare.id, "discarding a warm spare an earlier run left");
+            self.discard_spare(spare).await?;
+        }
+        Ok(())
+    }
+
+    /// A restarted service keeps spares of what was launched last before it stopped.
+    async fn want_spares_of_the_last_launch(&self) {
+        if self.spares.get().is_some() {
+            return;
+        }
+        if let Ok(rows) = self.deps.db.call(|c| crate::db::instances::list(c, true)).await
+            && let Some(last) = rows.iter().max_by(|a, b| a.created_at.cmp(&b.created_at))
+        {
+            *self.spares.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((last.image_id.clone(), last.instance_type.clone()));
+        }
+    }
+
+    /// Makes spares of the wanted image and type until there are `warm_spares`, giving
+    /// up spares of anything else to stay within that number.
+    async fn keep_spares(self: &Arc<Self>) -> Result<(), AppError> {
+        let wanted = self.config.warm_spares;
+        loop {
+            let Some((image_id, type_name)) = self.spares.get() else { return Ok(()) };
+            let all = self.deps.db.call(|c| spares::list(c)).await?;
+            let kept: Vec<&SpareRow> = all.iter().filter(|s| s.state != "discarding").collect();
+            let of_wanted = kept.iter().filter(|s| s.image_id == image_id && s.instance_type == type_name).count();
+            if of_wanted >= wanted {
+                return Ok(());
+            }
+            if kept.len() >= wanted {
+                let (image, ty) = (image_id.clone(), type_name.clone());
+                let other = move |s: &SpareRow| s.image_id != image || s.instance_type != ty;
+                let taken =
+                    self.deps.db.call(move |c| spares::take_for_discarding(c, only_first(other), false)).await?;
+                if taken.is_empty() {
+                    return Ok(());
+                }
+                for spare in taken {
+                    self.discard_spare(spare).await?;
+                }
+                continue;
+            }
+            let image = match self.deps.images.resolve_for_launch(&image_id).await {
+                Ok(image) => image,
+                // Deleted, or its file is gone: nothing to keep spares of.
+                Err(_) => {
+                    self.spares.forget();
+                    return Ok(());
+                }
+            };
+            let Some(instance_type) = types::find(&type_name) else {
+                self.spares.forget();
+                return Ok(());
+            };
+            Instances { inner: self.clone() }.check_host(&instance_type).await?;
+            let _building = self.spares.building.lock().await;
+            if self.spares.closing.load(Ordering::SeqCst) || !self.build_spare(&image, &instance_type).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Builds one spare; false when the network has no address to give it.
+    async fn build_spare(&self, image: &Image, instance_type: &types::InstanceType) -> Result<bool, AppError> {
+        let network = self.deps.network.clone();
+        let (image_id, type_name) = (image.row.id.clone(), instance_type.name.to_string());
+        // One address is always left for a launch: a spare never makes one wait.
+        let recorded = self
+            .deps
+            .db
+            .call(move |c| {
+                spares::record(
+                    c,
+                    &image_id,
+                    &type_name,
+                    || {
+                        let id = InstanceId::random();
+                        (id.to_string(), id.mac_address())
+                    },
+                    |taken| {
+                        let first = network.first_free_address(taken)?;
+                        let mut more = taken.to_vec();
+                        more.push(first);
+                        network.first_free_address(&more).map(|_| first)
+                    },
+                )
+            })
+            .await?;
+        let Some(spare) = recorded else { return Ok(false) };
+        let row = self.spare_row(&spare, image, instance_type);
+        let steps = LaunchSteps::start();
+        let built = async {
+            if self.provision(&row, image, &steps, Boot::Paused).await? {
+                self.starts.after_starts(RESERVATION_PATIENCE, self.reserve_address(&row)).await?;
+            }
+            Ok::<_, AppError>(())
+        }
+        .await;
+        match built {
+            Ok(()) => {
+                let id = spare.id.clone();
+                self.deps.db.call(move |c| spares::set_state(c, &id, "building", "ready")).await?;
+                steps.log_summary(&spare.id, "warm spare");
+                tracing::info!(spare = %spare.id, image = %image.row.name, instance_type = %instance_type.name, "warm spare ready");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(spare = %spare.id, error = %e, "a warm spare could not be made; removing it");
+                let id = spare.id.clone();
+                self.deps.db.call(move |c| spares::set_state(c, &id, "building", "discarding")).await?;
+                self.discard_spare(spare).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives up a spare's address for a launch that found none free; false if there is
+    /// no spare. A spare being built is waited for until it is ready and can be given
+    /// up, one being discarded until it is gone.
+    pub(crate) async fn discard_a_spare(&self) -> bool {
+        let deadline = std::time::Instant::now() + SPARE_GIVES_WAY_WITHIN;
+        let mut first_count = None;
+        loop {
+            let taken =
+                self.deps.db.call(|c| spares::take_for_discarding(c, only_first(|_: &SpareRow| true), false)).await;
+            if let Some(spare) = taken.ok().and_then(|mut taken| taken.pop()) {
+                let id = spare.id.clone();
+                return match self.discard_spare(spare).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(spare = %id, error = %e, "could not give up a warm spare");
+                        false
+                    }
+                };
+            }
+            let Ok(left) = self.deps.db.call(|c| spares::list(c)).await else { return false };
+            let first = *first_count.get_or_insert(left.len());
+            if left.len() < first {
+                return true;
+            }
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Removes a spare taken for discarding: domain, files, reservation, then its row.
+    async fn discard_spare(&self, spare: SpareRow) -> Result<(), AppError> {
+        let row = InstanceRow {
+            id: spare.id.clone(),
+            mac_address: spare.mac_address.clone(),
+            reserved_ip: spare.reserved_ip.clone(),
+            ..InstanceRow::default()
+        };
+        self.remove_resources(&row).await.map_err(|left| {
+            tracing::warn!(spare = %spare.id, error = %left, "a warm spare could not be removed yet");
+            left.cause
+        })?;
+        let id = spare.id.clone();
+        self.deps.db.call(move |c| spares::delete(c, &id)).await?;
+        Ok(())
+    }
+
+    /// The instance row a spare is built as: no name, key or user data (those come with
+    /// the launch that takes it).
+    fn spare_row(&self, spare: &SpareRow, image: &Image, instance_type: &types::InstanceType) -> InstanceRow {
+        InstanceRow {
+            id: spare.id.clone(),
+            mac_address: spare.mac_address.clone(),
+            reserved_ip: spare.reserved_ip.clone(),
+            ..super::create::new_row(LaunchRequest::default(), instance_type, image, None)
+        }
+    }
+}
+
+/// `pick` for the first spare it accepts, and no other.
+fn only_first(pick: impl Fn(&SpareRow) -> bool) -> impl FnMut(&SpareRow) -> bool {
+    let mut picked = false;
+    move |spare| {
+        let take = !picked && pick(spare);
+        picked |= take;
+        take
+    }
+}
