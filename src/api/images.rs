@@ -225,7 +225,7 @@ impl ImagesApi {
     /// instances that are not terminated use it.
     #[oai(path = "/:id", method = "delete")]
     async fn delete(&self, app: Data<&Arc<App>>, id: Path<String>) -> Result<ImageDeleted, ApiError> {
-        app.instances.discard_spares_of_image(&id.0).await?;
+        let _no_spares = app.instances.without_spares_of_image(&id.0).await?;
         app.images.delete(&id.0).await?;
         Ok(ImageDeleted::NoContent)
     }

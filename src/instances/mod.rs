@@ -181,8 +181,8 @@ pub(crate) struct Inner {
     watch: Arc<events::Watch>,
     /// Starts in flight, which late DHCP reservations wait for.
     starts: create::StartGate,
-    /// What the warm spares are kept for.
-    spares: spares::Wanted,
+    /// What the warm spares are kept of.
+    spares: Arc<spares::Wanted>,
 }
 
 /// Proof that this process owns work on an instance; released on drop. A ticket

@@ -60,17 +60,26 @@ impl Wanted {
 impl Instances {
     /// Discards what an earlier run left, then (with `--warm-spares`) keeps the spares.
     pub fn spawn_spare_keeper(&self) {
-        let inner = self.inner().clone();
+        let weak = Arc::downgrade(self.inner());
+        let wanted = self.inner().spares.clone();
         tokio::spawn(async move {
-            while let Err(e) = inner.discard_leftover_spares().await {
-                tracing::warn!(error = %e, "could not discard the warm spares an earlier run left; retrying");
-                tokio::time::sleep(inner.config.monitor_interval.max(Duration::from_secs(5))).await;
-            }
-            if inner.config.warm_spares == 0 {
-                return;
-            }
-            inner.want_spares_of_the_last_launch().await;
             loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let Err(e) = inner.discard_leftover_spares().await else { break };
+                tracing::warn!(error = %e, "could not discard the warm spares an earlier run left; retrying");
+                let wait = inner.config.safety_poll;
+                drop(inner);
+                tokio::time::sleep(wait).await;
+            }
+            let mut first = true;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.config.warm_spares == 0 {
+                    return;
+                }
+                if std::mem::take(&mut first) {
+                    inner.want_spares_of_the_last_launch().await;
+                }
                 let wait = match inner.keep_spares().await {
                     Ok(()) => inner.config.safety_poll,
                     Err(e) => {
@@ -78,22 +87,28 @@ impl Instances {
                         RETRY_AFTER_FAILURE
                     }
                 };
-                let _ = tokio::time::timeout(wait, inner.spares.wake.notified()).await;
+                drop(inner);
+                let _ = tokio::time::timeout(wait, wanted.wake.notified()).await;
             }
         });
     }
 
-    /// The spares of an image are given up before it is deleted: they hold it open.
-    pub async fn discard_spares_of_image(&self, image_id_or_name: &str) -> Result<(), AppError> {
+    /// The spares of an image are given up before it is deleted (they hold it open), and
+    /// none is built while the guard returned lives: the caller deletes the image under it.
+    pub async fn without_spares_of_image(
+        &self,
+        image_id_or_name: &str,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, AppError> {
         let inner = self.inner();
-        let Ok(image) = inner.deps.images.get(image_id_or_name).await else { return Ok(()) };
+        let no_build = inner.spares.building.lock().await;
+        let Ok(image) = inner.deps.images.get(image_id_or_name).await else { return Ok(no_build) };
         let image_id = image.row.id;
         let taken =
             inner.deps.db.call(move |c| spares::take_for_discarding(c, |s| s.image_id == image_id, false)).await?;
         for spare in taken {
             inner.discard_spare(spare).await?;
         }
-        Ok(())
+        Ok(no_build)
     }
 
     /// At shutdown: no spare is built any more, and those there are go, so that no
@@ -170,6 +185,8 @@ impl Inner {
                 }
                 continue;
             }
+            // Under the lock an image's deletion holds (`without_spares_of_image`).
+            let _building = self.spares.building.lock().await;
             let image = match self.deps.images.resolve_for_launch(&image_id).await {
                 Ok(image) => image,
                 // Deleted, or its file is gone: nothing to keep spares of.
@@ -183,7 +200,6 @@ impl Inner {
                 return Ok(());
             };
             Instances { inner: self.clone() }.check_host(&instance_type).await?;
-            let _building = self.spares.building.lock().await;
             if self.spares.closing.load(Ordering::SeqCst) || !self.build_spare(&image, &instance_type).await? {
                 return Ok(());
             }
