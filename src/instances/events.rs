@@ -4,7 +4,7 @@
 //! safety net, and for the DHCP leases of running guests that have no address yet; an
 //! idle service spawns no process per tick. While it is down, every tick is a full look.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -35,27 +35,9 @@ pub struct Watch {
     /// before it, or the last look failed.
     dirty: AtomicBool,
     last_full: Mutex<Option<Instant>>,
-    /// What events said since the monitor last took them.
-    heard: Mutex<Heard>,
-    wake: Notify,
-}
-
-/// What libvirt's events said about `i-…` domains since the monitor last asked. Only
-/// the monitor knows which of them are this service's: another service on the same
-/// libvirt, or a user's own domain named like ours, must not cost a full look.
-#[derive(Debug, Default)]
-pub struct Heard {
-    /// Every domain an event named.
-    pub domains: HashSet<String>,
     /// The state each domain's last event implies, not yet applied (see `implied_state`).
-    pub implied: HashMap<String, Option<&'static str>>,
-}
-
-impl Heard {
-    /// Whether any event named one of `ids`.
-    pub fn names_any<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> bool {
-        ids.any(|id| self.domains.contains(id))
-    }
+    pending: Mutex<HashMap<String, Option<&'static str>>>,
+    wake: Notify,
 }
 
 /// The domain state a lifecycle event implies, as `virsh list` prints it (None: the
@@ -74,8 +56,8 @@ pub fn implied_state(kind: &str) -> Option<Option<&'static str>> {
 }
 
 impl Watch {
-    /// The next tick's look, and the start of a full one. `heard_of_ours`: an event named
-    /// one of the service's instances, and a full look confirms what it implied.
+    /// The next tick's look, and the start of a full one. `heard_of_ours`: an event
+    /// implied a state of one of the service's instances, and a full look confirms it.
     pub fn plan(&self, safety_poll: Duration, awaiting_address: bool, heard_of_ours: bool) -> Look {
         let now = Instant::now();
         let mut last_full = self.last_full.lock().unwrap_or_else(|p| p.into_inner());
@@ -93,16 +75,17 @@ impl Watch {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
-    /// An event about a domain named like the service's: the monitor wakes, applies
-    /// what it implies at once if the domain is one of its own, and looks to confirm.
+    /// An event about a domain named like the service's: what it implies is applied at
+    /// once if the domain is one of the service's own, and a full look confirms it.
+    /// Only the monitor knows which domains are its own: another service's on the same
+    /// libvirt, or a user's own named like ours, must not cost it a look. An event that
+    /// implies no state (`Shutdown`, which comes just before `Stopped`; `Defined`) does
+    /// not wake it: a look between the two would find the change before its event.
     pub fn domain_event(&self, domain: &str, kind: &str) {
-        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        heard.domains.insert(domain.to_string());
         if let Some(state) = implied_state(kind) {
-            heard.implied.insert(domain.to_string(), state);
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(domain.to_string(), state);
+            self.wake.notify_one();
         }
-        drop(heard);
-        self.wake.notify_one();
     }
 
     /// Something changed: look now.
@@ -112,9 +95,9 @@ impl Watch {
         self.wake.notify_one();
     }
 
-    /// What events said since the last call.
-    pub fn take_heard(&self) -> Heard {
-        std::mem::take(&mut *self.heard.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The domain states events implied since the last call.
+    pub fn take_pending(&self) -> HashMap<String, Option<&'static str>> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The stream is up; what happened before it started is caught by a full look at
@@ -233,13 +216,11 @@ mod tests {
         watch.domain_event("i-1a2b3c4d", "Started");
         watch.domain_event("i-0000beef", "Undefined");
         watch.domain_event("i-0000cafe", "Defined");
-        let heard = watch.take_heard();
-        assert_eq!(heard.implied.get("i-1a2b3c4d"), Some(&Some("running")));
-        assert_eq!(heard.implied.get("i-0000beef"), Some(&None));
-        assert_eq!(heard.implied.get("i-0000cafe"), None, "a definition says nothing about the state");
-        assert!(heard.names_any(["i-0000cafe"].into_iter()), "but it names the domain");
-        assert!(!heard.names_any(["i-0000f00d"].into_iter()));
-        assert!(watch.take_heard().domains.is_empty());
+        let pending = watch.take_pending();
+        assert_eq!(pending.get("i-1a2b3c4d"), Some(&Some("running")));
+        assert_eq!(pending.get("i-0000beef"), Some(&None));
+        assert_eq!(pending.get("i-0000cafe"), None, "a definition says nothing about the state");
+        assert!(watch.take_pending().is_empty());
         assert_eq!(watch.plan(SAFETY, false, false), Look::Full, "the stream's start is caught up");
         assert_eq!(watch.plan(SAFETY, false, false), Look::Nothing, "events alone ask for no look");
         assert_eq!(watch.plan(SAFETY, false, true), Look::Full, "events about the service's own do");

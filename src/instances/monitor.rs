@@ -100,12 +100,12 @@ impl Inner {
     /// One tick: the look the watch says is due, often none.
     async fn monitor_step(&self) -> Result<(), crate::error::AppError> {
         let instances = self.deps.db.call(|c| rows::list(c, false)).await?;
-        let heard = self.watch.take_heard();
+        let pending = self.watch.take_pending();
         if instances.is_empty() {
             return Ok(());
         }
-        let heard_of_ours = heard.names_any(instances.iter().map(|row| row.id.as_str()));
-        self.apply_events(&instances, heard.implied).await?;
+        let heard_of_ours = instances.iter().any(|row| pending.contains_key(&row.id));
+        self.apply_events(&instances, pending).await?;
         let awaiting_address = instances.iter().any(|row| self.awaits_address(row));
         match self.watch.plan(self.config.safety_poll, awaiting_address, heard_of_ours) {
             Look::Full => {
@@ -380,6 +380,12 @@ mod tests {
             inner.watch.domain_event("i-0000f00d", "Stopped");
             inner.monitor_step().await.unwrap();
             assert_eq!(counts(), (1, 2), "an event about a domain not ours asks for no look");
+            // The Shutdown that comes just before a Stopped implies nothing: no look
+            // that could find the change before its event.
+            inner.watch.domain_event(ID, "Shutdown");
+            inner.watch.domain_event(ID, "Defined");
+            inner.monitor_step().await.unwrap();
+            assert_eq!(counts(), (1, 2), "an event that implies no state asks for no look");
             inner.watch.domain_event(ID, "Resumed");
             inner.monitor_step().await.unwrap();
             assert_eq!(counts(), (2, 3), "an event about ours asks for a full look");
