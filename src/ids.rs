@@ -29,6 +29,13 @@ impl InstanceId {
         let [a, b, c, d] = self.0;
         format!("52:54:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
     }
+
+    /// A new random ID and its MAC, as the database records them (`record_launch`,
+    /// `spares::record`), which draw again while the ID is taken.
+    pub fn random_with_mac() -> (String, String) {
+        let id = Self::random();
+        (id.to_string(), id.mac_address())
+    }
 }
 
 /// `bytes` random bytes as lowercase hex, for names that must not collide.

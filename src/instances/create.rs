@@ -110,10 +110,7 @@ impl Instances {
                         check_memory(available_memory_mib, launching_mib, min_available_memory_mib)
                             .map_err(|e| e.to_string())
                     },
-                    || {
-                        let id = InstanceId::random();
-                        (id.to_string(), id.mac_address())
-                    },
+                    InstanceId::random_with_mac,
                     |taken| network.first_free_address(taken),
                     &tags,
                     warm,

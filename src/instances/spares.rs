@@ -215,21 +215,12 @@ impl Inner {
             .deps
             .db
             .call(move |c| {
-                spares::record(
-                    c,
-                    &image_id,
-                    &type_name,
-                    || {
-                        let id = InstanceId::random();
-                        (id.to_string(), id.mac_address())
-                    },
-                    |taken| {
-                        let first = network.first_free_address(taken)?;
-                        let mut more = taken.to_vec();
-                        more.push(first);
-                        network.first_free_address(&more).map(|_| first)
-                    },
-                )
+                spares::record(c, &image_id, &type_name, InstanceId::random_with_mac, |taken| {
+                    let first = network.first_free_address(taken)?;
+                    let mut more = taken.to_vec();
+                    more.push(first);
+                    network.first_free_address(&more).map(|_| first)
+                })
             })
             .await?;
         let Some(spare) = recorded else { return Ok(false) };
