@@ -150,6 +150,10 @@ pub mod scripted {
         pub fn once(self, pattern: &str, stdout: &str) -> Self {
             self.rule(pattern, Ok(stdout.into()), true)
         }
+        /// The next command containing `pattern` prints `stderr` and exits 1.
+        pub fn fail_once(self, pattern: &str, stderr: &str) -> Self {
+            self.rule(pattern, Err(stderr.into()), true)
+        }
         /// How many commands run so far contain `pattern`.
         pub fn count(&self, pattern: &str) -> usize {
             self.calls.lock().unwrap().iter().filter(|c| c.contains(pattern)).count()

@@ -39,6 +39,9 @@ pub(crate) struct Wanted {
     /// Held while a spare is built: the shutdown waits for it, then builds none.
     building: tokio::sync::Mutex<()>,
     closing: AtomicBool,
+    /// Spares whose removal failed half-way (libvirt away): still `discarding`, holding
+    /// their address and maybe a paused QEMU. The keeper removes them again.
+    stranded: Mutex<Vec<SpareRow>>,
 }
 
 impl Wanted {
@@ -54,6 +57,14 @@ impl Wanted {
 
     fn forget(&self) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn strand(&self, spare: SpareRow) {
+        self.stranded.lock().unwrap_or_else(|p| p.into_inner()).push(spare);
+    }
+
+    fn take_stranded(&self) -> Vec<SpareRow> {
+        std::mem::take(&mut *self.stranded.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -163,6 +174,7 @@ impl Inner {
     /// Makes spares of the wanted image and type until there are `warm_spares`, giving
     /// up spares of anything else to stay within that number.
     async fn keep_spares(self: &Arc<Self>) -> Result<(), AppError> {
+        self.discard_stranded_spares().await?;
         let wanted = self.config.warm_spares;
         loop {
             let Some((image_id, type_name)) = self.spares.get() else { return Ok(()) };
@@ -204,6 +216,27 @@ impl Inner {
                 return Ok(());
             }
         }
+    }
+
+    /// Removes again the spares whose removal failed; those that fail again wait for the
+    /// next round. A row gone meanwhile (a restart's start-up discard) is skipped.
+    async fn discard_stranded_spares(&self) -> Result<(), AppError> {
+        let stranded = self.spares.take_stranded();
+        if stranded.is_empty() {
+            return Ok(());
+        }
+        let rows = self.deps.db.call(|c| spares::list(c)).await?;
+        let mut failed = None;
+        for spare in stranded {
+            if !rows.iter().any(|r| r.id == spare.id && r.state == "discarding") {
+                continue;
+            }
+            tracing::info!(spare = %spare.id, "removing a warm spare again");
+            if let Err(e) = self.discard_spare(spare).await {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Builds one spare; false when the network has no address to give it.
@@ -283,6 +316,7 @@ impl Inner {
     }
 
     /// Removes a spare taken for discarding: domain, files, reservation, then its row.
+    /// One that cannot be removed now is left to the keeper's next round.
     async fn discard_spare(&self, spare: SpareRow) -> Result<(), AppError> {
         let row = InstanceRow {
             id: spare.id.clone(),
@@ -290,12 +324,16 @@ impl Inner {
             reserved_ip: spare.reserved_ip.clone(),
             ..InstanceRow::default()
         };
-        self.remove_resources(&row).await.map_err(|left| {
+        if let Err(left) = self.remove_resources(&row).await {
             tracing::warn!(spare = %spare.id, error = %left, "a warm spare could not be removed yet");
-            left.cause
-        })?;
+            self.spares.strand(spare);
+            return Err(left.cause);
+        }
         let id = spare.id.clone();
-        self.deps.db.call(move |c| spares::delete(c, &id)).await?;
+        if let Err(e) = self.deps.db.call(move |c| spares::delete(c, &id)).await {
+            self.spares.strand(spare);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -318,5 +356,93 @@ fn only_first(pick: impl Fn(&SpareRow) -> bool) -> impl FnMut(&SpareRow) -> bool
         let take = !picked && pick(spare);
         picked |= take;
         take
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::db::spares::{self, SpareRow};
+    use crate::exec::scripted::Scripted;
+    use crate::instances::testbench::{Bench, LIBVIRT_DOWN, NETWORK_INFO, NETWORK_XML, instances_over};
+
+    const SPARE_ID: &str = "i-0a0b0c0d";
+    const SPARE_MAC: &str = "52:54:0a:0b:0c:0d";
+    const SPARE_IP: &str = "192.168.100.20";
+
+    /// `script`, then what removing the spare asks of virsh: its domain, and its
+    /// reservation, which the network holds.
+    fn removal(script: Scripted) -> Scripted {
+        let host = format!("<host mac='{SPARE_MAC}' name='{SPARE_ID}' ip='{SPARE_IP}'/>");
+        let network = NETWORK_XML.replace("    </dhcp>", &format!("      {host}\n    </dhcp>"));
+        script
+            .ok(" destroy ", "")
+            .ok(" undefine ", "")
+            .ok(" net-info ", NETWORK_INFO)
+            .ok("net-dumpxml", &network)
+            .ok("net-update", "")
+    }
+
+    async fn with_ready_spare(bench: &Bench) {
+        let recorded = bench
+            .instances
+            .inner()
+            .deps
+            .db
+            .call(|c| {
+                let spare = spares::record(
+                    c,
+                    "ami-00000001",
+                    "t2.nano",
+                    || (SPARE_ID.into(), SPARE_MAC.into()),
+                    |_| SPARE_IP.parse().ok(),
+                )?;
+                spares::set_state(c, SPARE_ID, "building", "ready")?;
+                Ok(spare)
+            })
+            .await
+            .unwrap();
+        assert!(recorded.is_some());
+    }
+
+    async fn spares_left(bench: &Bench) -> Vec<SpareRow> {
+        bench.instances.inner().deps.db.call(|c| spares::list(c)).await.unwrap()
+    }
+
+    // issue 17: a launch that finds every address taken gets one from a ready spare,
+    // whose domain and reservation go with it; with no spare left there is none to get.
+    #[tokio::test]
+    async fn a_ready_spare_gives_up_its_address_for_a_launch() {
+        let bench = instances_over(removal(Scripted::default()), Duration::from_secs(1));
+        with_ready_spare(&bench).await;
+        assert!(bench.instances.inner().discard_a_spare().await);
+        assert_eq!(spares_left(&bench).await, vec![]);
+        let calls = bench.script.calls();
+        assert!(calls.iter().any(|c| c.contains(" destroy ") && c.contains(SPARE_ID)), "{calls:?}");
+        assert!(
+            calls.iter().any(|c| c.contains("net-update") && c.contains(" delete ") && c.contains(SPARE_MAC)),
+            "{calls:?}"
+        );
+        assert!(!bench.instances.inner().discard_a_spare().await, "there is no spare left to give way");
+    }
+
+    // issue 17: a spare whose removal failed (libvirt away) keeps its row
+    // and address only until the keeper's next round removes it again.
+    #[tokio::test]
+    async fn a_spare_whose_removal_failed_is_removed_again_by_the_keeper() {
+        let bench =
+            instances_over(removal(Scripted::default().fail_once(" destroy ", LIBVIRT_DOWN)), Duration::from_secs(1));
+        with_ready_spare(&bench).await;
+        assert!(!bench.instances.inner().discard_a_spare().await);
+        let left = spares_left(&bench).await;
+        assert_eq!(left.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(), ["discarding"], "{left:?}");
+
+        bench.instances.inner().keep_spares().await.unwrap();
+        assert_eq!(spares_left(&bench).await, vec![]);
+        assert_eq!(bench.script.count(" destroy "), 2, "{:?}", bench.script.calls());
+        assert_eq!(bench.script.count(" undefine "), 1, "{:?}", bench.script.calls());
+        bench.instances.inner().keep_spares().await.unwrap();
+        assert_eq!(bench.script.count(" destroy "), 2, "a spare removed is not removed again");
     }
 }
