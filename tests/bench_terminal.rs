@@ -148,15 +148,18 @@ async fn health_terminal(svc: &Service) -> (u64, u64) {
 async fn a_browser_terminal_reaches_the_guest_shell() {
     let bench = Bench::from_env();
     let tmp = tempfile::tempdir().unwrap();
-    let svc = Service::start(
-        &tmp.path().join("data"),
-        &[
-            ("EC2LOCAL_LIBVIRT_URI", URI),
-            ("EC2LOCAL_POOL_NAME", "ec2-bench-terminal"),
-            ("EC2LOCAL_MONITOR_INTERVAL_SECS", "2"),
-            ("EC2LOCAL_TERMINAL_KEEPALIVE_SECS", "3"),
-        ],
-    );
+    // A network of its own: it runs beside other tests' services (scripts/test's lanes).
+    let mut env: Vec<(String, String)> = [
+        ("EC2LOCAL_LIBVIRT_URI", URI),
+        ("EC2LOCAL_POOL_NAME", "ec2-bench-terminal"),
+        ("EC2LOCAL_MONITOR_INTERVAL_SECS", "2"),
+        ("EC2LOCAL_TERMINAL_KEEPALIVE_SECS", "3"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
+    env.extend(common::own_network("term", 89));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let svc = Service::start(&tmp.path().join("data"), &env);
     import_test_image(&svc, &bench).await;
     let (status, pair) = post_json(&svc.api("/key-pairs"), &json!({"name": "term"})).await;
     assert_eq!(status, 201, "{pair}");

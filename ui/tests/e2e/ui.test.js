@@ -39,7 +39,10 @@ async function shot(name) {
 before(async () => {
   assert.ok(bin && image, "EC2LOCAL_BIN and EC2LOCAL_TEST_IMAGE are set by scripts/test");
   service = spawn(bin, ["serve", "--bind", "127.0.0.1:0", "--data-dir", join(work, "data")], {
-    env: { ...process.env, EC2LOCAL_LIBVIRT_URI: "qemu:///system", EC2LOCAL_POOL_NAME: "ec2-bench-ui", EC2LOCAL_MONITOR_INTERVAL_SECS: "2" },
+    env: { ...process.env, EC2LOCAL_LIBVIRT_URI: "qemu:///system", EC2LOCAL_POOL_NAME: "ec2-bench-ui", EC2LOCAL_MONITOR_INTERVAL_SECS: "2",
+      // A network of its own: it runs beside the Rust bench tests (scripts/test's lanes).
+      EC2LOCAL_NETWORK_NAME: "ec2-bench-ui", EC2LOCAL_NETWORK_BRIDGE: "ec2br-ui",
+      EC2LOCAL_NETWORK_GATEWAY: "10.90.0.1/24", EC2LOCAL_DHCP_RANGE: "10.90.0.10-10.90.0.254" },
     stdio: ["ignore", "pipe", "inherit"],
   });
   // Never leave the service behind, however the test run ends.
