@@ -138,7 +138,7 @@ test("the whole journey: key pair, launch, terminal, stop, terminate", { timeout
   await row.waitFor();
   const id = await row.getAttribute("data-id");
   await row.locator("[data-state=running]").waitFor({ timeout: 5 * 60 * 1000 });
-  await page.waitForFunction((rowId) => /192\.168\.100\.\d+/.test(document.querySelector(`tr[data-id='${rowId}']`).textContent), id, { timeout: 5 * 60 * 1000 });
+  await page.waitForFunction((rowId) => /10\.90\.0\.\d+/.test(document.querySelector(`tr[data-id='${rowId}']`).textContent), id, { timeout: 5 * 60 * 1000 });
   await shot("instances-running");
   // issue 16: status checks. Connect waits for the status check to be ok (SSH answers,
   // cloud-init finished): until then it is disabled, with the reason in its title.
