@@ -14,7 +14,9 @@ use ec2local::exec::virsh::Virsh;
 use serde_json::{Value, json};
 
 const URI: &str = "qemu:///system";
-const BOOT: Duration = Duration::from_secs(300);
+/// A boot's budget: up to four TCG guests share the two cores while both lanes of
+/// scripts/test run, and a reboot adds the guest's own shutdown (300 s ran out once).
+const BOOT: Duration = Duration::from_secs(480);
 
 fn virsh() -> Virsh {
     Virsh::new(URI, Duration::from_secs(60))
