@@ -59,8 +59,12 @@ impl Wanted {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Once per spare: the start-up discard and the keeper may both fail on one.
     fn strand(&self, spare: SpareRow) {
-        self.stranded.lock().unwrap_or_else(|p| p.into_inner()).push(spare);
+        let mut stranded = self.stranded.lock().unwrap_or_else(|p| p.into_inner());
+        if !stranded.iter().any(|s| s.id == spare.id) {
+            stranded.push(spare);
+        }
     }
 
     fn take_stranded(&self) -> Vec<SpareRow> {
@@ -225,7 +229,14 @@ impl Inner {
         if stranded.is_empty() {
             return Ok(());
         }
-        let rows = self.deps.db.call(|c| spares::list(c)).await?;
+        let rows = match self.deps.db.call(|c| spares::list(c)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Kept for the next round: nothing else would remove them before a restart.
+                stranded.into_iter().for_each(|spare| self.spares.strand(spare));
+                return Err(e.into());
+            }
+        };
         let mut failed = None;
         for spare in stranded {
             if !rows.iter().any(|r| r.id == spare.id && r.state == "discarding") {
